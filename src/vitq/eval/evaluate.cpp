@@ -1,0 +1,75 @@
+#include "vitq/eval/evaluate.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+
+#include <chrono>
+#include <cstring>
+
+#include "vitq/data/loader.h"
+#include "vitq/graph/executor.h"
+#include "vitq/util/error.h"
+#include "vitq/util/progress.h"
+
+namespace vitq {
+
+void check_device(const std::string& device) {
+  if (device == "cpu") return;
+  if (device == "cuda") {
+    if (!at::hasCUDA()) fail("--device cuda: this build of libtorch has no CUDA support or no GPU is visible");
+    return;
+  }
+  fail("unknown device '{}' (cpu, cuda)", device);
+}
+
+EvalResult evaluate(const Graph& graph, const Dataset& full, const EvalOptions& opt) {
+  check_device(opt.device);
+  check_labels(full, graph.meta.num_classes);
+  Dataset data = full;
+  if (opt.limit > 0 && opt.limit < data.samples.size()) data.samples.resize(opt.limit);
+  const c10::Device device(opt.device == "cuda" ? c10::kCUDA : c10::kCPU);
+  Executor exec(graph, device);
+  at::InferenceMode guard;
+  const auto& pre = graph.meta.preprocess;
+  BatchLoader loader(data, pre, opt.batch, opt.workers);
+  Progress bar("eval", data.samples.size(), opt.progress);
+  EvalResult r;
+  const auto t0 = std::chrono::steady_clock::now();
+  size_t seen = 0;
+  while (auto batch = loader.next()) {
+    seen += batch->size() + batch->errors.size();
+    for (const auto& e : batch->errors) {
+      if (opt.strict) fail("{} (stopping: --strict)", e);
+      fmt::print(stderr, "\nvitq: warning: skipped unreadable image {}\n", e);
+      r.failures.push_back(e);
+    }
+    r.failed += batch->errors.size();
+    if (batch->size() == 0) continue;
+    const auto n = static_cast<int64_t>(batch->size());
+    auto input = at::from_blob(batch->pixels.data(), {n, 3, pre.input_height, pre.input_width}, at::kFloat);
+    const auto m0 = std::chrono::steady_clock::now();
+    at::Tensor logits = exec.run(input).to(at::kCPU).contiguous();
+    r.seconds_model += std::chrono::duration<double>(std::chrono::steady_clock::now() - m0).count();
+    if (logits.dim() != 2 || logits.size(0) != n) fail("model output has shape [{}], expected [{}, classes]", fmt::join(logits.sizes(), ", "), n);
+    const int64_t k = std::min<int64_t>(5, logits.size(1));
+    auto top = std::get<1>(logits.topk(k, 1)).contiguous();
+    const int64_t* t = top.data_ptr<int64_t>();
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t label = batch->labels[static_cast<size_t>(i)];
+      r.labels.push_back(label);
+      r.predictions.push_back(t[i * k]);
+      if (t[i * k] == label) ++r.top1;
+      for (int64_t j = 0; j < k; ++j)
+        if (t[i * k + j] == label) ++r.top5;
+    }
+    if (opt.keep_logits) r.logits.insert(r.logits.end(), logits.data_ptr<float>(), logits.data_ptr<float>() + logits.numel());
+    r.images += batch->size();
+    bar.update(seen, fmt::format("top-1 {:.2f}%", r.top1_pct()));
+  }
+  r.seconds_total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  bar.finish(fmt::format("top-1 {:.2f}%", r.top1_pct()));
+  if (r.images == 0) fail("no image of {} could be read", data.root);
+  return r;
+}
+
+}  // namespace vitq

@@ -1,0 +1,283 @@
+#include "vitq/graph/executor.h"
+
+#include <ATen/ATen.h>
+
+#include "vitq/util/error.h"
+
+namespace vitq {
+
+namespace {
+
+int64_t norm_axis(int64_t axis, int64_t rank) {
+  int64_t a = axis < 0 ? axis + rank : axis;
+  if (a < 0 || a >= rank) fail("axis {} out of range for rank {}", axis, rank);
+  return a;
+}
+
+std::vector<int64_t> to_ints(const at::Tensor& t) {
+  auto c = t.to(at::kCPU).to(at::kLong).contiguous();
+  return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
+}
+
+// Integer list from attribute `key`, or else from input slot `slot` (ONNX moved many attributes to inputs).
+std::vector<int64_t> ints_from(const Node& n, const std::vector<at::Tensor>& in, const std::string& key,
+                               size_t slot, std::vector<int64_t> fallback = {}) {
+  if (n.has(key)) return n.getints(key);
+  if (in.size() > slot && in[slot].defined()) return to_ints(in[slot]);
+  return fallback;
+}
+
+at::ScalarType onnx_dtype(int64_t t) {
+  switch (t) {
+    case 1: return at::kFloat;
+    case 6: return at::kInt;
+    case 7: return at::kLong;
+    case 9: return at::kBool;
+    case 10: return at::kHalf;
+    case 11: return at::kDouble;
+    case 16: return at::kBFloat16;
+    default: fail("Cast to ONNX data type {} is not supported", t);
+  }
+}
+
+at::Tensor binary(OpKind op, const at::Tensor& a, const at::Tensor& b) {
+  switch (op) {
+    case OpKind::Add: return at::add(a, b);
+    case OpKind::Sub: return at::sub(a, b);
+    case OpKind::Mul: return at::mul(a, b);
+    case OpKind::Div:
+      // ONNX integer division truncates (shape arithmetic); float division is plain.
+      if (!a.is_floating_point() && !b.is_floating_point()) return at::div(a, b, "trunc");
+      return at::div(a, b);
+    case OpKind::Pow: return at::pow(a, b);
+    default: fail("not a binary op");
+  }
+}
+
+}  // namespace
+
+std::vector<at::Tensor> run_node(const Node& n, const std::vector<at::Tensor>& in, int64_t batch) {
+  auto arg = [&](size_t i) -> const at::Tensor& {
+    if (i >= in.size() || !in[i].defined()) fail("node {} ({}): missing input {}", n.name, op_name(n.op), i);
+    return in[i];
+  };
+  auto opt = [&](size_t i) -> c10::optional<at::Tensor> {
+    if (i < in.size() && in[i].defined()) return in[i];
+    return c10::nullopt;
+  };
+  switch (n.op) {
+    case OpKind::Conv2d: {
+      auto pads = n.getints("pads", {0, 0, 0, 0});
+      auto strides = n.getints("strides", {1, 1});
+      auto dil = n.getints("dilations", {1, 1});
+      at::Tensor x = arg(0);
+      if (pads.size() != 4) fail("node {}: Conv2d needs 4 pads", n.name);
+      if (pads[0] != pads[2] || pads[1] != pads[3]) {  // asymmetric: pad explicitly (left, right, top, bottom)
+        x = at::constant_pad_nd(x, {pads[1], pads[3], pads[0], pads[2]}, 0);
+        pads = {0, 0, 0, 0};
+      }
+      return {at::conv2d(x, arg(1), opt(2), strides, {pads[0], pads[1]}, dil, n.geti("group", 1))};
+    }
+    case OpKind::Linear: return {at::linear(arg(0), arg(1), opt(2))};
+    case OpKind::MatMul: return {at::matmul(arg(0), arg(1))};
+    case OpKind::Add:
+    case OpKind::Sub:
+    case OpKind::Mul:
+    case OpKind::Div:
+    case OpKind::Pow: return {binary(n.op, arg(0), arg(1))};
+    case OpKind::Sqrt: return {at::sqrt(arg(0))};
+    case OpKind::Erf: return {at::erf(arg(0))};
+    case OpKind::ReduceMean: {
+      auto axes = ints_from(n, in, "axes", 1);
+      if (axes.empty())
+        for (int64_t i = 0; i < arg(0).dim(); ++i) axes.push_back(i);
+      return {at::mean(arg(0), axes, n.geti("keepdims", 1) != 0)};
+    }
+    case OpKind::Softmax: return {at::softmax(arg(0), n.geti("axis", -1))};
+    case OpKind::LayerNorm: {
+      const auto& x = arg(0);
+      int64_t axis = norm_axis(n.geti("axis", -1), x.dim());
+      std::vector<int64_t> shape(x.sizes().begin() + axis, x.sizes().end());
+      return {at::layer_norm(x, shape, opt(1), opt(2), n.getf("epsilon", 1e-5))};
+    }
+    case OpKind::Gelu: return {at::gelu(arg(0), n.gets("approximate", "none"))};
+    case OpKind::Relu: return {at::relu(arg(0))};
+    case OpKind::Sigmoid: return {at::sigmoid(arg(0))};
+    case OpKind::Tanh: return {at::tanh(arg(0))};
+    case OpKind::SiLU: return {at::silu(arg(0))};
+    case OpKind::Reshape: {
+      const auto& x = arg(0);
+      std::vector<int64_t> shape;
+      if (n.has("shape")) shape = ShapeSpec{n.getints("shape"), n.getints("batch_mult")}.resolve(batch);
+      else shape = to_ints(arg(1));
+      if (n.geti("allowzero", 0) == 0)
+        for (size_t i = 0; i < shape.size(); ++i)
+          if (shape[i] == 0) shape[i] = x.size(static_cast<int64_t>(i));
+      return {x.reshape(shape)};
+    }
+    case OpKind::Flatten: {
+      const auto& x = arg(0);
+      int64_t axis = n.geti("axis", 1);
+      if (axis < 0) axis += x.dim();
+      int64_t outer = 1;
+      for (int64_t i = 0; i < axis; ++i) outer *= x.size(i);
+      return {x.reshape({outer, -1})};
+    }
+    case OpKind::Transpose: {
+      auto perm = n.getints("perm");
+      if (perm.empty())
+        for (int64_t i = arg(0).dim() - 1; i >= 0; --i) perm.push_back(i);
+      return {arg(0).permute(perm)};
+    }
+    case OpKind::Concat: {
+      std::vector<at::Tensor> parts;
+      for (size_t i = 0; i < in.size(); ++i) parts.push_back(arg(i));
+      return {at::cat(parts, n.geti("axis", 0))};
+    }
+    case OpKind::Slice: {
+      at::Tensor x = arg(0);
+      auto starts = ints_from(n, in, "starts", 1), ends = ints_from(n, in, "ends", 2);
+      std::vector<int64_t> axes = ints_from(n, in, "axes", 3), steps = ints_from(n, in, "steps", 4);
+      if (axes.empty())
+        for (size_t i = 0; i < starts.size(); ++i) axes.push_back(static_cast<int64_t>(i));
+      if (steps.empty()) steps.assign(starts.size(), 1);
+      for (size_t i = 0; i < starts.size(); ++i) {
+        int64_t ax = norm_axis(axes[i], x.dim()), dim = x.size(ax);
+        int64_t s = starts[i] < 0 ? starts[i] + dim : starts[i];
+        int64_t e = ends[i] < 0 ? ends[i] + dim : ends[i];
+        if (steps[i] <= 0) fail("node {}: Slice with step {} is not supported", n.name, steps[i]);
+        s = std::clamp<int64_t>(s, 0, dim);
+        e = std::clamp<int64_t>(e, 0, dim);
+        x = x.slice(ax, s, std::max(s, e), steps[i]);
+      }
+      return {x};
+    }
+    case OpKind::Gather: {
+      const auto& x = arg(0);
+      int64_t axis = norm_axis(n.geti("axis", 0), x.dim());
+      at::Tensor idx = arg(1).to(x.device()).to(at::kLong);
+      idx = at::where(idx < 0, idx + x.size(axis), idx);
+      if (idx.dim() == 0) return {x.select(axis, idx.item<int64_t>())};
+      auto flat = at::index_select(x, axis, idx.flatten());
+      std::vector<int64_t> shape(x.sizes().begin(), x.sizes().begin() + axis);
+      for (auto d : idx.sizes()) shape.push_back(d);
+      shape.insert(shape.end(), x.sizes().begin() + axis + 1, x.sizes().end());
+      return {flat.reshape(shape)};
+    }
+    case OpKind::Split: {
+      const auto& x = arg(0);
+      int64_t axis = norm_axis(n.geti("axis", 0), x.dim());
+      auto sizes = ints_from(n, in, "split", 1);
+      size_t parts = n.outputs.size();
+      if (sizes.empty()) {
+        if (x.size(axis) % static_cast<int64_t>(parts) != 0) fail("node {}: uneven Split", n.name);
+        sizes.assign(parts, x.size(axis) / static_cast<int64_t>(parts));
+      }
+      auto out = at::split_with_sizes(x, sizes, axis);
+      return std::vector<at::Tensor>(out.begin(), out.end());
+    }
+    case OpKind::Squeeze: {
+      at::Tensor x = arg(0);
+      auto axes = ints_from(n, in, "axes", 1);
+      if (axes.empty()) return {x.squeeze()};
+      for (auto& a : axes) a = norm_axis(a, x.dim());
+      std::sort(axes.rbegin(), axes.rend());
+      for (auto a : axes) x = x.squeeze(a);
+      return {x};
+    }
+    case OpKind::Unsqueeze: {
+      at::Tensor x = arg(0);
+      auto axes = ints_from(n, in, "axes", 1);
+      int64_t rank = x.dim() + static_cast<int64_t>(axes.size());
+      for (auto& a : axes) a = a < 0 ? a + rank : a;
+      std::sort(axes.begin(), axes.end());
+      for (auto a : axes) x = x.unsqueeze(a);
+      return {x};
+    }
+    case OpKind::Expand: {
+      const auto& x = arg(0);
+      std::vector<int64_t> shape;
+      if (n.has("shape")) shape = ShapeSpec{n.getints("shape"), n.getints("batch_mult")}.resolve(batch);
+      else shape = to_ints(arg(1));
+      // ONNX Expand broadcasts both ways: the result has the broadcast shape of x and `shape`.
+      int64_t rank = std::max<int64_t>(x.dim(), static_cast<int64_t>(shape.size()));
+      std::vector<int64_t> target(static_cast<size_t>(rank));
+      for (int64_t i = 0; i < rank; ++i) {
+        int64_t xi = i - (rank - x.dim()), si = i - (rank - static_cast<int64_t>(shape.size()));
+        int64_t a = xi >= 0 ? x.size(xi) : 1, b = si >= 0 ? shape[static_cast<size_t>(si)] : 1;
+        target[static_cast<size_t>(i)] = (a == 1) ? b : a;
+      }
+      return {x.expand(target)};
+    }
+    case OpKind::Identity: return {arg(0)};
+    case OpKind::Shape: {
+      auto sizes = arg(0).sizes();
+      return {at::tensor(std::vector<int64_t>(sizes.begin(), sizes.end()), at::kLong)};
+    }
+    case OpKind::Cast: return {arg(0).to(onnx_dtype(n.geti("to", 1)))};
+    case OpKind::ConstantOfShape: {
+      auto shape = to_ints(arg(0));
+      double value = n.getf("value", 0.0);
+      auto dtype = onnx_dtype(n.geti("dtype", 1));
+      return {at::full(shape, value, at::TensorOptions().dtype(dtype))};
+    }
+    case OpKind::Equal: return {at::eq(arg(0), arg(1))};
+    case OpKind::Where: return {at::where(arg(0), arg(1), arg(2))};
+  }
+  fail("node {}: op {} is not executable", n.name, op_name(n.op));
+}
+
+Executor::Executor(const Graph& graph, c10::Device device) : graph_(graph), device_(device) {
+  graph_.validate();
+  consts_.resize(graph_.values.size());
+  for (size_t v = 0; v < graph_.values.size(); ++v)
+    if (graph_.consts[v].defined()) {
+      const auto& t = graph_.consts[v];
+      // integer constants (indices, shapes) stay on the CPU; they are read as lists
+      consts_[v] = t.is_floating_point() ? t.to(device_) : t;
+    }
+  last_use_.assign(graph_.values.size(), -1);
+  for (size_t i = 0; i < graph_.nodes.size(); ++i)
+    for (int v : graph_.nodes[i].inputs)
+      if (v >= 0) last_use_[static_cast<size_t>(v)] = static_cast<int>(i);
+}
+
+std::vector<at::Tensor> Executor::execute(const at::Tensor& input, const ExecHooks* hooks, bool keep_all) const {
+  if (input.dim() != 4 || input.size(1) != 3)
+    fail("model input must be [B, 3, H, W], got {}", fmt::join(input.sizes(), "x"));
+  std::vector<at::Tensor> vals = consts_;
+  vals[static_cast<size_t>(graph_.input)] = input.to(device_, at::kFloat);
+  const int64_t batch = input.size(0);
+  std::vector<at::Tensor> args;
+  for (size_t i = 0; i < graph_.nodes.size(); ++i) {
+    const Node& n = graph_.nodes[i];
+    args.clear();
+    for (size_t s = 0; s < n.inputs.size(); ++s) {
+      int v = n.inputs[s];
+      at::Tensor t = v >= 0 ? vals[static_cast<size_t>(v)] : at::Tensor();
+      if (hooks && hooks->transform_input && t.defined() && t.is_floating_point())
+        t = hooks->transform_input(n, s, t);
+      args.push_back(std::move(t));
+    }
+    auto outs = run_node(n, args, batch);
+    if (outs.size() != n.outputs.size()) fail("node {}: produced {} outputs, expected {}", n.name, outs.size(), n.outputs.size());
+    if (hooks && hooks->on_output) hooks->on_output(n, outs);
+    for (size_t k = 0; k < outs.size(); ++k) vals[static_cast<size_t>(n.outputs[k])] = std::move(outs[k]);
+    if (!keep_all)  // free activations nobody reads any more
+      for (int v : n.inputs)
+        if (v >= 0 && v != graph_.output && last_use_[static_cast<size_t>(v)] == static_cast<int>(i) &&
+            !graph_.is_const(v))
+          vals[static_cast<size_t>(v)].reset();
+  }
+  return vals;
+}
+
+at::Tensor Executor::run(const at::Tensor& input, const ExecHooks* hooks) const {
+  return execute(input, hooks, false)[static_cast<size_t>(graph_.output)];
+}
+
+std::vector<at::Tensor> Executor::run_all(const at::Tensor& input, const ExecHooks* hooks) const {
+  return execute(input, hooks, true);
+}
+
+}  // namespace vitq

@@ -1,0 +1,46 @@
+// Executes a Graph with libtorch ops, batched, on CPU or CUDA.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+
+#include <functional>
+#include <vector>
+
+#include "vitq/graph/graph.h"
+
+namespace vitq {
+
+// Hooks let later stages observe or replace tensors without touching the executor:
+//  - transform_input(node, slot, x): called for every activation *and* constant input of a node; return the
+//    tensor the node should see (e.g. fake-quantized). Unset = identity.
+//  - on_output(node, outputs): called after a node ran, e.g. to collect statistics.
+struct ExecHooks {
+  std::function<at::Tensor(const Node&, size_t slot, const at::Tensor&)> transform_input;
+  std::function<void(const Node&, const std::vector<at::Tensor>&)> on_output;
+};
+
+class Executor {
+ public:
+  explicit Executor(const Graph& graph, c10::Device device = c10::Device(c10::kCPU));
+
+  // input: [B, 3, H, W] float32 (moved to the executor's device). Returns the graph output (logits).
+  at::Tensor run(const at::Tensor& input, const ExecHooks* hooks = nullptr) const;
+  // Like run, but returns every value (activations and constants), indexed by value id. For tests and passes.
+  std::vector<at::Tensor> run_all(const at::Tensor& input, const ExecHooks* hooks = nullptr) const;
+
+  c10::Device device() const { return device_; }
+  const Graph& graph() const { return graph_; }
+
+ private:
+  std::vector<at::Tensor> execute(const at::Tensor& input, const ExecHooks* hooks, bool keep_all) const;
+
+  const Graph& graph_;
+  c10::Device device_;
+  std::vector<at::Tensor> consts_;    // graph constants on device_
+  std::vector<int> last_use_;         // value id -> index of the last node reading it
+};
+
+// Runs one node on already-resolved inputs. Exposed for constant folding.
+std::vector<at::Tensor> run_node(const Node& node, const std::vector<at::Tensor>& inputs, int64_t batch);
+
+}  // namespace vitq

@@ -1,0 +1,369 @@
+#include "vitq/graph/passes.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <functional>
+
+#include "vitq/graph/executor.h"
+#include "vitq/util/error.h"
+
+namespace vitq {
+
+namespace {
+
+bool is_shape_op(OpKind op) {
+  return op == OpKind::Shape || op == OpKind::Cast || op == OpKind::ConstantOfShape || op == OpKind::Equal ||
+         op == OpKind::Where;
+}
+
+// Scalar value of a constant float tensor with one element, if `v` is one.
+std::optional<double> const_scalar(const Graph& g, int v) {
+  if (v < 0 || !g.is_const(v)) return std::nullopt;
+  const auto& t = g.const_tensor(v);
+  if (t.numel() != 1) return std::nullopt;
+  return t.to(at::kDouble).item<double>();
+}
+
+bool near(std::optional<double> x, double want) { return x && std::abs(*x - want) < 1e-4 * std::abs(want); }
+
+// The single node consuming value v, or -1.
+int sole_consumer(const std::vector<std::vector<int>>& cons, int v) {
+  return cons[static_cast<size_t>(v)].size() == 1 ? cons[static_cast<size_t>(v)][0] : -1;
+}
+
+// The other input of a binary node, given one of them.
+int other_input(const Node& n, int v) { return n.inputs[0] == v ? n.inputs[1] : n.inputs[0]; }
+
+std::string scope_of(const std::string& name) {
+  auto dot = name.rfind('.');
+  return dot == std::string::npos ? std::string() : name.substr(0, dot);
+}
+
+void make_identity(Node& n, int input) {
+  n.op = OpKind::Identity;
+  n.inputs = {input};
+  n.attrs.clear();
+}
+
+}  // namespace
+
+void fold_shape_subgraphs(Graph& g, int64_t height, int64_t width) {
+  Executor ex(g);
+  auto run1 = ex.run_all(at::zeros({1, 3, height, width}));
+  auto run2 = ex.run_all(at::zeros({2, 3, height, width}));
+  // static: computable without knowing the image (constants, shapes, and what is computed only from them)
+  std::vector<bool> is_static(g.values.size(), false);
+  for (size_t v = 0; v < g.values.size(); ++v) is_static[v] = g.is_const(static_cast<int>(v));
+  for (auto& n : g.nodes) {
+    bool s = n.op == OpKind::Shape;
+    if (!s) {
+      s = true;
+      for (int v : n.inputs)
+        if (v >= 0 && !is_static[static_cast<size_t>(v)]) s = false;
+    }
+    // A Reshape/Expand of constants to a batch-dependent shape (the class token broadcast to [B,1,C]) is
+    // real work at run time: keep it, and fold only its shape input below.
+    if (s && (n.op == OpKind::Reshape || n.op == OpKind::Expand)) {
+      const auto& a = run1[static_cast<size_t>(n.outputs[0])];
+      const auto& b = run2[static_cast<size_t>(n.outputs[0])];
+      if (a.sizes() != b.sizes()) s = false;
+    }
+    for (int v : n.outputs) is_static[static_cast<size_t>(v)] = s;
+  }
+  for (auto& n : g.nodes) {
+    bool node_static = !n.outputs.empty() && is_static[static_cast<size_t>(n.outputs[0])];
+    if (node_static) continue;
+    for (size_t slot = 0; slot < n.inputs.size(); ++slot) {
+      int v = n.inputs[slot];
+      if (v < 0 || g.is_const(v) || !is_static[static_cast<size_t>(v)]) continue;
+      const auto& a = run1[static_cast<size_t>(v)];
+      const auto& b = run2[static_cast<size_t>(v)];
+      if (a.sizes() == b.sizes() && at::equal(a, b)) {
+        // same at every batch size: a constant. Detach it from its producer (which becomes dead).
+        int producer = g.values[static_cast<size_t>(v)].producer;
+        auto& outs = g.nodes[static_cast<size_t>(producer)].outputs;
+        int dummy = g.add_value(g.values[static_cast<size_t>(v)].name + ":folded");
+        g.values[static_cast<size_t>(dummy)].producer = producer;
+        std::replace(outs.begin(), outs.end(), v, dummy);
+        g.values[static_cast<size_t>(v)].producer = -1;
+        g.consts[static_cast<size_t>(v)] = a.clone();
+        continue;
+      }
+      if ((n.op == OpKind::Reshape || n.op == OpKind::Expand) && slot == 1 && a.dim() == 1 &&
+          a.sizes() == b.sizes() && !a.is_floating_point()) {
+        auto ai = a.to(at::kLong), bi = b.to(at::kLong);
+        std::vector<int64_t> dims, mult;
+        for (int64_t i = 0; i < ai.numel(); ++i) {
+          int64_t x = ai[i].item<int64_t>(), y = bi[i].item<int64_t>();
+          if (x == y) {
+            dims.push_back(x);
+            mult.push_back(0);
+          } else if (y == 2 * x) {
+            dims.push_back(1);
+            mult.push_back(x);
+          } else {
+            fail("node {}: target shape depends on the batch size in a way vitq cannot fold", n.name);
+          }
+        }
+        n.attrs["shape"] = dims;
+        n.attrs["batch_mult"] = mult;
+        n.inputs.resize(1);
+        break;
+      }
+      fail("node {} ({}): input {} depends on the batch size and cannot be folded", n.name, op_name(n.op),
+           g.values[static_cast<size_t>(v)].name);
+    }
+  }
+  compact(g);
+  for (auto& n : g.nodes)
+    if (is_shape_op(n.op)) fail("node {}: {} could not be folded away", n.name, op_name(n.op));
+}
+
+void inputs_to_attrs(Graph& g) {
+  auto ints = [&](int v) {
+    auto t = g.const_tensor(v).to(at::kLong).contiguous();
+    return std::vector<int64_t>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel());
+  };
+  for (auto& n : g.nodes) {
+    std::vector<std::string> keys;
+    switch (n.op) {
+      case OpKind::Reshape:
+      case OpKind::Expand: keys = {"shape"}; break;
+      case OpKind::Squeeze:
+      case OpKind::Unsqueeze:
+      case OpKind::ReduceMean: keys = {"axes"}; break;
+      case OpKind::Split: keys = {"split"}; break;
+      case OpKind::Slice: keys = {"starts", "ends", "axes", "steps"}; break;
+      default: continue;
+    }
+    bool all_const = true;
+    for (size_t k = 0; k < keys.size(); ++k) {
+      size_t slot = k + 1;
+      if (slot < n.inputs.size() && n.inputs[slot] >= 0 && !g.is_const(n.inputs[slot])) all_const = false;
+    }
+    if (!all_const) continue;
+    for (size_t k = 0; k < keys.size(); ++k) {
+      size_t slot = k + 1;
+      if (slot < n.inputs.size() && n.inputs[slot] >= 0) {
+        n.attrs[keys[k]] = ints(n.inputs[slot]);
+        if (keys[k] == "shape") n.attrs["batch_mult"] = std::vector<int64_t>(ints(n.inputs[slot]).size(), 0);
+      }
+    }
+    n.inputs.resize(1);
+  }
+}
+
+void fuse_linear(Graph& g) {
+  auto cons = g.consumers();
+  for (auto& n : g.nodes) {
+    if (n.op != OpKind::MatMul || n.inputs.size() != 2 || g.is_const(n.inputs[0]) || !g.is_const(n.inputs[1]))
+      continue;
+    const auto& w = g.const_tensor(n.inputs[1]);
+    if (w.dim() != 2) continue;
+    int bias = -1;
+    int add = sole_consumer(cons, n.outputs[0]);
+    if (add >= 0 && g.nodes[static_cast<size_t>(add)].op == OpKind::Add) {
+      int b = other_input(g.nodes[static_cast<size_t>(add)], n.outputs[0]);
+      if (g.is_const(b) && g.const_tensor(b).dim() == 1 && g.const_tensor(b).size(0) == w.size(1)) bias = b;
+    }
+    // Name the layer after its bias tensor when it has a timm name ("blocks.0.attn.qkv.bias").
+    std::string name = scope_of(n.name);
+    if (bias >= 0) {
+      const auto& bn = g.values[static_cast<size_t>(bias)].name;
+      if (bn.size() > 5 && bn.compare(bn.size() - 5, 5, ".bias") == 0) name = bn.substr(0, bn.size() - 5);
+    }
+    if (name.empty()) name = n.name;
+    int wt = g.add_const(name + ".weight", w.t().contiguous());
+    n.op = OpKind::Linear;
+    n.name = name;
+    n.inputs = {n.inputs[0], wt};
+    if (bias >= 0) {
+      n.inputs.push_back(bias);
+      auto& a = g.nodes[static_cast<size_t>(add)];
+      make_identity(a, n.outputs[0]);
+    }
+  }
+}
+
+void fuse_gelu(Graph& g) {
+  auto cons = g.consumers();
+  auto node_of = [&](int idx) -> Node* { return idx >= 0 ? &g.nodes[static_cast<size_t>(idx)] : nullptr; };
+  for (auto& erf : g.nodes) {
+    if (erf.op != OpKind::Erf) continue;
+    // erf input: x / √2  or  x * (1/√2)
+    int pre = g.values[static_cast<size_t>(erf.inputs[0])].producer;
+    Node* scale = node_of(pre);
+    if (!scale || scale->inputs.size() != 2) continue;
+    int x = scale->inputs[0];
+    auto c = const_scalar(g, scale->inputs[1]);
+    bool ok = (scale->op == OpKind::Div && near(c, std::sqrt(2.0))) || (scale->op == OpKind::Mul && near(c, std::sqrt(0.5)));
+    if (!ok) continue;
+    Node* add = node_of(sole_consumer(cons, erf.outputs[0]));
+    if (!add || add->op != OpKind::Add || !near(const_scalar(g, other_input(*add, erf.outputs[0])), 1.0)) continue;
+    Node* mul = node_of(sole_consumer(cons, add->outputs[0]));
+    if (!mul || mul->op != OpKind::Mul) continue;
+    int mul_other = other_input(*mul, add->outputs[0]);
+    Node* last = nullptr;
+    if (mul_other == x) {
+      // (x * (1 + erf)) * 0.5
+      Node* half = node_of(sole_consumer(cons, mul->outputs[0]));
+      if (half && half->op == OpKind::Mul && near(const_scalar(g, other_input(*half, mul->outputs[0])), 0.5))
+        last = half;
+    } else {
+      // (x * 0.5) * (1 + erf)
+      Node* half = node_of(g.values[static_cast<size_t>(mul_other)].producer);
+      if (half && half->op == OpKind::Mul && other_input(*half, x) != x &&
+          near(const_scalar(g, other_input(*half, x)), 0.5) && (half->inputs[0] == x || half->inputs[1] == x))
+        last = mul;
+    }
+    if (!last) continue;
+    last->op = OpKind::Gelu;
+    last->inputs = {x};
+    last->attrs = {{"approximate", std::string("none")}};
+    last->name = scope_of(scale->name).empty() ? last->name : scope_of(scale->name);
+  }
+  compact(g);
+}
+
+void fuse_layer_norm(Graph& g) {
+  auto cons = g.consumers();
+  auto producer = [&](int v) -> Node* {
+    int p = v >= 0 ? g.values[static_cast<size_t>(v)].producer : -1;
+    return p >= 0 ? &g.nodes[static_cast<size_t>(p)] : nullptr;
+  };
+  auto last_axis_mean = [&](const Node* n) {
+    return n && n->op == OpKind::ReduceMean && n->getints("axes") == std::vector<int64_t>{-1} &&
+           n->geti("keepdims", 1) == 1;
+  };
+  for (auto& out : g.nodes) {
+    // out = (d / sqrt(mean(d^2) + eps)) * gamma + beta,  d = x - mean(x)
+    if (out.op != OpKind::Add || out.inputs.size() != 2) continue;
+    Node* mul = producer(out.inputs[0]);
+    int beta = out.inputs[1];
+    if (!mul) { mul = producer(out.inputs[1]); beta = out.inputs[0]; }
+    if (!mul || mul->op != OpKind::Mul || !g.is_const(beta)) continue;
+    Node* div = producer(mul->inputs[0]);
+    int gamma = mul->inputs[1];
+    if (!div) { div = producer(mul->inputs[1]); gamma = mul->inputs[0]; }
+    if (!div || div->op != OpKind::Div || !g.is_const(gamma)) continue;
+    Node* sub = producer(div->inputs[0]);
+    Node* sqrt = producer(div->inputs[1]);
+    if (!sub || sub->op != OpKind::Sub || !sqrt || sqrt->op != OpKind::Sqrt) continue;
+    Node* add_eps = producer(sqrt->inputs[0]);
+    if (!add_eps || add_eps->op != OpKind::Add) continue;
+    auto eps = const_scalar(g, add_eps->inputs[1]);
+    Node* var = producer(add_eps->inputs[0]);
+    if (!eps || !last_axis_mean(var)) continue;
+    Node* pow = producer(var->inputs[0]);
+    if (!pow || pow->op != OpKind::Pow || pow->inputs[0] != sub->outputs[0] || !near(const_scalar(g, pow->inputs[1]), 2.0))
+      continue;
+    Node* mean = producer(sub->inputs[1]);
+    int x = sub->inputs[0];
+    if (!last_axis_mean(mean) || mean->inputs[0] != x) continue;
+    // the intermediate values must not be used elsewhere
+    if (cons[static_cast<size_t>(sub->outputs[0])].size() != 2 || cons[static_cast<size_t>(div->outputs[0])].size() != 1)
+      continue;
+    const auto& gname = g.values[static_cast<size_t>(gamma)].name;
+    std::string name = gname.size() > 7 && gname.compare(gname.size() - 7, 7, ".weight") == 0
+                           ? gname.substr(0, gname.size() - 7) : scope_of(out.name);
+    out.op = OpKind::LayerNorm;
+    out.name = name.empty() ? out.name : name;
+    out.inputs = {x, gamma, beta};
+    out.attrs = {{"axis", int64_t{-1}}, {"epsilon", *eps}};
+  }
+  compact(g);
+}
+
+void compact(Graph& g) {
+  // 1. bypass Identity nodes
+  std::vector<int> alias(g.values.size());
+  for (size_t v = 0; v < alias.size(); ++v) alias[v] = static_cast<int>(v);
+  for (auto& n : g.nodes)
+    if (n.op == OpKind::Identity) alias[static_cast<size_t>(n.outputs[0])] = alias[static_cast<size_t>(n.inputs[0])];
+  for (auto& n : g.nodes)
+    for (auto& v : n.inputs)
+      if (v >= 0) v = alias[static_cast<size_t>(v)];
+  g.output = alias[static_cast<size_t>(g.output)];
+  // 2. keep only nodes that contribute to the output
+  std::vector<bool> live_value(g.values.size(), false), live_node(g.nodes.size(), false);
+  live_value[static_cast<size_t>(g.output)] = true;
+  for (size_t i = g.nodes.size(); i-- > 0;) {
+    auto& n = g.nodes[i];
+    if (n.op == OpKind::Identity) continue;
+    bool live = false;
+    for (int v : n.outputs) live = live || live_value[static_cast<size_t>(v)];
+    if (!live) continue;
+    live_node[i] = true;
+    for (int v : n.inputs)
+      if (v >= 0) live_value[static_cast<size_t>(v)] = true;
+  }
+  live_value[static_cast<size_t>(g.input)] = true;
+  // 3. renumber
+  Graph out;
+  out.meta = g.meta;
+  std::vector<int> remap(g.values.size(), -1);
+  auto map_value = [&](int v) {
+    if (v < 0) return v;
+    if (remap[static_cast<size_t>(v)] < 0) {
+      int id = out.add_value(g.values[static_cast<size_t>(v)].name);
+      out.values[static_cast<size_t>(id)].roles = g.values[static_cast<size_t>(v)].roles;
+      out.consts[static_cast<size_t>(id)] = g.consts[static_cast<size_t>(v)];
+      remap[static_cast<size_t>(v)] = id;
+    }
+    return remap[static_cast<size_t>(v)];
+  };
+  out.input = map_value(g.input);
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    if (!live_node[i]) continue;
+    Node n = g.nodes[i];
+    for (auto& v : n.inputs) v = map_value(v);
+    for (auto& v : n.outputs) {
+      v = map_value(v);
+      out.values[static_cast<size_t>(v)].producer = static_cast<int>(out.nodes.size());
+    }
+    out.nodes.push_back(std::move(n));
+  }
+  out.output = map_value(g.output);
+  g = std::move(out);
+}
+
+void annotate_roles(Graph& g) {
+  for (auto& v : g.values) v.roles = kRoleNone;
+  for (auto& n : g.nodes) n.roles = kRoleNone;
+  auto cons = g.consumers();
+  auto feeds_layer_norm = [&](int v) {
+    for (int c : cons[static_cast<size_t>(v)])
+      if (g.nodes[static_cast<size_t>(c)].op == OpKind::LayerNorm) return true;
+    return false;
+  };
+  for (auto& n : g.nodes) {
+    auto& out = g.values[static_cast<size_t>(n.outputs[0])];
+    switch (n.op) {
+      case OpKind::Softmax: out.roles |= kPostSoftmax; break;
+      case OpKind::Gelu: out.roles |= kPostGelu; break;
+      case OpKind::LayerNorm: out.roles |= kPostLayerNorm; break;
+      default: break;
+    }
+  }
+  for (auto& n : g.nodes) {
+    if (n.op == OpKind::MatMul && is_quantizable(g, n)) {
+      bool av = g.values[static_cast<size_t>(n.inputs[0])].roles & kPostSoftmax;
+      n.roles |= av ? kAttnV : kAttnQK;
+      std::string scope = scope_of(n.name);
+      n.name = (scope.empty() ? "" : scope + ".") + (av ? "matmul_av" : "matmul_qk");
+      g.values[static_cast<size_t>(n.outputs[0])].name = n.name;
+    }
+    // Pre-norm residual: y = x + f(LayerNorm(x)); the skip input x also feeds a LayerNorm.
+    if (n.op == OpKind::Add && n.inputs.size() == 2 && !g.is_const(n.inputs[0]) && !g.is_const(n.inputs[1])) {
+      for (int v : n.inputs)
+        if (feeds_layer_norm(v)) {
+          n.roles |= kResidualAdd;
+          g.values[static_cast<size_t>(v)].roles |= kResidual;
+          g.values[static_cast<size_t>(n.outputs[0])].roles |= kResidual;
+        }
+    }
+  }
+}
+
+}  // namespace vitq

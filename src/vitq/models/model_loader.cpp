@@ -1,0 +1,116 @@
+#include "vitq/models/model_loader.h"
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "vitq/models/safetensors.h"
+#include "vitq/models/vit_builder.h"
+#include "vitq/util/error.h"
+#ifdef VITQ_WITH_ONNX
+#include "vitq/models/onnx_import.h"
+#endif
+
+namespace vitq {
+
+namespace fs = std::filesystem;
+
+namespace {
+nlohmann::json read_json(const fs::path& p) {
+  std::ifstream in(p);
+  if (!in) fail("cannot open {}", p.string());
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const std::exception&) {
+    fail("{}: invalid JSON", p.string());
+  }
+}
+}  // namespace
+
+PreprocessConfig parse_preprocess(const nlohmann::json& j, const std::string& where) {
+  PreprocessConfig p;
+  if (!j.contains("pretrained_cfg")) return p;
+  const auto& c = j["pretrained_cfg"];
+  try {
+    if (c.contains("input_size")) {
+      auto s = c["input_size"].get<std::vector<int>>();
+      if (s.size() != 3 || s[0] != 3) fail("{}: pretrained_cfg.input_size must be [3, H, W]", where);
+      p.input_height = s[1];
+      p.input_width = s[2];
+    }
+    p.crop_pct = c.value("crop_pct", p.crop_pct);
+    p.interpolation = c.value("interpolation", p.interpolation);
+    if (c.contains("mean")) {
+      auto m = c["mean"].get<std::vector<float>>();
+      if (m.size() != 3) fail("{}: pretrained_cfg.mean needs 3 values", where);
+      std::copy(m.begin(), m.end(), p.mean.begin());
+    }
+    if (c.contains("std")) {
+      auto s = c["std"].get<std::vector<float>>();
+      if (s.size() != 3) fail("{}: pretrained_cfg.std needs 3 values", where);
+      std::copy(s.begin(), s.end(), p.std.begin());
+    }
+    if (c.value("crop_mode", std::string("center")) != "center")
+      fail("{}: crop_mode '{}' is not supported (only center)", where, c["crop_mode"].get<std::string>());
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: malformed pretrained_cfg ({})", where, first_line(e.what()));
+  }
+  if (p.interpolation != "bicubic" && p.interpolation != "bilinear")
+    fail("{}: interpolation '{}' is not supported (bicubic, bilinear)", where, p.interpolation);
+  if (!(p.crop_pct > 0.0 && p.crop_pct <= 1.0)) fail("{}: crop_pct {} is outside (0, 1]", where, p.crop_pct);
+  if (p.input_height <= 0 || p.input_width <= 0) fail("{}: input size must be positive", where);
+  for (float s : p.std)
+    if (!(s > 0.0f)) fail("{}: pretrained_cfg.std must be positive", where);
+  return p;
+}
+
+Graph load_model(const std::string& path_str) {
+  fs::path path(path_str);
+  if (!fs::exists(path)) fail("model not found: {}", path_str);
+  fs::path weights;
+  if (fs::is_directory(path)) {
+    if (fs::exists(path / "model.safetensors")) weights = path / "model.safetensors";
+    else if (fs::exists(path / "model.onnx")) weights = path / "model.onnx";
+    else fail("{}: no model.safetensors or model.onnx in this directory", path_str);
+  } else {
+    weights = path;
+  }
+  const fs::path config_path = weights.parent_path() / "config.json";
+  const std::string ext = weights.extension().string();
+  Graph g;
+  if (ext == ".safetensors") {
+    if (!fs::exists(config_path)) fail("{}: no config.json beside the weights", weights.string());
+    auto config = read_json(config_path);
+    auto cfg = parse_vit_config(config, config_path.string());
+    SafeTensorsFile file(weights.string());
+    g = build_vit(cfg, file);
+    g.meta.preprocess = parse_preprocess(config, config_path.string());
+    g.meta.format = "safetensors";
+  } else if (ext == ".onnx") {
+#ifdef VITQ_WITH_ONNX
+    nlohmann::json config = nlohmann::json::object();
+    if (fs::exists(config_path)) config = read_json(config_path);
+    auto pre = parse_preprocess(config, config_path.string());
+    g = import_onnx(weights.string(), pre.input_height);
+    g.meta.preprocess = pre;
+    g.meta.name = config.value("architecture", weights.stem().string());
+    // classes: rows of the final Linear's weight
+    const Node* last = nullptr;
+    for (const auto& n : g.nodes)
+      if (n.op == OpKind::Linear) last = &n;
+    if (!last) fail("{}: the graph has no classifier (Linear) layer", weights.string());
+    g.meta.num_classes = g.const_tensor(last->inputs[1]).size(0);
+    if (config.contains("num_classes") && config["num_classes"] != g.meta.num_classes)
+      fail("{}: config.json says num_classes {} but the model computes {}", weights.string(),
+           config["num_classes"].dump(), g.meta.num_classes);
+#else
+    fail("{}: this build of vitq has no ONNX support (libonnx-dev was missing)", weights.string());
+#endif
+  } else {
+    fail("{}: unknown model format (expected .safetensors or .onnx)", weights.string());
+  }
+  g.meta.source = weights.string();
+  return g;
+}
+
+}  // namespace vitq
