@@ -9,6 +9,7 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
@@ -54,10 +55,13 @@ int run_bench(const BenchOptions& o) {
 
   // Baseline: sgemm at the shape of the model's largest layer (fc1: [B*N, C] x [C, 4C]).
   int64_t rows = B * 197, inner = 192, cols = 768;
+  int64_t best = 0;
   for (const auto& l : stats.quantizable)
-    if (l.op == "Linear" && l.macs > 0 && l.weight_shape.size() == 2) {
+    if (l.op == "Linear" && l.macs > best && l.weight_shape.size() == 2) {
+      best = l.macs;
       inner = l.weight_shape[1];
-      cols = std::max(cols, l.weight_shape[0]);
+      cols = l.weight_shape[0];
+      rows = B * (l.macs / (inner * cols));
     }
   auto a = at::randn({rows, inner}, at::TensorOptions().device(device));
   auto w = at::randn({inner, cols}, at::TensorOptions().device(device));
@@ -69,6 +73,25 @@ int run_bench(const BenchOptions& o) {
   auto model_t = time_runs(2, o.iters, [&] { exec.run(x); sync(); });
   const double model_ips = static_cast<double>(B) / median(model_t);
   const double model_gflops = 2.0 * static_cast<double>(stats.macs) * model_ips / 1e9;
+
+  // Where the time goes: one profiled run, time per op kind (between consecutive node completions).
+  std::map<std::string, double> op_seconds;
+  {
+    ExecHooks hooks;
+    auto last = std::chrono::steady_clock::now();
+    hooks.on_output = [&](const Node& n, const std::vector<at::Tensor>&) {
+      sync();
+      auto now = std::chrono::steady_clock::now();
+      op_seconds[op_name(n.op)] += std::chrono::duration<double>(now - last).count();
+      last = now;
+    };
+    exec.run(x, &hooks);
+  }
+  std::vector<std::pair<double, std::string>> by_time;
+  for (auto& [op, t] : op_seconds) by_time.emplace_back(t, op);
+  std::sort(by_time.rbegin(), by_time.rend());
+  std::string profile;
+  for (auto& [t, op] : by_time) profile += fmt::format("| {} | {:.1f} ms |\n", op, t * 1e3);
 
   EvalOptions eo;
   eo.batch = o.batch;
@@ -88,7 +111,8 @@ int run_bench(const BenchOptions& o) {
       {"model_only", {{"iters", o.iters}, {"median_s", median(model_t)}, {"images_per_second", model_ips},
                       {"gflops", model_gflops}, {"fraction_of_sgemm", model_gflops / gemm_gflops}}},
       {"end_to_end", {{"data", o.data}, {"images", r.images}, {"seconds", r.seconds_total},
-                      {"images_per_second", r.images_per_second()}, {"top1", r.top1_pct()}, {"workers", o.workers}}}};
+                      {"images_per_second", r.images_per_second()}, {"top1", r.top1_pct()}, {"workers", o.workers}}},
+      {"op_seconds", op_seconds}};
   std::filesystem::create_directories(o.out_dir);
   const std::string stem = fmt::format("{}/fp32_{}_{}_b{}_t{}", o.out_dir, g.meta.name.empty() ? "model" : g.meta.name,
                                        o.device, o.batch, threads);
@@ -98,10 +122,11 @@ int run_bench(const BenchOptions& o) {
       "| measurement | median | rate |\n|---|---|---|\n"
       "| baseline sgemm {}x{}x{} (same run) | {:.2f} ms | {:.0f} GFLOP/s |\n"
       "| model only ({} iterations) | {:.1f} ms/batch | {:.1f} images/s ({:.0f} GFLOP/s, {:.0f}% of sgemm) |\n"
-      "| end to end: decode + preprocess + model, {} images | {:.1f} s total | {:.1f} images/s |\n",
+      "| end to end: decode + preprocess + model, {} images | {:.1f} s total | {:.1f} images/s |\n"
+      "\nTime per op kind, one batch (profiled run):\n\n| op | time |\n|---|---|\n{}",
       g.meta.name, o.device, threads, o.batch, date, rows, inner, cols, median(gemm_t) * 1e3, gemm_gflops, o.iters,
       median(model_t) * 1e3, model_ips, model_gflops, 100.0 * model_gflops / gemm_gflops, r.images, r.seconds_total,
-      r.images_per_second());
+      r.images_per_second(), profile);
   std::ofstream(stem + ".md") << md;
   fmt::print("{}\nwrote {}.json and {}.md\n", md, stem, stem);
   return 0;
