@@ -137,28 +137,37 @@ Image resize(const Image& in, int out_w, int out_h, ResizeFilter filter) {
 }
 
 std::vector<double> resize_reference(const Image& in, int out_w, int out_h, ResizeFilter filter) {
-  auto weights = [&](int in_size, int out_size, int o, int i) {
+  // weight of input index i for output index o, normalised over the taps that fall inside the image
+  auto weights = [&](int in_size, int out_size, int o) {
     const double scale = static_cast<double>(in_size) / out_size, fs = std::max(scale, 1.0);
     const double center = (o + 0.5) * scale;
-    return filter_value(filter, (i + 0.5 - center) / fs);
+    std::vector<double> w(static_cast<size_t>(in_size));
+    double sum = 0;
+    for (int i = 0; i < in_size; ++i) sum += w[static_cast<size_t>(i)] = filter_value(filter, (i + 0.5 - center) / fs);
+    for (auto& v : w) v /= sum;
+    return w;
   };
-  std::vector<double> out(static_cast<size_t>(out_w) * out_h * 3, 0.0);
-  for (int yy = 0; yy < out_h; ++yy)
-    for (int xx = 0; xx < out_w; ++xx) {
-      double acc[3] = {0, 0, 0}, wsum = 0;
-      for (int y = 0; y < in.height; ++y) {
-        double wy = weights(in.height, out_h, yy, y);
-        if (wy == 0) continue;
-        for (int x = 0; x < in.width; ++x) {
-          double w = wy * weights(in.width, out_w, xx, x);
-          if (w == 0) continue;
-          for (int c = 0; c < 3; ++c) acc[c] += w * in.at(y, x, c);
-          wsum += w;
-        }
+  // horizontal pass, clipped to the 8-bit range as PIL stores it, then vertical pass
+  std::vector<double> mid(static_cast<size_t>(in.height) * out_w * 3, 0.0);
+  for (int xx = 0; xx < out_w; ++xx) {
+    auto w = weights(in.width, out_w, xx);
+    for (int y = 0; y < in.height; ++y)
+      for (int c = 0; c < 3; ++c) {
+        double acc = 0;
+        for (int x = 0; x < in.width; ++x) acc += w[static_cast<size_t>(x)] * in.at(y, x, c);
+        mid[(static_cast<size_t>(y) * out_w + xx) * 3 + c] = std::clamp(acc, 0.0, 255.0);
       }
-      for (int c = 0; c < 3; ++c)
-        out[(static_cast<size_t>(yy) * out_w + xx) * 3 + c] = std::clamp(acc[c] / wsum, 0.0, 255.0);
-    }
+  }
+  std::vector<double> out(static_cast<size_t>(out_w) * out_h * 3, 0.0);
+  for (int yy = 0; yy < out_h; ++yy) {
+    auto w = weights(in.height, out_h, yy);
+    for (int xx = 0; xx < out_w; ++xx)
+      for (int c = 0; c < 3; ++c) {
+        double acc = 0;
+        for (int y = 0; y < in.height; ++y) acc += w[static_cast<size_t>(y)] * mid[(static_cast<size_t>(y) * out_w + xx) * 3 + c];
+        out[(static_cast<size_t>(yy) * out_w + xx) * 3 + c] = std::clamp(acc, 0.0, 255.0);
+      }
+  }
   return out;
 }
 

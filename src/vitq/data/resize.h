@@ -16,8 +16,9 @@ ResizeFilter parse_filter(const std::string& name);  // "bilinear" | "bicubic"
 // The fast, PIL-exact path.
 Image resize(const Image& in, int out_width, int out_height, ResizeFilter filter);
 
-// Naive reference: the same filter in double precision without fixed point or the intermediate 8-bit
-// rounding, one output pixel at a time (HWC floats in 0..255). Tests compare the two.
+// Naive reference: the same separable filter in double precision, weights computed per output pixel over the
+// whole input row/column, no fixed point and no intermediate rounding (only the clip to [0, 255] between the
+// passes that PIL's 8-bit storage implies). HWC values in 0..255. Tests compare the two.
 std::vector<double> resize_reference(const Image& in, int out_width, int out_height, ResizeFilter filter);
 
 }  // namespace vitq
