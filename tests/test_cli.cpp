@@ -162,6 +162,10 @@ TEST(Cli, NonsenseOptions) {
   r = run_vitq("eval " + q(model_dir()) + " --data " + q(imagenet("val1000")) + " --device tpu");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.output.find("--device"), std::string::npos) << r.output;
+  r = run_vitq("eval " + q(model_dir()) + " --data " + q(imagenet("val1000")) + " --device cuda --limit 2 --quiet");
+  if (r.code != 0) EXPECT_NE(error_line(r.output).find("--device cuda"), std::string::npos) << r.output;
+  r = run_vitq("eval " + q(model_dir()) + " --data " + q(imagenet("val1000")) + " --threads -3");
+  EXPECT_NE(r.code, 0);
   r = run_vitq("frobnicate");
   EXPECT_NE(r.code, 0);
 }
