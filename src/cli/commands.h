@@ -1,4 +1,5 @@
 #pragma once
+#include <cstdint>
 #include <string>
 
 namespace vitq::cli {
@@ -9,6 +10,35 @@ struct BenchOptions {
   int threads = 0, workers = 1;
 };
 int run_bench(const BenchOptions& opt);
+
+struct QuantArgs {
+  std::string model, method = "liu2021", calib, out, weight_granularity = "channel", keep_fp, layer_bits,
+      similarity = "pearson";
+  int wbits = 8, abits = 8, threads = 0, search_steps = 100;
+  size_t calib_size = 32;
+  uint64_t seed = 0;
+  double avg_bits = 0, percentile = 99.99;
+  bool mixed_precision = false, no_ranking = false, no_bias_correction = false, quiet = false;
+};
+int run_quantize(const QuantArgs& args);
+
+struct CompareArgs {
+  QuantArgs q;
+  std::string methods = "minmax,percentile,omse,liu2021", bits = "w8a8,w6a6,w4a4", data, out, command_line;
+  size_t limit = 0;
+};
+int run_compare(const CompareArgs& args);
+
+}  // namespace vitq::cli
+#include <nlohmann/json_fwd.hpp>
+#include <vector>
+namespace vitq {
+struct EvalResult;
+struct LayerReport;
+}  // namespace vitq
+namespace vitq::cli {
+void print_quant_eval(const EvalResult& r);
+nlohmann::json report_json(const std::vector<LayerReport>& report);
 
 // Sets libtorch's intra-op threads (0 = all cores) and returns the count in use.
 int set_threads(int threads);

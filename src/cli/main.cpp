@@ -17,6 +17,9 @@
 #include "vitq/models/model_loader.h"
 #include "vitq/util/error.h"
 #include "vitq/util/npy.h"
+#include "vitq/quant/calibration.h"
+#include "vitq/quant/fake_quant.h"
+#include "vitq/quant/plan.h"
 
 namespace vitq::cli {
 
@@ -70,7 +73,8 @@ int run_info(const std::string& model_path, const std::string& json_path) {
 }
 
 struct EvalArgs {
-  std::string model, data, json, device = "cpu", dump_logits;
+  std::string model, data, json, device = "cpu", dump_logits, plan, report;
+  size_t report_images = 32;
   size_t limit = 0, batch = 32;
   int threads = 0, workers = 1;
   bool strict = false, quiet = false;
@@ -88,12 +92,24 @@ int run_eval(const EvalArgs& a) {
   opt.workers = a.workers;
   opt.progress = !a.quiet;
   opt.keep_logits = !a.dump_logits.empty();
+  QuantPlan plan;
+  if (!a.plan.empty()) {
+    plan = load_plan(a.plan, g);
+    opt.plan = &plan;
+  } else if (!a.report.empty()) {
+    fail("--report needs --plan");
+  }
   EvalResult r = evaluate(g, data, opt);
   fmt::print("model     {} ({})\n", g.meta.name, g.meta.source);
   fmt::print("data      {} ({} images evaluated{})\n", a.data, r.images,
              r.failed ? fmt::format(", {} unreadable and skipped", r.failed) : "");
-  fmt::print("top-1     {:.2f}%\n", r.top1_pct());
-  fmt::print("top-5     {:.2f}%\n", r.top5_pct());
+  if (opt.plan) {
+    fmt::print("plan      {} ({}, W{}A{})\n", a.plan, plan.method, plan.settings.value("wbits", 0), plan.settings.value("abits", 0));
+    print_quant_eval(r);
+  } else {
+    fmt::print("top-1     {:.2f}%\n", r.top1_pct());
+    fmt::print("top-5     {:.2f}%\n", r.top5_pct());
+  }
   fmt::print("speed     {:.1f} images/s end to end, {:.1f} images/s model only (batch {}, {} threads, {})\n",
              r.images_per_second(), r.model_images_per_second(), a.batch, threads, a.device);
   if (!a.json.empty())
@@ -102,6 +118,25 @@ int run_eval(const EvalArgs& a) {
                         {"images_per_second", r.images_per_second()},
                         {"model_images_per_second", r.model_images_per_second()}, {"batch", a.batch},
                         {"threads", threads}, {"device", a.device}});
+  if (opt.plan && !a.report.empty()) {
+    // per-layer diagnostics on the first images of the evaluation set
+    Dataset head = data;
+    head.samples.resize(std::min(head.samples.size(), a.report_images));
+    at::Tensor images = load_calibration(g, head, head.samples.size(), 0, false);
+    auto rep = layer_report(g, plan, images);
+    fmt::print("\nper-layer report ({} images; isolated = this layer alone on FP input, accumulated = whole plan):\n{}",
+               images.size(0), format_layer_report(rep));
+    write_json(a.report, {{"plan", a.plan}, {"images", images.size(0)}, {"layers", report_json(rep)}});
+  }
+  if (opt.plan && !a.json.empty()) {
+    std::ifstream in(a.json);
+    auto j = nlohmann::json::parse(in);
+    j["plan"] = a.plan;
+    j["fp32_top1"] = r.fp_top1_pct();
+    j["agreement"] = r.agreement_pct();
+    j["kl"] = r.mean_kl();
+    write_json(a.json, j);
+  }
   if (!a.dump_logits.empty())
     save_npy(a.dump_logits, {{static_cast<int64_t>(r.images), g.meta.num_classes}, r.logits});
   return 0;
@@ -147,6 +182,44 @@ int main(int argc, char** argv) {
   eval->add_option("--dump-logits", ev.dump_logits, "write the logits as .npy");
   eval->add_flag("--strict", ev.strict, "stop at the first unreadable image");
   eval->add_flag("--quiet", ev.quiet, "no progress output");
+  eval->add_option("--plan", ev.plan, "evaluate the model quantized by this plan (fake-quant), against FP32");
+  eval->add_option("--report", ev.report, "with --plan: per-layer SQNR/cosine report as JSON (and a table)");
+  eval->add_option("--report-images", ev.report_images, "images for the per-layer report")->check(CLI::Range(1, 4096));
+
+  QuantArgs qa;
+  auto add_quant_options = [](CLI::App* c, QuantArgs& q) {
+    c->add_option("MODEL", q.model, "model directory, .safetensors or .onnx")->required();
+    c->add_option("--calib", q.calib, "calibration images (labels.txt or class folders)")->required();
+    c->add_option("--calib-size", q.calib_size, "calibration images drawn from --calib")->check(CLI::Range(1, 100000));
+    c->add_option("--seed", q.seed, "seed of the calibration draw and of sampled pairs");
+    c->add_option("--weight-granularity", q.weight_granularity, "weight scales: channel or tensor");
+    c->add_option("--keep-fp", q.keep_fp, "comma-separated layers left in floating point");
+    c->add_option("--layer-bits", q.layer_bits, "comma-separated NAME=BITS overrides (weights and inputs)");
+    c->add_option("--similarity", q.similarity, "liu2021: pearson or cosine");
+    c->add_flag("--no-ranking", q.no_ranking, "liu2021: no ranking loss on attention");
+    c->add_flag("--no-bias-correction", q.no_bias_correction, "liu2021: no bias correction");
+    c->add_flag("--mixed-precision", q.mixed_precision, "liu2021: nuclear-norm mixed precision (needs --avg-bits)");
+    c->add_option("--avg-bits", q.avg_bits, "mixed-precision budget: average weight and activation bits");
+    c->add_option("--search-steps", q.search_steps, "liu2021: grid points per step search")->check(CLI::Range(2, 10000));
+    c->add_option("--percentile", q.percentile, "percentile observer: the percentile kept");
+    c->add_option("--threads", q.threads, "libtorch threads (default: all cores)")->check(CLI::Range(0, 1024));
+    c->add_flag("--quiet", q.quiet, "no progress output");
+  };
+  auto* quantize = app.add_subcommand("quantize", "calibrate and search a quantization plan with a PTQ method");
+  add_quant_options(quantize, qa);
+  quantize->add_option("--method", qa.method, "minmax, percentile, omse, liu2021 (variants: liu2021+norank, +nobc, +cosine, +mp)");
+  quantize->add_option("--wbits", qa.wbits, "weight bits (2-8)");
+  quantize->add_option("--abits", qa.abits, "activation bits (2-8)");
+  quantize->add_option("--out", qa.out, "plan JSON to write")->required();
+
+  CompareArgs ca;
+  auto* compare = app.add_subcommand("compare", "run methods x bit widths on the same images; markdown + JSON table");
+  add_quant_options(compare, ca.q);
+  compare->add_option("--methods", ca.methods, "comma-separated methods (and variants)");
+  compare->add_option("--bits", ca.bits, "comma-separated bit widths, e.g. w8a8,w6a6,w4a4");
+  compare->add_option("--data", ca.data, "evaluation images")->required();
+  compare->add_option("--limit", ca.limit, "evaluate only the first N images");
+  compare->add_option("--out", ca.out, "output path without extension (writes .md and .json)")->required();
 
   BenchOptions bo;
   bo.out_dir = std::string(VITQ_SOURCE_DIR) + "/bench/results";
@@ -170,6 +243,12 @@ int main(int argc, char** argv) {
     if (*info) return run_info(info_model, info_json);
     if (*eval) return run_eval(ev);
     if (*bench) return run_bench(bo);
+    if (*quantize) return run_quantize(qa);
+    if (*compare) {
+      ca.command_line = "vitq";
+      for (int i = 1; i < argc; ++i) ca.command_line += std::string(" ") + argv[i];
+      return run_compare(ca);
+    }
   } catch (const std::exception& e) {
     fmt::print(stderr, "vitq: error: {}\n", vitq::first_line(e.what()));
     return 1;

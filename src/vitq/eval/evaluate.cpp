@@ -4,10 +4,12 @@
 #include <ATen/Context.h>
 
 #include <chrono>
+#include <memory>
 #include <cstring>
 
 #include "vitq/data/loader.h"
 #include "vitq/graph/executor.h"
+#include "vitq/quant/fake_quant.h"
 #include "vitq/util/error.h"
 #include "vitq/util/progress.h"
 
@@ -29,6 +31,8 @@ EvalResult evaluate(const Graph& graph, const Dataset& full, const EvalOptions& 
   if (opt.limit > 0 && opt.limit < data.samples.size()) data.samples.resize(opt.limit);
   const c10::Device device(opt.device == "cuda" ? c10::kCUDA : c10::kCPU);
   Executor exec(graph, device);
+  std::unique_ptr<QuantizedModel> quant;
+  if (opt.plan) quant = std::make_unique<QuantizedModel>(graph, *opt.plan, device);
   at::InferenceMode guard;
   const auto& pre = graph.meta.preprocess;
   BatchLoader loader(data, pre, opt.batch, opt.workers);
@@ -48,8 +52,24 @@ EvalResult evaluate(const Graph& graph, const Dataset& full, const EvalOptions& 
     const auto n = static_cast<int64_t>(batch->size());
     auto input = at::from_blob(batch->pixels.data(), {n, 3, pre.input_height, pre.input_width}, at::kFloat);
     const auto m0 = std::chrono::steady_clock::now();
-    at::Tensor logits = exec.run(input).to(at::kCPU).contiguous();
+    at::Tensor logits = (quant ? quant->run(input) : exec.run(input)).to(at::kCPU).contiguous();
     r.seconds_model += std::chrono::duration<double>(std::chrono::steady_clock::now() - m0).count();
+    if (quant) {  // compare with FP on the same images
+      at::Tensor fp;
+      if (opt.fp_logits) {
+        const size_t classes = static_cast<size_t>(logits.size(1)), offset = r.images * classes;
+        if (opt.fp_logits->size() < offset + static_cast<size_t>(n) * classes) fail("FP logits do not cover the data set");
+        fp = at::from_blob(const_cast<float*>(opt.fp_logits->data() + offset), {n, logits.size(1)}, at::kFloat);
+      } else {
+        fp = exec.run(input).to(at::kCPU);
+      }
+      auto fp_pred = fp.argmax(1);
+      r.agree += static_cast<size_t>((fp_pred == logits.argmax(1)).sum().item<int64_t>());
+      auto labels = at::tensor(std::vector<int64_t>(batch->labels.begin(), batch->labels.end()));
+      r.fp_top1 += static_cast<size_t>((fp_pred == labels).sum().item<int64_t>());
+      auto lp = at::log_softmax(fp.to(at::kDouble), 1), lq = at::log_softmax(logits.to(at::kDouble), 1);
+      r.kl_sum += (lp.exp() * (lp - lq)).sum().item<double>();
+    }
     if (logits.dim() != 2 || logits.size(0) != n) fail("model output has shape [{}], expected [{}, classes]", fmt::join(logits.sizes(), ", "), n);
     const int64_t k = std::min<int64_t>(5, logits.size(1));
     auto top = std::get<1>(logits.topk(k, 1)).contiguous();

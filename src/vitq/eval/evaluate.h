@@ -10,7 +10,11 @@
 
 namespace vitq {
 
+struct QuantPlan;
+
 struct EvalOptions {
+  const QuantPlan* plan = nullptr;  // evaluate the fake-quantized model (and compare it with FP) when set
+  const std::vector<float>* fp_logits = nullptr;  // FP logits of the same images, in order (saves the FP run)
   size_t batch = 32;
   size_t limit = 0;          // 0 = every image
   bool strict = false;       // stop at the first image that fails to decode
@@ -24,6 +28,13 @@ struct EvalResult {
   size_t images = 0;          // evaluated (decoded) images
   size_t failed = 0;          // images that could not be read
   size_t top1 = 0, top5 = 0;  // correct counts
+  // with a plan: how often the quantized model's top-1 equals FP's, and mean KL(FP softmax || quantized softmax)
+  size_t agree = 0;
+  double kl_sum = 0;
+  size_t fp_top1 = 0;
+  double agreement_pct() const { return images ? 100.0 * static_cast<double>(agree) / static_cast<double>(images) : 0.0; }
+  double mean_kl() const { return images ? kl_sum / static_cast<double>(images) : 0.0; }
+  double fp_top1_pct() const { return images ? 100.0 * static_cast<double>(fp_top1) / static_cast<double>(images) : 0.0; }
   double seconds_total = 0, seconds_model = 0;
   std::vector<std::string> failures;
   std::vector<int64_t> labels, predictions;

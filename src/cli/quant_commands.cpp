@@ -1,0 +1,204 @@
+// vitq quantize / vitq compare, and the plan side of vitq eval.
+#include <ATen/ATen.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <sstream>
+
+#include "cli/commands.h"
+#include "vitq/data/dataset.h"
+#include "vitq/eval/evaluate.h"
+#include "vitq/methods/method.h"
+#include "vitq/models/model_loader.h"
+#include "vitq/quant/calibration.h"
+#include "vitq/quant/fake_quant.h"
+#include "vitq/util/error.h"
+
+namespace vitq::cli {
+
+namespace {
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, sep))
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+}  // namespace
+
+std::string apply_method_variant(const std::string& spec, MethodOptions& o) {
+  auto parts = split(spec, '+');
+  if (parts.empty()) fail("empty method name");
+  for (size_t i = 1; i < parts.size(); ++i) {
+    const auto& v = parts[i];
+    if (v == "norank") o.ranking = false;
+    else if (v == "nobc") o.bias_correction = false;
+    else if (v == "cosine") o.similarity = "cosine";
+    else if (v == "mp") {
+      o.mixed_precision = true;
+      if (o.avg_bits == 0) o.avg_bits = o.placement.wbits;
+    } else fail("unknown method variant '+{}' in '{}' (norank, nobc, cosine, mp)", v, spec);
+  }
+  find_method(parts[0]);
+  return parts[0];
+}
+
+void fill_placement(PlacementOptions& p, const QuantArgs& a) {
+  p.wbits = a.wbits;
+  p.abits = a.abits;
+  p.weight_granularity = parse_granularity(a.weight_granularity);
+  if (p.weight_granularity == Granularity::PerGroup || p.weight_granularity == Granularity::PerHead)
+    fail("--weight-granularity must be tensor or channel");
+  for (const auto& name : split(a.keep_fp, ',')) p.keep_fp.insert(name);
+  for (const auto& item : split(a.layer_bits, ',')) {
+    auto eq = item.find('=');
+    if (eq == std::string::npos) fail("--layer-bits expects NAME=BITS, got '{}'", item);
+    int bits = 0;
+    try {
+      bits = std::stoi(item.substr(eq + 1));
+    } catch (const std::exception&) {
+      fail("--layer-bits: '{}' is not a number of bits", item.substr(eq + 1));
+    }
+    if (bits < 2 || bits > 8) fail("--layer-bits: bits must be between 2 and 8, got {}", bits);
+    p.layer_bits[item.substr(0, eq)] = bits;
+  }
+}
+
+MethodOptions method_options(const QuantArgs& a) {
+  if (a.wbits < 2 || a.wbits > 8) fail("--wbits must be between 2 and 8, got {}", a.wbits);
+  if (a.abits < 2 || a.abits > 8) fail("--abits must be between 2 and 8, got {}", a.abits);
+  MethodOptions o;
+  fill_placement(o.placement, a);
+  o.seed = a.seed;
+  o.progress = !a.quiet;
+  o.ranking = !a.no_ranking;
+  o.bias_correction = !a.no_bias_correction;
+  o.similarity = a.similarity;
+  o.search_steps = a.search_steps;
+  o.mixed_precision = a.mixed_precision;
+  o.avg_bits = a.avg_bits;
+  o.observer.percentile = a.percentile;
+  if (o.mixed_precision && o.avg_bits == 0) fail("--mixed-precision needs --avg-bits");
+  return o;
+}
+
+int run_quantize(const QuantArgs& a) {
+  const int threads = set_threads(a.threads);
+  MethodOptions o = method_options(a);
+  const std::string method = apply_method_variant(a.method, o);
+  Graph g = load_model(a.model);
+  auto t0 = std::chrono::steady_clock::now();
+  at::Tensor calib = load_calibration(g, open_dataset(a.calib), a.calib_size, a.seed, !a.quiet);
+  const double load_s = seconds_since(t0);
+  auto t1 = std::chrono::steady_clock::now();
+  QuantPlan plan = run_method(g, calib, method, o);
+  const double search_s = seconds_since(t1);
+  plan.method = a.method;
+  plan.settings["calib"] = a.calib;
+  plan.settings["threads"] = threads;
+  plan.settings["search_seconds"] = search_s;
+  save_plan(plan, a.out);
+  fmt::print("method    {} on {} ({} quantizers), W{}A{}\n", a.method, g.meta.name, plan.points.size(), a.wbits, a.abits);
+  fmt::print("calib     {} images from {} (seed {}), loaded in {:.1f} s\n", calib.size(0), a.calib, a.seed, load_s);
+  fmt::print("search    {:.1f} s ({} threads)\n", search_s, threads);
+  fmt::print("wrote     {}\n", a.out);
+  return 0;
+}
+
+void print_quant_eval(const EvalResult& r) {
+  fmt::print("top-1     {:.2f}% ({:+.2f} vs FP32 {:.2f}% on the same images)\n", r.top1_pct(), r.top1_pct() - r.fp_top1_pct(),
+             r.fp_top1_pct());
+  fmt::print("top-5     {:.2f}%\n", r.top5_pct());
+  fmt::print("agreement {:.2f}% of top-1 predictions equal FP32's\n", r.agreement_pct());
+  fmt::print("KL        {:.4f} mean KL(FP32 || quantized) of the softmax outputs\n", r.mean_kl());
+}
+
+nlohmann::json report_json(const std::vector<LayerReport>& rep) {
+  nlohmann::json j = nlohmann::json::array();
+  for (const auto& r : rep)
+    j.push_back({{"layer", r.node}, {"op", r.op}, {"bits", r.quantizers}, {"sqnr_isolated_db", r.sqnr_isolated},
+                 {"cosine_isolated", r.cosine_isolated}, {"sqnr_accumulated_db", r.sqnr_accumulated},
+                 {"cosine_accumulated", r.cosine_accumulated}});
+  return j;
+}
+
+int run_compare(const CompareArgs& c) {
+  const int threads = set_threads(c.q.threads);
+  Graph g = load_model(c.q.model);
+  std::vector<std::pair<int, int>> bits;
+  for (const auto& b : split(c.bits, ',')) {
+    std::smatch m;
+    if (!std::regex_match(b, m, std::regex(R"(w(\d)a(\d))"))) fail("--bits expects items like w8a8, got '{}'", b);
+    int w = std::stoi(m[1]), a = std::stoi(m[2]);
+    if (w < 2 || w > 8 || a < 2 || a > 8) fail("--bits: {} is outside 2-8 bits", b);
+    bits.emplace_back(w, a);
+  }
+  auto methods = split(c.methods, ',');
+  if (methods.empty() || bits.empty()) fail("--methods and --bits must name at least one each");
+  for (const auto& m : methods) {  // fail early on a typo
+    MethodOptions o;
+    apply_method_variant(m, o);
+  }
+  Dataset data = open_dataset(c.data);
+  at::Tensor calib = load_calibration(g, open_dataset(c.q.calib), c.q.calib_size, c.q.seed, !c.q.quiet);
+  // FP32 once; every quantized run is compared with these logits.
+  EvalOptions eo;
+  eo.limit = c.limit;
+  eo.progress = !c.q.quiet;
+  eo.keep_logits = true;
+  fmt::print(stderr, "FP32 reference\n");
+  EvalResult fp = evaluate(g, data, eo);
+  nlohmann::json rows = nlohmann::json::array();
+  std::string md = fmt::format(
+      "# {}: PTQ methods compared\n\nModel {} ({}), calibration: {} images drawn with seed {} from {}, evaluation: {} "
+      "images of {}. FP32 top-1 {:.2f}%. Weights symmetric per-{}, activations asymmetric per-tensor, image input 8-bit.\n"
+      "Reproduce: `{}`\n\n"
+      "| method | bits | top-1 | Δ vs FP32 | agreement | KL(FP‖Q) | search s |\n|---|---|---|---|---|---|---|\n",
+      g.meta.name, g.meta.name, g.meta.source, calib.size(0), c.q.seed, c.q.calib, fp.images, c.data, fp.top1_pct(),
+      c.q.weight_granularity, c.command_line);
+  for (const auto& [w, a] : bits) {
+    for (const auto& m : methods) {
+      QuantArgs qa = c.q;
+      qa.wbits = w;
+      qa.abits = a;
+      MethodOptions o = method_options(qa);
+      const std::string base = apply_method_variant(m, o);
+      fmt::print(stderr, "{} W{}A{}\n", m, w, a);
+      auto t0 = std::chrono::steady_clock::now();
+      QuantPlan plan = run_method(g, calib, base, o);
+      const double search_s = seconds_since(t0);
+      plan.method = m;
+      EvalOptions qo = eo;
+      qo.plan = &plan;
+      qo.fp_logits = &fp.logits;
+      qo.keep_logits = false;
+      EvalResult r = evaluate(g, data, qo);
+      const double delta = r.top1_pct() - fp.top1_pct();
+      md += fmt::format("| {} | W{}A{} | {:.2f} | {:+.2f} | {:.2f}% | {:.4f} | {:.1f} |\n", m, w, a, r.top1_pct(), delta,
+                        r.agreement_pct(), r.mean_kl(), search_s);
+      rows.push_back({{"method", m}, {"wbits", w}, {"abits", a}, {"top1", r.top1_pct()}, {"top5", r.top5_pct()},
+                      {"delta_top1", delta}, {"agreement", r.agreement_pct()}, {"kl", r.mean_kl()},
+                      {"search_seconds", search_s}, {"settings", plan.settings}});
+      fmt::print("{} W{}A{}: top-1 {:.2f}% ({:+.2f}), agreement {:.2f}%, KL {:.4f}, search {:.1f} s\n", m, w, a,
+                 r.top1_pct(), delta, r.agreement_pct(), r.mean_kl(), search_s);
+      std::filesystem::create_directories(std::filesystem::path(c.out).parent_path().empty() ? "." : std::filesystem::path(c.out).parent_path());
+      std::ofstream(c.out + ".md") << md;  // written after every row: a long run keeps what it finished
+      nlohmann::json j = {{"model", g.meta.name}, {"calib", c.q.calib}, {"calib_size", calib.size(0)}, {"seed", c.q.seed},
+                          {"data", c.data}, {"images", fp.images}, {"fp32_top1", fp.top1_pct()}, {"threads", threads},
+                          {"rows", rows}};
+      std::ofstream(c.out + ".json") << j.dump(2) << "\n";
+    }
+  }
+  fmt::print("\n{}\nwrote {}.md and {}.json\n", md, c.out, c.out);
+  return 0;
+}
+
+}  // namespace vitq::cli

@@ -1,0 +1,50 @@
+// PTQ methods, one per file, reached through a registry by name. Each turns a graph and a calibration batch
+// into a calibrated QuantPlan.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "vitq/quant/observer.h"
+#include "vitq/quant/plan.h"
+
+namespace vitq {
+
+struct MethodOptions {
+  PlacementOptions placement;  // wbits / abits live here
+  ObserverOptions observer;
+  uint64_t seed = 0;
+  bool progress = true;
+  // liu2021
+  bool ranking = true;              // ranking-aware loss on the q·kᵀ matmul
+  bool bias_correction = true;
+  std::string similarity = "pearson";  // or "cosine"
+  int search_steps = 100;           // grid points in [0.5, 1.2] x the min-max step
+  int search_images = 8;            // calibration images the similarity is measured on (ranges use them all)
+  double ranking_weight = 1.0;      // γ
+  bool mixed_precision = false;
+  double avg_bits = 0;              // mixed-precision budget (average bits over weights, and over activations)
+};
+
+using MethodFn = std::function<QuantPlan(const Graph&, const at::Tensor& calib, const MethodOptions&)>;
+
+struct MethodInfo {
+  std::string name, citation, summary;
+  MethodFn run;
+};
+
+const std::vector<MethodInfo>& method_registry();
+const MethodInfo& find_method(const std::string& name);  // Error naming the known methods
+
+// Runs a method and stamps the plan (model, method, settings), then checks it against the graph.
+QuantPlan run_method(const Graph& graph, const at::Tensor& calib, const std::string& method, const MethodOptions& options);
+
+// Each method file defines one of these (listed in registry.cpp).
+MethodInfo baseline_minmax();
+MethodInfo baseline_percentile();
+MethodInfo baseline_omse();
+MethodInfo method_liu2021();
+
+}  // namespace vitq

@@ -1,0 +1,40 @@
+#include <ATen/ATen.h>
+
+#include "vitq/methods/method.h"
+#include "vitq/util/error.h"
+
+namespace vitq {
+
+const std::vector<MethodInfo>& method_registry() {
+  static const std::vector<MethodInfo> methods = {baseline_minmax(), baseline_percentile(), baseline_omse(),
+                                                  method_liu2021()};
+  return methods;
+}
+
+const MethodInfo& find_method(const std::string& name) {
+  std::string names;
+  for (const auto& m : method_registry()) {
+    if (m.name == name) return m;
+    names += (names.empty() ? "" : ", ") + m.name;
+  }
+  fail("unknown method '{}' (known: {})", name, names);
+}
+
+QuantPlan run_method(const Graph& g, const at::Tensor& calib, const std::string& name, const MethodOptions& o) {
+  const MethodInfo& m = find_method(name);
+  if (o.placement.wbits < 2 || o.placement.wbits > 8) fail("--wbits must be between 2 and 8, got {}", o.placement.wbits);
+  if (o.placement.abits < 2 || o.placement.abits > 8) fail("--abits must be between 2 and 8, got {}", o.placement.abits);
+  if (calib.size(0) == 0) fail("empty calibration batch");
+  QuantPlan plan = m.run(g, calib, o);
+  plan.model = g.meta.name;
+  plan.method = name;
+  plan.settings["wbits"] = o.placement.wbits;
+  plan.settings["abits"] = o.placement.abits;
+  plan.settings["weight_granularity"] = granularity_name(o.placement.weight_granularity);
+  plan.settings["calib_images"] = calib.size(0);
+  plan.settings["seed"] = o.seed;
+  check_plan(plan, g, "method " + name);
+  return plan;
+}
+
+}  // namespace vitq

@@ -1,0 +1,93 @@
+#include "vitq/quant/calibration.h"
+
+#include <ATen/ATen.h>
+
+#include <memory>
+
+#include "vitq/data/loader.h"
+#include "vitq/graph/executor.h"
+#include "vitq/util/error.h"
+#include "vitq/util/progress.h"
+
+namespace vitq {
+
+at::Tensor load_calibration(const Graph& g, const Dataset& data, size_t n, uint64_t seed, bool progress) {
+  if (n == 0) fail("--calib-size must be at least 1");
+  if (data.samples.empty()) fail("calibration set {} is empty", data.root);
+  check_labels(data, std::numeric_limits<int64_t>::max());
+  Dataset subset = sample_subset(data, std::min(n, data.samples.size()), seed);
+  if (subset.samples.size() < n) fail("calibration set {} has {} images, {} asked", data.root, data.samples.size(), n);
+  const auto& p = g.meta.preprocess;
+  BatchLoader loader(subset, p, 16, 1);
+  std::vector<at::Tensor> parts;
+  Progress bar("calibration images", subset.samples.size(), progress);
+  size_t done = 0;
+  while (auto b = loader.next()) {
+    for (const auto& e : b->errors) fmt::print(stderr, "vitq: warning: skipped unreadable calibration image {}\n", e);
+    done += b->size() + b->errors.size();
+    bar.update(done);
+    if (b->size() == 0) continue;
+    parts.push_back(at::from_blob(b->pixels.data(), {static_cast<int64_t>(b->size()), 3, p.input_height, p.input_width},
+                                  at::kFloat).clone());
+  }
+  bar.finish();
+  if (parts.empty()) fail("no calibration image of {} could be read", data.root);
+  auto images = at::cat(parts, 0);
+  // Degenerate data: every image (nearly) one colour.
+  auto spread = (images.amax({1, 2, 3}) - images.amin({1, 2, 3})).max().item<float>();
+  if (spread < 1e-3f)
+    fmt::print(stderr, "vitq: warning: the calibration images are constant (all black?); scales will be finite but "
+                       "not representative\n");
+  return images;
+}
+
+LayerTensors capture_layers(const Graph& g, const at::Tensor& images) {
+  at::InferenceMode guard;
+  Executor ex(g);
+  LayerTensors t;
+  ExecHooks hooks;
+  hooks.transform_input = [&](const Node& n, size_t slot, const at::Tensor& x) {
+    if (is_quantizable(g, n)) {
+      auto& v = t.inputs[n.name];
+      v.resize(std::max(v.size(), n.inputs.size()));
+      v[slot] = x;
+    }
+    return x;
+  };
+  hooks.on_output = [&](const Node& n, const std::vector<at::Tensor>& outs) {
+    if (is_quantizable(g, n)) t.outputs[n.name] = outs[0];
+  };
+  ex.run(images, &hooks);
+  return t;
+}
+
+void calibrate_with_observers(const Graph& g, const at::Tensor& images, std::vector<QuantPoint>& points,
+                              const std::string& act_kind, const std::string& weight_kind, const ObserverOptions& opt,
+                              int64_t chunk) {
+  at::InferenceMode guard;
+  std::map<std::pair<std::string, int>, std::unique_ptr<Observer>> observers;
+  for (auto& p : points) {
+    if (p.weight) {
+      const Node* n = nullptr;
+      for (const auto& x : g.nodes)
+        if (x.name == p.node) n = &x;
+      auto obs = make_observer(weight_kind, p.spec, opt);
+      obs->collect(g.const_tensor(n->inputs[static_cast<size_t>(p.slot)]));
+      p.params = obs->compute();
+    } else {
+      observers[{p.node, p.slot}] = make_observer(act_kind, p.spec, opt);
+    }
+  }
+  Executor ex(g);
+  ExecHooks hooks;
+  hooks.transform_input = [&](const Node& n, size_t slot, const at::Tensor& x) {
+    auto it = observers.find({n.name, static_cast<int>(slot)});
+    if (it != observers.end()) it->second->collect(x);
+    return x;
+  };
+  for (int64_t b = 0; b < images.size(0); b += chunk) ex.run(images.narrow(0, b, std::min(chunk, images.size(0) - b)), &hooks);
+  for (auto& p : points)
+    if (!p.weight) p.params = observers.at({p.node, p.slot})->compute();
+}
+
+}  // namespace vitq

@@ -1,0 +1,142 @@
+#include "vitq/quant/fake_quant.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <limits>
+#include <map>
+#include <set>
+
+#include "vitq/util/error.h"
+
+namespace vitq {
+
+namespace {
+std::map<std::string, size_t> node_index(const Graph& g) {
+  std::map<std::string, size_t> idx;
+  for (size_t i = 0; i < g.nodes.size(); ++i) idx[g.nodes[i].name] = i;
+  return idx;
+}
+}  // namespace
+
+QuantizedModel::QuantizedModel(const Graph& g, const QuantPlan& plan, c10::Device device) : exec_(g, device) {
+  constants_.assign(g.nodes.size(), {});
+  activations_.assign(g.nodes.size(), {});
+  auto idx = node_index(g);
+  for (const auto& p : plan.points) {
+    auto it = idx.find(p.node);
+    if (it == idx.end()) fail("plan point {} is not in the model", p.node);
+    const Node& n = g.nodes[it->second];
+    auto& consts = constants_[it->second];
+    auto& acts = activations_[it->second];
+    consts.resize(n.inputs.size());
+    acts.resize(n.inputs.size(), nullptr);
+    if (p.weight) {
+      const auto& w = g.const_tensor(n.inputs[static_cast<size_t>(p.slot)]);
+      consts[static_cast<size_t>(p.slot)] = fake_quant(w, p.spec, p.params).to(device);
+    } else {
+      acts[static_cast<size_t>(p.slot)] = &p;
+    }
+  }
+  for (const auto& [node, bias] : plan.bias) {
+    auto it = idx.find(node);
+    if (it == idx.end()) fail("plan corrects the bias of {}, which is not in the model", node);
+    auto& consts = constants_[it->second];
+    consts.resize(std::max<size_t>(consts.size(), 3));
+    consts[2] = bias.to(device);
+  }
+  // Scales of activation quantizers live on the device too.
+  hooks_.transform_input = [this, &g](const Node& n, size_t slot, const at::Tensor& t) -> at::Tensor {
+    const size_t i = static_cast<size_t>(&n - g.nodes.data());
+    const auto& consts = constants_[i];
+    if (slot < consts.size() && consts[slot].defined()) return consts[slot];
+    const auto& acts = activations_[i];
+    if (slot < acts.size() && acts[slot]) {
+      const QuantPoint& p = *acts[slot];
+      QuantParams params{p.params.scale.to(t.device()), p.params.zero_point.to(t.device())};
+      return fake_quant(t, p.spec, params);
+    }
+    return t;
+  };
+}
+
+at::Tensor QuantizedModel::run(const at::Tensor& input, const ExecHooks* observe) const {
+  if (!observe) return exec_.run(input, &hooks_);
+  ExecHooks h = hooks_;
+  h.on_output = observe->on_output;
+  return exec_.run(input, &h);
+}
+
+double sqnr_db(const at::Tensor& ref, const at::Tensor& approx) {
+  const double signal = ref.to(at::kDouble).pow(2).sum().item<double>();
+  const double noise = (ref.to(at::kDouble) - approx.to(at::kDouble)).pow(2).sum().item<double>();
+  if (noise == 0.0) return std::numeric_limits<double>::infinity();
+  if (signal == 0.0) return -std::numeric_limits<double>::infinity();
+  return 10.0 * std::log10(signal / noise);
+}
+
+double cosine(const at::Tensor& a, const at::Tensor& b) {
+  auto x = a.flatten().to(at::kDouble), y = b.flatten().to(at::kDouble);
+  const double den = x.norm().item<double>() * y.norm().item<double>();
+  return den == 0.0 ? (x.equal(y) ? 1.0 : 0.0) : (x * y).sum().item<double>() / den;
+}
+
+std::vector<LayerReport> layer_report(const Graph& g, const QuantPlan& plan, const at::Tensor& images) {
+  at::InferenceMode guard;
+  Executor fp(g);
+  std::map<std::string, std::vector<at::Tensor>> fp_inputs;
+  std::map<std::string, at::Tensor> fp_out, q_out;
+  std::set<std::string> planned;
+  for (const auto& p : plan.points) planned.insert(p.node);
+  ExecHooks capture;
+  capture.transform_input = [&](const Node& n, size_t slot, const at::Tensor& t) {
+    if (planned.count(n.name)) {
+      auto& v = fp_inputs[n.name];
+      v.resize(std::max(v.size(), slot + 1));
+      v[slot] = t;
+    }
+    return t;
+  };
+  capture.on_output = [&](const Node& n, const std::vector<at::Tensor>& outs) {
+    if (planned.count(n.name)) fp_out[n.name] = outs[0];
+  };
+  fp.run(images, &capture);
+  QuantizedModel qm(g, plan);
+  ExecHooks observe;
+  observe.on_output = [&](const Node& n, const std::vector<at::Tensor>& outs) {
+    if (planned.count(n.name)) q_out[n.name] = outs[0];
+  };
+  qm.run(images, &observe);
+
+  std::vector<LayerReport> report;
+  for (const auto& n : g.nodes) {
+    if (!planned.count(n.name)) continue;
+    LayerReport r{n.name, op_name(n.op), "", 0, 0, 0, 0};
+    std::vector<at::Tensor> args = fp_inputs[n.name];
+    for (size_t slot = 0; slot < args.size(); ++slot) {
+      if (const QuantPoint* p = plan.find(n.name, static_cast<int>(slot))) {
+        args[slot] = fake_quant(args[slot], p->spec, p->params);
+        r.quantizers += fmt::format("{}{}{}", r.quantizers.empty() ? "" : " ", p->weight ? "W" : "A", p->spec.bits);
+      }
+    }
+    if (auto it = plan.bias.find(n.name); it != plan.bias.end() && args.size() > 2) args[2] = it->second;
+    auto iso = run_node(n, args, images.size(0))[0];
+    r.sqnr_isolated = sqnr_db(fp_out[n.name], iso);
+    r.cosine_isolated = cosine(fp_out[n.name], iso);
+    r.sqnr_accumulated = sqnr_db(fp_out[n.name], q_out[n.name]);
+    r.cosine_accumulated = cosine(fp_out[n.name], q_out[n.name]);
+    report.push_back(r);
+  }
+  return report;
+}
+
+std::string format_layer_report(const std::vector<LayerReport>& report) {
+  std::string s = fmt::format("{:<26} {:<7} {:<8} {:>13} {:>10} {:>16} {:>12}\n", "layer", "op", "bits", "SQNR isolated",
+                              "cos iso.", "SQNR accumulated", "cos accum.");
+  for (const auto& r : report)
+    s += fmt::format("{:<26} {:<7} {:<8} {:>10.2f} dB {:>10.5f} {:>13.2f} dB {:>12.5f}\n", r.node, r.op, r.quantizers,
+                     r.sqnr_isolated, r.cosine_isolated, r.sqnr_accumulated, r.cosine_accumulated);
+  return s;
+}
+
+}  // namespace vitq

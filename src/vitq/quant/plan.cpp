@@ -1,0 +1,189 @@
+#include "vitq/quant/plan.h"
+
+#include <ATen/ATen.h>
+
+#include <fstream>
+
+#include "vitq/util/error.h"
+
+namespace vitq {
+
+QuantPoint* QuantPlan::find(const std::string& node, int slot) {
+  for (auto& p : points)
+    if (p.node == node && p.slot == slot) return &p;
+  return nullptr;
+}
+const QuantPoint* QuantPlan::find(const std::string& node, int slot) const {
+  return const_cast<QuantPlan*>(this)->find(node, slot);
+}
+
+std::vector<QuantPoint> default_placement(const Graph& g, const PlacementOptions& o) {
+  std::vector<QuantPoint> points;
+  for (const auto& n : g.nodes) {
+    if (!is_quantizable(g, n) || o.keep_fp.count(n.name)) continue;
+    auto override_it = o.layer_bits.find(n.name);
+    const int wbits = override_it != o.layer_bits.end() ? override_it->second : o.wbits;
+    int abits = override_it != o.layer_bits.end() ? override_it->second : o.abits;
+    QuantSpec act;
+    act.bits = abits;
+    act.symmetric = o.act_symmetric;
+    act.is_signed = o.act_symmetric;
+    if (n.op == OpKind::MatMul) {
+      for (int slot = 0; slot < 2; ++slot) points.push_back({n.name, slot, false, act, {}});
+      continue;
+    }
+    QuantSpec in = act;
+    if (n.inputs[0] == g.input) in.bits = 8;  // the image: 8 bits in every paper's convention
+    points.push_back({n.name, 0, false, in, {}});
+    QuantSpec w;
+    w.bits = wbits;
+    w.symmetric = true;
+    w.is_signed = true;
+    w.granularity = o.weight_granularity;
+    w.axis = 0;
+    points.push_back({n.name, 1, true, w, {}});
+  }
+  for (auto& p : points) p.spec.validate();
+  for (const auto& name : o.keep_fp) {
+    bool found = false;
+    for (const auto& n : g.nodes) found = found || (n.name == name && is_quantizable(g, n));
+    if (!found) fail("--keep-fp: {} is not a quantizable layer of {}", name, g.meta.name);
+  }
+  for (const auto& [name, bits] : o.layer_bits) {
+    bool found = false;
+    for (const auto& n : g.nodes) found = found || (n.name == name && is_quantizable(g, n));
+    if (!found) fail("--layer-bits: {} is not a quantizable layer of {}", name, g.meta.name);
+  }
+  return points;
+}
+
+namespace {
+nlohmann::json tensor_to_json(const at::Tensor& t) {
+  auto c = t.detach().to(at::kCPU).to(at::kFloat).contiguous();
+  return {{"shape", c.sizes().vec()}, {"data", std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel())}};
+}
+at::Tensor tensor_from_json(const nlohmann::json& j) {
+  auto shape = j.at("shape").get<std::vector<int64_t>>();
+  auto data = j.at("data").get<std::vector<float>>();
+  int64_t n = 1;
+  for (auto d : shape) n *= d;
+  if (n != static_cast<int64_t>(data.size())) throw std::runtime_error("tensor data does not match its shape");
+  for (float v : data)
+    if (!std::isfinite(v)) throw std::runtime_error("non-finite value");
+  return at::tensor(data).reshape(shape);
+}
+}  // namespace
+
+nlohmann::json plan_to_json(const QuantPlan& p) {
+  nlohmann::json j = {{"format", "vitq-quant-plan"}, {"version", QuantPlan::kVersion}, {"model", p.model},
+                      {"method", p.method}, {"settings", p.settings}};
+  j["points"] = nlohmann::json::array();
+  for (const auto& q : p.points) {
+    nlohmann::json e = {{"node", q.node}, {"slot", q.slot}, {"weight", q.weight},
+                        {"spec", {{"bits", q.spec.bits}, {"symmetric", q.spec.symmetric}, {"signed", q.spec.is_signed},
+                                  {"granularity", granularity_name(q.spec.granularity)}, {"axis", q.spec.axis},
+                                  {"group_size", q.spec.group_size}}}};
+    if (q.params.scale.defined()) {
+      e["scale"] = tensor_to_json(q.params.scale);
+      e["zero_point"] = tensor_to_json(q.params.zero_point);
+    }
+    j["points"].push_back(e);
+  }
+  j["bias"] = nlohmann::json::object();
+  for (const auto& [node, b] : p.bias) j["bias"][node] = tensor_to_json(b);
+  return j;
+}
+
+QuantPlan plan_from_json(const nlohmann::json& j, const std::string& where) {
+  QuantPlan p;
+  try {
+    if (j.value("format", std::string()) != "vitq-quant-plan") fail("{}: not a vitq quantization plan", where);
+    int version = j.at("version").get<int>();
+    if (version != QuantPlan::kVersion)
+      fail("{}: plan format version {} is not supported (this vitq reads version {})", where, version, QuantPlan::kVersion);
+    p.model = j.at("model").get<std::string>();
+    p.method = j.value("method", std::string());
+    p.settings = j.value("settings", nlohmann::json::object());
+    for (const auto& e : j.at("points")) {
+      QuantPoint q;
+      q.node = e.at("node").get<std::string>();
+      q.slot = e.at("slot").get<int>();
+      q.weight = e.at("weight").get<bool>();
+      const auto& s = e.at("spec");
+      q.spec.bits = s.at("bits").get<int>();
+      q.spec.symmetric = s.at("symmetric").get<bool>();
+      q.spec.is_signed = s.at("signed").get<bool>();
+      q.spec.granularity = parse_granularity(s.at("granularity").get<std::string>());
+      q.spec.axis = s.value("axis", 0);
+      q.spec.group_size = s.value("group_size", 0);
+      q.spec.validate();
+      if (e.contains("scale")) {
+        q.params.scale = tensor_from_json(e["scale"]);
+        q.params.zero_point = tensor_from_json(e["zero_point"]);
+        if (!(q.params.scale > 0).all().item<bool>()) fail("{}: {} slot {} has a non-positive scale", where, q.node, q.slot);
+      }
+      p.points.push_back(std::move(q));
+    }
+    if (j.contains("bias"))
+      for (const auto& [node, b] : j["bias"].items()) p.bias[node] = tensor_from_json(b);
+  } catch (const Error& e) {
+    throw Error(e.what());
+  } catch (const std::exception& e) {
+    fail("{}: malformed plan ({})", where, first_line(e.what()));
+  }
+  return p;
+}
+
+void save_plan(const QuantPlan& plan, const std::string& path) {
+  std::ofstream out(path);
+  if (!out) fail("cannot write plan {}", path);
+  out << plan_to_json(plan).dump(1) << "\n";
+}
+
+void check_plan(const QuantPlan& p, const Graph& g, const std::string& where) {
+  if (p.model != g.meta.name)
+    fail("{}: plan is for model '{}', not '{}'", where, p.model, g.meta.name);
+  for (const auto& q : p.points) {
+    const Node* n = nullptr;
+    for (const auto& node : g.nodes)
+      if (node.name == q.node) n = &node;
+    if (!n) fail("{}: plan quantizes {}, which {} does not have", where, q.node, g.meta.name);
+    if (!is_quantizable(g, *n) || q.slot < 0 || q.slot >= static_cast<int>(n->inputs.size()) || q.slot > 1)
+      fail("{}: plan quantizes input {} of {}, which is not a quantization point", where, q.slot, q.node);
+    const bool is_weight = g.is_const(n->inputs[static_cast<size_t>(q.slot)]);
+    if (is_weight != q.weight) fail("{}: {} slot {} is {} in the model but {} in the plan", where, q.node, q.slot,
+                                    is_weight ? "a weight" : "an activation", q.weight ? "a weight" : "an activation");
+    if (!q.params.scale.defined()) fail("{}: {} slot {} has no parameters (plan not calibrated)", where, q.node, q.slot);
+    if (q.weight) {
+      const auto& w = g.const_tensor(n->inputs[static_cast<size_t>(q.slot)]);
+      const auto expected = reduce_amax(w, q.spec).sizes().vec();
+      if (q.params.scale.sizes().vec() != expected || q.params.zero_point.sizes().vec() != expected)
+        fail("{}: the scales of {} have shape [{}], its weight [{}] needs [{}]", where, q.node,
+             fmt::join(q.params.scale.sizes(), ", "), fmt::join(w.sizes(), ", "), fmt::join(expected, ", "));
+    }
+  }
+  for (const auto& [node, b] : p.bias) {
+    const Node* n = nullptr;
+    for (const auto& x : g.nodes)
+      if (x.name == node) n = &x;
+    if (!n || (n->op != OpKind::Linear && n->op != OpKind::Conv2d) || n->inputs.size() < 3)
+      fail("{}: plan corrects the bias of {}, which is not a Linear or Conv2d layer with a bias", where, node);
+    if (b.numel() != g.const_tensor(n->inputs[1]).size(0)) fail("{}: corrected bias of {} has the wrong size", where, node);
+  }
+}
+
+QuantPlan load_plan(const std::string& path, const Graph& g) {
+  std::ifstream in(path);
+  if (!in) fail("cannot open plan {}", path);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const std::exception&) {
+    fail("{}: invalid JSON", path);
+  }
+  QuantPlan p = plan_from_json(j, path);
+  check_plan(p, g, path);
+  return p;
+}
+
+}  // namespace vitq
