@@ -237,7 +237,9 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+    fmt::print(stderr, "vitq: error: {} (see vitq --help)\n", vitq::first_line(e.what()));
+    return 2;
   }
   try {
     if (*info) return run_info(info_model, info_json);

@@ -33,8 +33,8 @@ at::Tensor load_calibration(const Graph& g, const Dataset& data, size_t n, uint6
   bar.finish();
   if (parts.empty()) fail("no calibration image of {} could be read", data.root);
   auto images = at::cat(parts, 0);
-  // Degenerate data: every image (nearly) one colour.
-  auto spread = (images.amax({1, 2, 3}) - images.amin({1, 2, 3})).max().item<float>();
+  // Degenerate data: every channel of every image (nearly) one value, e.g. all black.
+  auto spread = (images.amax({2, 3}) - images.amin({2, 3})).max().item<float>();
   if (spread < 1e-3f)
     fmt::print(stderr, "vitq: warning: the calibration images are constant (all black?); scales will be finite but "
                        "not representative\n");
