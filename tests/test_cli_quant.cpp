@@ -9,13 +9,6 @@
 using namespace vitq::test;
 
 namespace {
-std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
-
-void expect_error(const CliResult& r, const std::string& needle) {
-  EXPECT_NE(r.code, 0) << r.output;
-  EXPECT_LT(r.code, 128) << "crashed: " << r.output;
-  EXPECT_NE(error_line(r.output).find(needle), std::string::npos) << "output: " << r.output;
-}
 
 void write_black_png(const fs::path& path, int w, int h) {
   FILE* f = std::fopen(path.c_str(), "wb");
@@ -33,43 +26,43 @@ void write_black_png(const fs::path& path, int w, int h) {
 }
 
 std::string quantize_args(const std::string& extra) {
-  return "quantize " + q(model_dir()) + " --calib " + q(imagenet("calib1000")) + " --calib-size 4 --quiet " + extra;
+  return "quantize " + quoted(model_dir()) + " --calib " + quoted(imagenet("calib1000")) + " --calib-size 4 --quiet " + extra;
 }
 }  // namespace
 
 TEST(CliQuant, BitsOutsideRange) {
   TempDir dir;
-  expect_error(run_vitq(quantize_args("--method minmax --wbits 9 --abits 8 --out " + q(dir / "p.json"))),
+  expect_cli_error(run_vitq(quantize_args("--method minmax --wbits 9 --abits 8 --out " + quoted(dir / "p.json"))),
                "--wbits must be between 2 and 8, got 9");
-  expect_error(run_vitq(quantize_args("--method minmax --wbits 4 --abits 1 --out " + q(dir / "p.json"))),
+  expect_cli_error(run_vitq(quantize_args("--method minmax --wbits 4 --abits 1 --out " + quoted(dir / "p.json"))),
                "--abits must be between 2 and 8, got 1");
-  expect_error(run_vitq(quantize_args("--method minmax --layer-bits blocks.0.attn.qkv=12 --out " + q(dir / "p.json"))),
+  expect_cli_error(run_vitq(quantize_args("--method minmax --layer-bits blocks.0.attn.qkv=12 --out " + quoted(dir / "p.json"))),
                "bits must be between 2 and 8");
 }
 
 TEST(CliQuant, UnknownMethod) {
   TempDir dir;
-  expect_error(run_vitq(quantize_args("--method brecq --out " + q(dir / "p.json"))), "unknown method 'brecq'");
-  expect_error(run_vitq(quantize_args("--method liu2021+fast --out " + q(dir / "p.json"))), "unknown method variant");
+  expect_cli_error(run_vitq(quantize_args("--method brecq --out " + quoted(dir / "p.json"))), "unknown method 'brecq'");
+  expect_cli_error(run_vitq(quantize_args("--method liu2021+fast --out " + quoted(dir / "p.json"))), "unknown method variant");
 }
 
 TEST(CliQuant, PlanFromAnotherModel) {
   TempDir dir;
-  auto r = run_vitq(quantize_args("--method minmax --wbits 8 --abits 8 --out " + q(dir / "p.json")));
+  auto r = run_vitq(quantize_args("--method minmax --wbits 8 --abits 8 --out " + quoted(dir / "p.json")));
   ASSERT_EQ(r.code, 0) << r.output;
   auto j = nlohmann::json::parse(read_file(dir / "p.json"));
   j["model"] = "deit_small_patch16_224";
   write_file(dir / "other.json", j.dump());
-  expect_error(run_vitq("eval " + q(model_dir()) + " --data " + q(imagenet("val1000")) + " --plan " + q(dir / "other.json")),
+  expect_cli_error(run_vitq("eval " + quoted(model_dir()) + " --data " + quoted(imagenet("val1000")) + " --plan " + quoted(dir / "other.json")),
                "plan is for model 'deit_small_patch16_224', not 'deit_tiny_patch16_224'");
   write_file(dir / "broken.json", "{\"format\": \"vitq-quant-plan\", \"version\": 1}");
-  expect_error(run_vitq("eval " + q(model_dir()) + " --data " + q(imagenet("val1000")) + " --plan " + q(dir / "broken.json")),
+  expect_cli_error(run_vitq("eval " + quoted(model_dir()) + " --data " + quoted(imagenet("val1000")) + " --plan " + quoted(dir / "broken.json")),
                "malformed plan");
-  expect_error(run_vitq("eval " + q(model_dir()) + " --data " + q(imagenet("val1000")) + " --plan " + q(dir / "none.json")),
+  expect_cli_error(run_vitq("eval " + quoted(model_dir()) + " --data " + quoted(imagenet("val1000")) + " --plan " + quoted(dir / "none.json")),
                "cannot open plan");
   // and the good plan evaluates, with the comparison against FP32
-  r = run_vitq("eval " + q(model_dir()) + " --data " + q(imagenet("val1000")) + " --limit 32 --quiet --plan " +
-               q(dir / "p.json") + " --report " + q(dir / "rep.json") + " --report-images 4");
+  r = run_vitq("eval " + quoted(model_dir()) + " --data " + quoted(imagenet("val1000")) + " --limit 32 --quiet --plan " +
+               quoted(dir / "p.json") + " --report " + quoted(dir / "rep.json") + " --report-images 4");
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("agreement"), std::string::npos);
   EXPECT_NE(r.output.find("blocks.11.mlp.fc2"), std::string::npos);
@@ -79,10 +72,10 @@ TEST(CliQuant, PlanFromAnotherModel) {
 
 TEST(CliQuant, EmptyCalibrationSet) {
   TempDir dir, empty;
-  expect_error(run_vitq("quantize " + q(model_dir()) + " --calib " + q(empty.path()) + " --method minmax --out " +
-                        q(dir / "p.json")),
+  expect_cli_error(run_vitq("quantize " + quoted(model_dir()) + " --calib " + quoted(empty.path()) + " --method minmax --out " +
+                        quoted(dir / "p.json")),
                "is empty");
-  expect_error(run_vitq(quantize_args("--method minmax --calib-size 0 --out " + q(dir / "p.json"))), "calib-size");
+  expect_cli_error(run_vitq(quantize_args("--method minmax --calib-size 0 --out " + quoted(dir / "p.json"))), "calib-size");
 }
 
 TEST(CliQuant, AllBlackCalibrationImages) {
@@ -94,8 +87,8 @@ TEST(CliQuant, AllBlackCalibrationImages) {
   }
   write_file(data / "labels.txt", labels);
   for (const std::string method : {"minmax", "omse", "liu2021"}) {
-    auto r = run_vitq("quantize " + q(model_dir()) + " --calib " + q(data.path()) + " --calib-size 4 --quiet --method " +
-                      method + " --wbits 4 --abits 4 --search-steps 4 --out " + q(out / "p.json"));
+    auto r = run_vitq("quantize " + quoted(model_dir()) + " --calib " + quoted(data.path()) + " --calib-size 4 --quiet --method " +
+                      method + " --wbits 4 --abits 4 --search-steps 4 --out " + quoted(out / "p.json"));
     ASSERT_EQ(r.code, 0) << r.output;
     EXPECT_NE(r.output.find("warning: the calibration images are constant"), std::string::npos) << r.output;
     auto j = nlohmann::json::parse(read_file(out / "p.json"));
@@ -109,9 +102,9 @@ TEST(CliQuant, AllBlackCalibrationImages) {
 
 TEST(CliQuant, CompareRejectsNonsense) {
   TempDir dir;
-  std::string base = "compare " + q(model_dir()) + " --calib " + q(imagenet("calib1000")) + " --data " +
-                     q(imagenet("val1000")) + " --out " + q(dir / "t");
-  expect_error(run_vitq(base + " --bits w9a8"), "outside 2-8 bits");
-  expect_error(run_vitq(base + " --bits 8bit"), "--bits expects items like w8a8");
-  expect_error(run_vitq(base + " --methods minmax,foo"), "unknown method 'foo'");
+  std::string base = "compare " + quoted(model_dir()) + " --calib " + quoted(imagenet("calib1000")) + " --data " +
+                     quoted(imagenet("val1000")) + " --out " + quoted(dir / "t");
+  expect_cli_error(run_vitq(base + " --bits w9a8"), "outside 2-8 bits");
+  expect_cli_error(run_vitq(base + " --bits 8bit"), "--bits expects items like w8a8");
+  expect_cli_error(run_vitq(base + " --methods minmax,foo"), "unknown method 'foo'");
 }

@@ -1,5 +1,6 @@
 // Helpers shared by the tests: paths to ../shared, temporary directories, running the vitq binary.
 #pragma once
+#include <gtest/gtest.h>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -68,6 +69,15 @@ inline std::string error_line(const std::string& output) {
   auto pos = output.find("vitq: error:");
   if (pos == std::string::npos) return "";
   return output.substr(pos, output.find('\n', pos) - pos);
+}
+
+inline std::string quoted(const fs::path& p) { return "'" + p.string() + "'"; }
+
+// Expects a nonzero exit without a crash, and a "vitq: error:" line that contains `needle`.
+inline void expect_cli_error(const CliResult& r, const std::string& needle) {
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_LT(r.code, 128) << "crashed: " << r.output;
+  EXPECT_NE(error_line(r.output).find(needle), std::string::npos) << "output: " << r.output;
 }
 
 }  // namespace vitq::test
