@@ -62,6 +62,20 @@ TEST(Passes, FusionsKeepTheFunction) {
   EXPECT_LE((before - after).abs().max().item<float>(), 1e-5f);
 }
 
+TEST(Passes, QuantizableLayerNamesAreUnique) {
+  // exporters without module paths name every attention matmul alike
+  Graph g;
+  g.input = g.add_value("input");
+  int x = g.out(g.add_node(OpKind::Reshape, "r", {g.input}, 1,
+                           {{"shape", std::vector<int64_t>{1, 3, 4, 4}}, {"batch_mult", std::vector<int64_t>{1, 0, 0, 0}}}));
+  int a = g.out(g.add_node(OpKind::MatMul, "MatMul", {x, x}));
+  int b = g.out(g.add_node(OpKind::MatMul, "MatMul", {a, x}));
+  g.output = b;
+  annotate_roles(g);
+  EXPECT_EQ(g.nodes[1].name, "matmul_qk");
+  EXPECT_EQ(g.nodes[2].name, "matmul_qk_1");
+}
+
 TEST(Passes, ValidateRejectsBrokenGraphs) {
   Graph g;
   g.input = g.add_value("input");

@@ -1,6 +1,8 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <zlib.h>
+
 #include <random>
 
 #include "test_util.h"
@@ -121,6 +123,25 @@ TEST(Image, DecodesJpegAndRejectsGarbage) {
     EXPECT_NE(std::string(e.what()).find("half.jpg"), std::string::npos);
   }
   EXPECT_THROW(decode_image((dir / "missing.jpg").string()), Error);
+}
+
+TEST(Image, RefusesDecompressionBombs) {
+  // a PNG header claiming 20000 x 20000 pixels, and nothing else
+  std::string png = "\x89PNG\r\n\x1a\n";
+  std::string ihdr = std::string("IHDR", 4);
+  for (uint32_t v : {20000u, 20000u}) for (int s = 24; s >= 0; s -= 8) ihdr += static_cast<char>((v >> s) & 0xFF);
+  ihdr += std::string("\x08\x02\x00\x00\x00", 5);
+  uint32_t crc = static_cast<uint32_t>(crc32(0, reinterpret_cast<const Bytef*>(ihdr.data()), static_cast<uInt>(ihdr.size())));
+  png += std::string("\x00\x00\x00\x0d", 4) + ihdr;
+  for (int s = 24; s >= 0; s -= 8) png += static_cast<char>((crc >> s) & 0xFF);
+  TempDir dir;
+  write_file(dir / "bomb.png", png);
+  try {
+    decode_image((dir / "bomb.png").string());
+    FAIL() << "decoded a 400-megapixel header";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("decompression bomb"), std::string::npos) << e.what();
+  }
 }
 
 TEST(Dataset, LabelsFileAndClassFolders) {

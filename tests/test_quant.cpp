@@ -235,6 +235,16 @@ TEST(Plan, JsonRoundTripAndChecks) {
   auto version = j;
   version["version"] = 99;
   EXPECT_THROW(plan_from_json(version, "t"), Error);
+  auto fractional = j;
+  for (auto& p : fractional["points"])
+    if (!p["weight"].get<bool>()) {
+      p["zero_point"]["data"][0] = 3.5;
+      break;
+    }
+  EXPECT_THROW(plan_from_json(fractional, "t"), Error);
+  auto no_zero_point = j;
+  no_zero_point["points"][0].erase("zero_point");
+  EXPECT_THROW(plan_from_json(no_zero_point, "t"), Error);
   auto negative = j;
   negative["points"][0]["scale"]["data"][0] = -1.0;
   EXPECT_THROW(plan_from_json(negative, "t"), Error);

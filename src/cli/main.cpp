@@ -184,13 +184,13 @@ int main(int argc, char** argv) {
   eval->add_flag("--quiet", ev.quiet, "no progress output");
   eval->add_option("--plan", ev.plan, "evaluate the model quantized by this plan (fake-quant), against FP32");
   eval->add_option("--report", ev.report, "with --plan: per-layer SQNR/cosine report as JSON (and a table)");
-  eval->add_option("--report-images", ev.report_images, "images for the per-layer report")->check(CLI::Range(1, 4096));
+  eval->add_option("--report-images", ev.report_images, "images for the per-layer report")->check(CLI::Range(1, 256));
 
   QuantArgs qa;
   auto add_quant_options = [](CLI::App* c, QuantArgs& q) {
     c->add_option("MODEL", q.model, "model directory, .safetensors or .onnx")->required();
     c->add_option("--calib", q.calib, "calibration images (labels.txt or class folders)")->required();
-    c->add_option("--calib-size", q.calib_size, "calibration images drawn from --calib")->check(CLI::Range(1, 100000));
+    c->add_option("--calib-size", q.calib_size, "calibration images drawn from --calib (liu2021 holds every layer's input for all of them)")->check(CLI::Range(0, 1024));
     c->add_option("--seed", q.seed, "seed of the calibration draw and of sampled pairs");
     c->add_option("--weight-granularity", q.weight_granularity, "weight scales: channel or tensor");
     c->add_option("--keep-fp", q.keep_fp, "comma-separated layers left in floating point");

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <memory>
 
 // clang-format off
 #include <jpeglib.h>
@@ -17,6 +18,9 @@
 namespace vitq {
 
 namespace {
+
+// PIL refuses images above 2 x 89,478,485 pixels as decompression bombs; so do we.
+constexpr uint64_t kMaxPixels = 2ull * 89478485ull;
 
 struct JpegError {
   jpeg_error_mgr mgr;
@@ -37,14 +41,17 @@ void jpeg_emit(j_common_ptr cinfo, int level) {
   if (level < 0 && cinfo->err->msg_code == JWRN_JPEG_EOF) err->truncated = true;
 }
 
-// Decodes into `out` (pre-sized by the caller after the header is read). Only POD locals live across setjmp.
+// Decodes into `out` (sized here after the header is read).
 bool decode_jpeg(const uint8_t* data, size_t size, Image& out, std::string& error) {
   jpeg_decompress_struct cinfo;
   JpegError err;
   cinfo.err = jpeg_std_error(&err.mgr);
   err.mgr.error_exit = jpeg_error_exit;
   err.mgr.emit_message = jpeg_emit;
-  std::vector<uint8_t> row;
+  // Buffers modified after setjmp live on the heap behind a pointer that is not (longjmp leaves locals that
+  // changed after setjmp indeterminate).
+  const auto row_holder = std::make_unique<std::vector<uint8_t>>();
+  std::vector<uint8_t>& row = *row_holder;
   if (setjmp(err.jump)) {
     jpeg_destroy_decompress(&cinfo);
     error = err.message;
@@ -57,6 +64,11 @@ bool decode_jpeg(const uint8_t* data, size_t size, Image& out, std::string& erro
   cinfo.out_color_space = cmyk ? JCS_CMYK : (cinfo.num_components == 1 ? JCS_GRAYSCALE : JCS_RGB);
   cinfo.dct_method = JDCT_ISLOW;
   cinfo.do_fancy_upsampling = TRUE;
+  if (static_cast<uint64_t>(cinfo.image_width) * cinfo.image_height > kMaxPixels) {
+    jpeg_destroy_decompress(&cinfo);
+    error = fmt::format("{}x{} pixels is more than vitq decodes (decompression bomb?)", cinfo.image_width, cinfo.image_height);
+    return false;
+  }
   jpeg_start_decompress(&cinfo);
   out.width = static_cast<int>(cinfo.output_width);
   out.height = static_cast<int>(cinfo.output_height);
@@ -116,17 +128,30 @@ void png_fail(png_structp png, png_const_charp msg) {
 void png_warn(png_structp, png_const_charp) {}
 
 bool decode_png(const uint8_t* data, size_t size, Image& out, std::string& error) {
+  // IHDR is the first chunk: refuse huge images before libpng reads any further
+  if (size >= 24 && std::memcmp(data + 12, "IHDR", 4) == 0) {
+    auto be32 = [&](size_t at) {
+      return (uint64_t{data[at]} << 24) | (uint64_t{data[at + 1]} << 16) | (uint64_t{data[at + 2]} << 8) | data[at + 3];
+    };
+    if (be32(16) * be32(20) > kMaxPixels) {
+      error = fmt::format("{}x{} pixels is more than vitq decodes (decompression bomb?)", be32(16), be32(20));
+      return false;
+    }
+  }
   png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &error, png_fail, png_warn);
   if (!png) return false;
   png_infop info = png_create_info_struct(png);
   PngReader reader{data, size, 0};
-  std::vector<png_bytep> rows;
+  const auto rows_holder = std::make_unique<std::vector<png_bytep>>();  // see decode_jpeg about setjmp
+  std::vector<png_bytep>& rows = *rows_holder;
   if (setjmp(png_jmpbuf(png))) {
     png_destroy_read_struct(&png, &info, nullptr);
     return false;
   }
   png_set_read_fn(png, &reader, png_read);
   png_read_info(png, info);
+  if (static_cast<uint64_t>(png_get_image_width(png, info)) * png_get_image_height(png, info) > kMaxPixels)
+    png_error(png, "more pixels than vitq decodes (decompression bomb?)");
   png_set_strip_16(png);
   png_set_packing(png);
   png_set_palette_to_rgb(png);

@@ -1,5 +1,7 @@
 #include "vitq/data/loader.h"
 
+#include <fmt/format.h>
+
 #include "vitq/data/transform.h"
 #include "vitq/util/error.h"
 
@@ -51,7 +53,15 @@ void BatchLoader::work() {
       if (stop_ || next_to_make_ >= num_batches_) return;
       index = next_to_make_++;
     }
-    Batch b = make_batch(index);
+    Batch b;
+    try {
+      b = make_batch(index);
+    } catch (const std::exception& e) {  // e.g. out of memory for the batch buffer: report, do not terminate
+      b = Batch{};
+      b.index = index;
+      const size_t begin = index * batch_size_, end = std::min(begin + batch_size_, data_.samples.size());
+      for (size_t i = begin; i < end; ++i) b.errors.push_back(fmt::format("{}: {}", data_.samples[i].path, e.what()));
+    }
     {
       std::lock_guard<std::mutex> lock(mu_);
       ready_.emplace(index, std::move(b));

@@ -158,6 +158,8 @@ std::vector<at::Tensor> run_node(const Node& n, const std::vector<at::Tensor>& i
       if (axes.empty())
         for (size_t i = 0; i < starts.size(); ++i) axes.push_back(static_cast<int64_t>(i));
       if (steps.empty()) steps.assign(starts.size(), 1);
+      if (ends.size() != starts.size() || axes.size() != starts.size() || steps.size() != starts.size())
+        fail("node {}: Slice starts, ends, axes and steps differ in length", n.name);
       for (size_t i = 0; i < starts.size(); ++i) {
         int64_t ax = norm_axis(axes[i], x.dim()), dim = x.size(ax);
         int64_t s = starts[i] < 0 ? starts[i] + dim : starts[i];

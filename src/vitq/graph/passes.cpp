@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <functional>
+#include <set>
 
 #include "vitq/graph/executor.h"
 #include "vitq/util/error.h"
@@ -346,12 +347,21 @@ void annotate_roles(Graph& g) {
       default: break;
     }
   }
+  std::set<std::string> used_names;
   for (auto& n : g.nodes) {
     if (n.op == OpKind::MatMul && is_quantizable(g, n)) {
       bool av = g.values[static_cast<size_t>(n.inputs[0])].roles & kPostSoftmax;
       n.roles |= av ? kAttnV : kAttnQK;
       std::string scope = scope_of(n.name);
       n.name = (scope.empty() ? "" : scope + ".") + (av ? "matmul_av" : "matmul_qk");
+      g.values[static_cast<size_t>(n.outputs[0])].name = n.name;
+    }
+    // Plans address layers by name: make the names of quantizable layers unique (exporters that write no
+    // module path leave every attention matmul named alike).
+    if (is_quantizable(g, n)) {
+      std::string base = n.name;
+      for (int k = 1; used_names.count(n.name); ++k) n.name = fmt::format("{}_{}", base, k);
+      used_names.insert(n.name);
       g.values[static_cast<size_t>(n.outputs[0])].name = n.name;
     }
     // Pre-norm residual: y = x + f(LayerNorm(x)); the skip input x also feeds a LayerNorm.

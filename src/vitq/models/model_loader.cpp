@@ -91,7 +91,7 @@ Graph load_model(const std::string& path_str) {
     nlohmann::json config = nlohmann::json::object();
     if (fs::exists(config_path)) config = read_json(config_path);
     auto pre = parse_preprocess(config, config_path.string());
-    g = import_onnx(weights.string(), pre.input_height);
+    g = import_onnx(weights.string(), pre.input_height, pre.input_width);
     g.meta.preprocess = pre;
     g.meta.name = config.value("architecture", weights.stem().string());
     // classes: rows of the final Linear's weight

@@ -99,7 +99,7 @@ std::string strip_suffix(const std::string& s, const std::string& suffix) {
 
 }  // namespace
 
-Graph import_onnx(const std::string& path, int64_t image_size) {
+Graph import_onnx(const std::string& path, int64_t image_height, int64_t image_width) {
   onnx::ModelProto model;
   {
     std::ifstream in(path, std::ios::binary);
@@ -122,7 +122,7 @@ Graph import_onnx(const std::string& path, int64_t image_size) {
   if (inputs.size() != 1) fail("{}: expected one image input, found {}", path, inputs.size());
   g.input = g.add_value(inputs[0]);
   ids[inputs[0]] = g.input;
-  int64_t height = image_size, width = image_size;
+  int64_t height = image_height, width = image_width;
   for (const auto& in : gp.input())
     if (in.name() == inputs[0] && in.type().tensor_type().shape().dim_size() == 4) {
       const auto& s = in.type().tensor_type().shape();
@@ -134,6 +134,8 @@ Graph import_onnx(const std::string& path, int64_t image_size) {
 
   for (int i = 0; i < gp.node_size(); ++i) {
     const auto& np = gp.node(i);
+    if (np.output_size() == 0 || np.output(0).empty())
+      fail("{}: node {} ({}) has no output", path, np.name().empty() ? std::to_string(i) : np.name(), np.op_type());
     const std::string where = fmt::format("{}: node {} ({})", path, np.name().empty() ? std::to_string(i) : np.name(), np.op_type());
     if (np.op_type() == "Constant") {
       at::Tensor t;

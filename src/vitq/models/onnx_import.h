@@ -7,7 +7,7 @@
 
 namespace vitq {
 
-// image_size: the H=W used to fold shape subgraphs when the ONNX input has a symbolic spatial size.
-Graph import_onnx(const std::string& path, int64_t image_size = 224);
+// height, width: the image size used to fold shape subgraphs when the ONNX input has a symbolic spatial size.
+Graph import_onnx(const std::string& path, int64_t height = 224, int64_t width = 224);
 
 }  // namespace vitq

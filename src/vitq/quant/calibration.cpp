@@ -32,6 +32,8 @@ at::Tensor load_calibration(const Graph& g, const Dataset& data, size_t n, uint6
   bar.finish();
   if (parts.empty()) fail("no calibration image of {} could be read", data.root);
   auto images = at::cat(parts, 0);
+  if (static_cast<size_t>(images.size(0)) < n)
+    fmt::print(stderr, "vitq: warning: calibrating on {} readable images instead of {}\n", images.size(0), n);
   // Degenerate data: every channel of every image (nearly) one value, e.g. all black.
   auto spread = (images.amax({2, 3}) - images.amin({2, 3})).max().item<float>();
   if (spread < 1e-3f)
@@ -70,8 +72,11 @@ void calibrate_with_observers(const Graph& g, const at::Tensor& images, std::vec
       const Node* n = nullptr;
       for (const auto& x : g.nodes)
         if (x.name == p.node) n = &x;
-      auto obs = make_observer(weight_kind, p.spec, opt);
-      obs->collect(g.const_tensor(n->inputs[static_cast<size_t>(p.slot)]));
+      const auto& w = g.const_tensor(n->inputs[static_cast<size_t>(p.slot)]);
+      ObserverOptions wopt = opt;
+      wopt.max_samples = std::max<int64_t>(opt.max_samples, w.numel());  // a weight is seen whole
+      auto obs = make_observer(weight_kind, p.spec, wopt);
+      obs->collect(w);
       p.params = obs->compute();
     } else {
       observers[{p.node, p.slot}] = make_observer(act_kind, p.spec, opt);

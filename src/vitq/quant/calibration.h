@@ -14,9 +14,11 @@
 
 namespace vitq {
 
-// `n` images drawn with `seed` from `data`, through the model's eval transform: [n, 3, H, W].
-// Error for an empty set or one with fewer readable images than asked; a warning when the images are
-// (nearly) constant, e.g. all black — the scales stay finite but will not mean much.
+// `n` images drawn with `seed` from `data`, through the model's eval transform: [k, 3, H, W].
+// Error for an empty set, a set smaller than `n`, or no readable image; unreadable images are skipped with a
+// warning (then k < n, and a warning says so); a warning when the images are (nearly) constant, e.g. all
+// black — the scales stay finite but will not mean much. Every layer input of the calibration batch is held in
+// memory by methods that search per layer (about 25 MB per image for DeiT-Tiny).
 at::Tensor load_calibration(const Graph& graph, const Dataset& data, size_t n, uint64_t seed, bool progress = true);
 
 // FP inputs and outputs of the quantizable layers on the calibration batch: inputs[node][slot] for every

@@ -64,13 +64,9 @@ class PercentileObserver : public SampleObserver {
       auto idx = static_cast<int64_t>(std::llround(q * static_cast<double>(v.numel() - 1)));
       return sorted[idx].reshape({});
     };
-    auto lo = at_q(1.0 - p), hi = at_q(p);
-    if (spec_.granularity != Granularity::PerTensor) {  // per-channel percentiles are not meaningful here
-      auto x = all();
-      auto shape = reduce_amax(x, spec_).sizes();
-      lo = lo.expand(shape).contiguous();
-      hi = hi.expand(shape).contiguous();
-    }
+    // one percentile pair for the whole tensor, in the statistics shape of the spec
+    const auto shape = reduce_amax(all(), spec_).sizes().vec();
+    auto lo = at_q(1.0 - p).expand(shape).contiguous(), hi = at_q(p).expand(shape).contiguous();
     return params_from_range(lo, hi, spec_);
   }
 };
@@ -120,16 +116,19 @@ class KlObserver : public SampleObserver {
   using SampleObserver::SampleObserver;
   QuantParams compute() const override {
     if (spec_.granularity != Granularity::PerTensor) fail("the kl observer supports per-tensor quantizers only");
+    const auto shape = reduce_amax(all(), spec_).sizes().vec();
     auto x = all().flatten();
     const bool nonneg = x.min().item<float>() >= 0.0f;
     auto a = x.abs();
     const double amax = a.max().item<double>();
-    if (amax == 0.0) return params_from_range(at::zeros({}), at::zeros({}), spec_);
+    if (amax == 0.0) return params_from_range(at::zeros(shape), at::zeros(shape), spec_);
     constexpr int kBins = 2048;
     auto hist_t = at::histc(a, kBins, 0.0, amax).to(at::kDouble).contiguous();
     std::vector<double> hist(hist_t.data_ptr<double>(), hist_t.data_ptr<double>() + kBins);
-    // Number of positive levels of the target grid.
-    const int levels = static_cast<int>(nonneg && !spec_.is_signed ? spec_.qmax() : spec_.qmax());
+    // Levels of the target grid that cover |x|: all of them for non-negative data, half for signed data
+    // (the range becomes [-T, T]).
+    const int64_t all_levels = spec_.qmax() - spec_.qmin();
+    const int levels = static_cast<int>(nonneg ? all_levels : std::max<int64_t>(1, all_levels / 2));
     const int start = std::min(kBins, std::max(levels, 128));
     double best_kl = std::numeric_limits<double>::infinity();
     int best_i = kBins;
@@ -168,8 +167,8 @@ class KlObserver : public SampleObserver {
       }
     }
     const double threshold = (best_i + 0.5) * amax / kBins;
-    auto hi = at::scalar_tensor(std::min(threshold, amax), at::kFloat);
-    auto lo = nonneg ? at::zeros({}) : -hi;
+    auto hi = at::full(shape, std::min(threshold, amax), at::kFloat);
+    auto lo = nonneg ? at::zeros(shape) : -hi;
     return params_from_range(lo, hi, spec_);
   }
 };

@@ -119,8 +119,13 @@ QuantPlan plan_from_json(const nlohmann::json& j, const std::string& where) {
       q.spec.validate();
       if (e.contains("scale")) {
         q.params.scale = tensor_from_json(e["scale"]);
-        q.params.zero_point = tensor_from_json(e["zero_point"]);
+        q.params.zero_point = tensor_from_json(e.at("zero_point"));
         if (!(q.params.scale > 0).all().item<bool>()) fail("{}: {} slot {} has a non-positive scale", where, q.node, q.slot);
+        const auto& zp = q.params.zero_point;
+        if (zp.sizes() != q.params.scale.sizes() || !at::equal(zp, at::round(zp)) ||
+            zp.min().item<double>() < static_cast<double>(q.spec.qmin()) || zp.max().item<double>() > static_cast<double>(q.spec.qmax()))
+          fail("{}: {} slot {} has zero points that are not integers in [{}, {}] of the scale's shape", where, q.node,
+               q.slot, q.spec.qmin(), q.spec.qmax());
       }
       p.points.push_back(std::move(q));
     }
@@ -154,6 +159,8 @@ void check_plan(const QuantPlan& p, const Graph& g, const std::string& where) {
     if (is_weight != q.weight) fail("{}: {} slot {} is {} in the model but {} in the plan", where, q.node, q.slot,
                                     is_weight ? "a weight" : "an activation", q.weight ? "a weight" : "an activation");
     if (!q.params.scale.defined()) fail("{}: {} slot {} has no parameters (plan not calibrated)", where, q.node, q.slot);
+    if (!q.weight && q.spec.granularity == Granularity::PerTensor && q.params.scale.numel() != 1)
+      fail("{}: {} slot {} is per-tensor but has {} scales", where, q.node, q.slot, q.params.scale.numel());
     if (q.weight) {
       const auto& w = g.const_tensor(n->inputs[static_cast<size_t>(q.slot)]);
       const auto expected = reduce_amax(w, q.spec).sizes().vec();

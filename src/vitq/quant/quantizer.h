@@ -30,7 +30,9 @@ struct QuantSpec {
 
   int64_t qmin() const;
   int64_t qmax() const;
-  void validate() const;  // Error: bits outside 2..8, bad group size, unsigned symmetric
+  // Error: bits outside 2..8, per-group without a group size. (Unsigned symmetric is allowed: [0, 2^b - 1]
+  // with zero point 0, for data known to be non-negative.)
+  void validate() const;
   std::string describe() const;  // "int8 sym per-channel(0)"
 };
 
