@@ -17,6 +17,13 @@ for i in $(seq "$RUNS"); do
   searches+=("$(echo "$log" | sed -n 's/^search *\([0-9.]*\) s.*/\1/p')")
   echo "run $i: calibration images ${loads[-1]} s, search ${searches[-1]} s"
 done
+# baseline in the same run: plain min/max calibration at the same bits
+baselines=()
+for i in $(seq "$RUNS"); do
+  log=$("$VITQ" quantize "$MODEL" --method minmax --wbits "$WBITS" --abits "$ABITS" --calib "$CALIB" \
+        --calib-size 32 --seed 0 --threads 2 --quiet --out /tmp/vitq_bench_plan.json)
+  baselines+=("$(echo "$log" | sed -n 's/^search *\([0-9.]*\) s.*/\1/p')")
+done
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 {
   echo "# Quantization time: $METHOD W${WBITS}A${ABITS} on deit_tiny_patch16_224"
@@ -28,5 +35,6 @@ median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(
   echo "|---|---|---|"
   echo "| load + preprocess calibration images | $(median "${loads[@]}") s | ${loads[*]} |"
   echo "| calibration + search ($METHOD) | $(median "${searches[@]}") s | ${searches[*]} |"
+  echo "| baseline, same run: min/max calibration | $(median "${baselines[@]}") s | ${baselines[*]} |"
 } > "$OUT"
 cat "$OUT"
