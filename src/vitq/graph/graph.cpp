@@ -42,8 +42,11 @@ std::string roles_to_string(uint32_t roles) {
       {kResidual, "residual"},        {kAttnQK, "attn-qk"},     {kAttnV, "attn-v"},
       {kResidualAdd, "residual-add"}};
   std::string s;
-  for (auto& [r, n] : names)
-    if (roles & r) s += (s.empty() ? "" : ",") + std::string(n);
+  for (auto& [r, n] : names) {
+    if (!(roles & r)) continue;
+    if (!s.empty()) s += ',';
+    s += n;
+  }
   return s;
 }
 
