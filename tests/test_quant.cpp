@@ -31,6 +31,17 @@ QuantSpec spec(int bits, bool sym, Granularity g = Granularity::PerTensor, int a
 
 bool all_finite_positive(const at::Tensor& t) { return (at::isfinite(t) & (t > 0)).all().item<bool>(); }
 
+// Options for fast method runs in tests: `bits` for weights and activations, a short search.
+MethodOptions quick_options(int bits, int steps, int search_images) {
+  MethodOptions o;
+  o.progress = false;
+  o.placement.wbits = bits;
+  o.placement.abits = bits;
+  o.search_steps = steps;
+  o.search_images = search_images;
+  return o;
+}
+
 const Graph& deit() {
   static Graph g = load_model(model_dir().string());
   return g;
@@ -252,12 +263,7 @@ TEST(Plan, JsonRoundTripAndChecks) {
 
 TEST(Methods, EveryMethodIsDeterministic) {
   for (const std::string method : {"minmax", "percentile", "omse", "liu2021"}) {
-    MethodOptions o;
-    o.progress = false;
-    o.placement.wbits = 6;
-    o.placement.abits = 6;
-    o.search_steps = 8;
-    o.search_images = 2;
+    MethodOptions o = quick_options(6, 8, 2);
     auto a = plan_to_json(run_method(deit(), calib(4), method, o)).dump();
     auto b = plan_to_json(run_method(deit(), calib(4), method, o)).dump();
     EXPECT_EQ(a, b) << method;
@@ -271,11 +277,7 @@ TEST(Methods, EveryMethodIsDeterministic) {
 TEST(Methods, Liu2021BeatsMinMaxLayerwiseAtW4A4) {
   // On the calibration batch, layer by layer: the searched steps give outputs at least as similar to FP as
   // min/max steps (the grid contains alpha = 1, i.e. min/max), and strictly better summed over the model.
-  MethodOptions o;
-  o.progress = false;
-  o.placement.wbits = 4;
-  o.placement.abits = 4;
-  o.search_images = 4;
+  MethodOptions o = quick_options(4, 100, 4);
   o.bias_correction = false;
   o.ranking = false;
   QuantPlan liu = run_method(deit(), calib(4), "liu2021", o);
@@ -292,12 +294,7 @@ TEST(Methods, Liu2021BeatsMinMaxLayerwiseAtW4A4) {
 }
 
 TEST(Methods, MixedPrecisionRespectsTheBudget) {
-  MethodOptions o;
-  o.progress = false;
-  o.placement.wbits = 6;
-  o.placement.abits = 6;
-  o.search_steps = 4;
-  o.search_images = 2;
+  MethodOptions o = quick_options(6, 4, 2);
   o.mixed_precision = true;
   o.avg_bits = 6;
   QuantPlan plan = run_method(deit(), calib(4), "liu2021", o);

@@ -125,6 +125,12 @@ std::optional<int> Graph::find_value(const std::string& name) const {
   return std::nullopt;
 }
 
+const Node* Graph::find_node(const std::string& name) const {
+  for (const auto& n : nodes)
+    if (n.name == name) return &n;
+  return nullptr;
+}
+
 std::vector<std::vector<int>> Graph::consumers() const {
   std::vector<std::vector<int>> c(values.size());
   for (size_t i = 0; i < nodes.size(); ++i)

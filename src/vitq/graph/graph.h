@@ -104,6 +104,8 @@ class Graph {
   bool is_const(int value) const;
   const at::Tensor& const_tensor(int value) const;
   std::optional<int> find_value(const std::string& name) const;
+  // The first node called `name`, or nullptr. (Quantizable layers have unique names: annotate_roles.)
+  const Node* find_node(const std::string& name) const;
   // consumers[v] = indices of nodes that read value v
   std::vector<std::vector<int>> consumers() const;
   // Throws Error if ids are out of range, nodes are not topologically ordered, or an input is undefined.

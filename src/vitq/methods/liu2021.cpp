@@ -61,8 +61,7 @@ double ranking_loss(const at::Tensor& o, const at::Tensor& q, const RankPairs& p
 }
 
 const Node& node_named(const Graph& g, const std::string& name) {
-  for (const auto& n : g.nodes)
-    if (n.name == name) return n;
+  if (const Node* n = g.find_node(name)) return *n;
   fail("no node {}", name);
 }
 
@@ -105,7 +104,8 @@ std::map<std::string, int> allocate_bits(const Graph& g, const LayerTensors& t, 
     const auto& args = t.inputs.at(name);
     const auto& out = t.outputs.at(name);
     const int64_t batch = out.size(0);
-    Layer l{name};
+    Layer l;
+    l.name = name;
     l.sens = nuclear_norm(n, out);
     const bool matmul = n.op == OpKind::MatMul;
     l.wsize = matmul ? 0.0 : static_cast<double>(args[1].numel());

@@ -69,9 +69,7 @@ void calibrate_with_observers(const Graph& g, const at::Tensor& images, std::vec
   std::map<std::pair<std::string, int>, std::unique_ptr<Observer>> observers;
   for (auto& p : points) {
     if (p.weight) {
-      const Node* n = nullptr;
-      for (const auto& x : g.nodes)
-        if (x.name == p.node) n = &x;
+      const Node* n = g.find_node(p.node);
       const auto& w = g.const_tensor(n->inputs[static_cast<size_t>(p.slot)]);
       ObserverOptions wopt = opt;
       wopt.max_samples = std::max<int64_t>(opt.max_samples, w.numel());  // a weight is seen whole

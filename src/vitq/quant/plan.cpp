@@ -44,16 +44,14 @@ std::vector<QuantPoint> default_placement(const Graph& g, const PlacementOptions
     points.push_back({n.name, 1, true, w, {}});
   }
   for (auto& p : points) p.spec.validate();
-  for (const auto& name : o.keep_fp) {
-    bool found = false;
-    for (const auto& n : g.nodes) found = found || (n.name == name && is_quantizable(g, n));
-    if (!found) fail("--keep-fp: {} is not a quantizable layer of {}", name, g.meta.name);
-  }
-  for (const auto& [name, bits] : o.layer_bits) {
-    bool found = false;
-    for (const auto& n : g.nodes) found = found || (n.name == name && is_quantizable(g, n));
-    if (!found) fail("--layer-bits: {} is not a quantizable layer of {}", name, g.meta.name);
-  }
+  auto is_layer = [&](const std::string& name) {
+    const Node* n = g.find_node(name);
+    return n && is_quantizable(g, *n);
+  };
+  for (const auto& name : o.keep_fp)
+    if (!is_layer(name)) fail("--keep-fp: {} is not a quantizable layer of {}", name, g.meta.name);
+  for (const auto& [name, bits] : o.layer_bits)
+    if (!is_layer(name)) fail("--layer-bits: {} is not a quantizable layer of {}", name, g.meta.name);
   return points;
 }
 
@@ -149,9 +147,7 @@ void check_plan(const QuantPlan& p, const Graph& g, const std::string& where) {
   if (p.model != g.meta.name)
     fail("{}: plan is for model '{}', not '{}'", where, p.model, g.meta.name);
   for (const auto& q : p.points) {
-    const Node* n = nullptr;
-    for (const auto& node : g.nodes)
-      if (node.name == q.node) n = &node;
+    const Node* n = g.find_node(q.node);
     if (!n) fail("{}: plan quantizes {}, which {} does not have", where, q.node, g.meta.name);
     if (!is_quantizable(g, *n) || q.slot < 0 || q.slot >= static_cast<int>(n->inputs.size()) || q.slot > 1)
       fail("{}: plan quantizes input {} of {}, which is not a quantization point", where, q.slot, q.node);
@@ -170,9 +166,7 @@ void check_plan(const QuantPlan& p, const Graph& g, const std::string& where) {
     }
   }
   for (const auto& [node, b] : p.bias) {
-    const Node* n = nullptr;
-    for (const auto& x : g.nodes)
-      if (x.name == node) n = &x;
+    const Node* n = g.find_node(node);
     if (!n || (n->op != OpKind::Linear && n->op != OpKind::Conv2d) || n->inputs.size() < 3)
       fail("{}: plan corrects the bias of {}, which is not a Linear or Conv2d layer with a bias", where, node);
     if (b.numel() != g.const_tensor(n->inputs[1]).size(0)) fail("{}: corrected bias of {} has the wrong size", where, node);
