@@ -1,6 +1,13 @@
 #pragma once
 #include <cstdint>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
+#include <vector>
+
+namespace vitq {
+struct EvalResult;
+struct LayerReport;
+}  // namespace vitq
 
 namespace vitq::cli {
 
@@ -29,14 +36,6 @@ struct CompareArgs {
 };
 int run_compare(const CompareArgs& args);
 
-}  // namespace vitq::cli
-#include <nlohmann/json_fwd.hpp>
-#include <vector>
-namespace vitq {
-struct EvalResult;
-struct LayerReport;
-}  // namespace vitq
-namespace vitq::cli {
 void print_quant_eval(const EvalResult& r);
 nlohmann::json report_json(const std::vector<LayerReport>& report);
 

@@ -112,12 +112,20 @@ int run_eval(const EvalArgs& a) {
   }
   fmt::print("speed     {:.1f} images/s end to end, {:.1f} images/s model only (batch {}, {} threads, {})\n",
              r.images_per_second(), r.model_images_per_second(), a.batch, threads, a.device);
-  if (!a.json.empty())
-    write_json(a.json, {{"model", g.meta.name}, {"source", g.meta.source}, {"data", a.data}, {"images", r.images},
+  if (!a.json.empty()) {
+    nlohmann::json j = {{"model", g.meta.name}, {"source", g.meta.source}, {"data", a.data}, {"images", r.images},
                         {"failed", r.failed}, {"failures", r.failures}, {"top1", r.top1_pct()}, {"top5", r.top5_pct()},
                         {"images_per_second", r.images_per_second()},
                         {"model_images_per_second", r.model_images_per_second()}, {"batch", a.batch},
-                        {"threads", threads}, {"device", a.device}});
+                        {"threads", threads}, {"device", a.device}};
+    if (opt.plan) {
+      j["plan"] = a.plan;
+      j["fp32_top1"] = r.fp_top1_pct();
+      j["agreement"] = r.agreement_pct();
+      j["kl"] = r.mean_kl();
+    }
+    write_json(a.json, j);
+  }
   if (opt.plan && !a.report.empty()) {
     // per-layer diagnostics on the first images of the evaluation set
     Dataset head = data;
@@ -127,15 +135,6 @@ int run_eval(const EvalArgs& a) {
     fmt::print("\nper-layer report ({} images; isolated = this layer alone on FP input, accumulated = whole plan):\n{}",
                images.size(0), format_layer_report(rep));
     write_json(a.report, {{"plan", a.plan}, {"images", images.size(0)}, {"layers", report_json(rep)}});
-  }
-  if (opt.plan && !a.json.empty()) {
-    std::ifstream in(a.json);
-    auto j = nlohmann::json::parse(in);
-    j["plan"] = a.plan;
-    j["fp32_top1"] = r.fp_top1_pct();
-    j["agreement"] = r.agreement_pct();
-    j["kl"] = r.mean_kl();
-    write_json(a.json, j);
   }
   if (!a.dump_logits.empty())
     save_npy(a.dump_logits, {{static_cast<int64_t>(r.images), g.meta.num_classes}, r.logits});

@@ -156,6 +156,7 @@ int run_compare(const CompareArgs& c) {
   eo.keep_logits = true;
   fmt::print(stderr, "FP32 reference\n");
   EvalResult fp = evaluate(g, data, eo);
+  if (const auto dir = std::filesystem::path(c.out).parent_path(); !dir.empty()) std::filesystem::create_directories(dir);
   nlohmann::json rows = nlohmann::json::array();
   std::string md = fmt::format(
       "# {}: PTQ methods compared\n\nModel {} ({}), calibration: {} images drawn with seed {} from {}, evaluation: {} "
@@ -189,7 +190,6 @@ int run_compare(const CompareArgs& c) {
                       {"search_seconds", search_s}, {"settings", plan.settings}});
       fmt::print("{} W{}A{}: top-1 {:.2f}% ({:+.2f}), agreement {:.2f}%, KL {:.4f}, search {:.1f} s\n", m, w, a,
                  r.top1_pct(), delta, r.agreement_pct(), r.mean_kl(), search_s);
-      std::filesystem::create_directories(std::filesystem::path(c.out).parent_path().empty() ? "." : std::filesystem::path(c.out).parent_path());
       std::ofstream(c.out + ".md") << md;  // written after every row: a long run keeps what it finished
       nlohmann::json j = {{"model", g.meta.name}, {"calib", c.q.calib}, {"calib_size", calib.size(0)}, {"seed", c.q.seed},
                           {"data", c.data}, {"images", fp.images}, {"fp32_top1", fp.top1_pct()}, {"threads", threads},

@@ -54,6 +54,7 @@ EvalResult evaluate(const Graph& graph, const Dataset& full, const EvalOptions& 
     const auto m0 = std::chrono::steady_clock::now();
     at::Tensor logits = (quant ? quant->run(input) : exec.run(input)).to(at::kCPU).contiguous();
     r.seconds_model += std::chrono::duration<double>(std::chrono::steady_clock::now() - m0).count();
+    if (logits.dim() != 2 || logits.size(0) != n) fail("model output has shape [{}], expected [{}, classes]", fmt::join(logits.sizes(), ", "), n);
     if (quant) {  // compare with FP on the same images
       at::Tensor fp;
       if (opt.fp_logits) {
@@ -70,7 +71,6 @@ EvalResult evaluate(const Graph& graph, const Dataset& full, const EvalOptions& 
       auto lp = at::log_softmax(fp.to(at::kDouble), 1), lq = at::log_softmax(logits.to(at::kDouble), 1);
       r.kl_sum += (lp.exp() * (lp - lq)).sum().item<double>();
     }
-    if (logits.dim() != 2 || logits.size(0) != n) fail("model output has shape [{}], expected [{}, classes]", fmt::join(logits.sizes(), ", "), n);
     const int64_t k = std::min<int64_t>(5, logits.size(1));
     auto top = std::get<1>(logits.topk(k, 1)).contiguous();
     const int64_t* t = top.data_ptr<int64_t>();
