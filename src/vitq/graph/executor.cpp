@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
 
 #include <cmath>
 
@@ -116,7 +117,9 @@ std::vector<at::Tensor> run_node(const Node& n, const std::vector<at::Tensor>& i
       return {at::layer_norm(x, shape, opt(1), opt(2), n.getf("epsilon", 1e-5))};
     }
     case OpKind::Gelu:
-      if (n.gets("approximate", "none") == "none") return {gelu_erf(arg(0))};
+      // our vectorised kernel has no backward: autograd (PTQ4ViT's gradients) takes libtorch's
+      if (n.gets("approximate", "none") == "none" && !(at::GradMode::is_enabled() && arg(0).requires_grad()))
+        return {gelu_erf(arg(0))};
       return {at::gelu(arg(0), n.gets("approximate", "none"))};
     case OpKind::Relu: return {at::relu(arg(0))};
     case OpKind::Sigmoid: return {at::sigmoid(arg(0))};
@@ -278,7 +281,9 @@ std::vector<at::Tensor> Executor::execute(const at::Tensor& input, const ExecHoo
         t = hooks->transform_input(n, s, t);
       args.push_back(std::move(t));
     }
-    auto outs = run_node(n, args, batch);
+    std::vector<at::Tensor> outs;
+    if (hooks && hooks->replace) outs = hooks->replace(n, args);
+    if (outs.empty()) outs = run_node(n, args, batch);
     if (outs.size() != n.outputs.size()) fail("node {}: produced {} outputs, expected {}", n.name, outs.size(), n.outputs.size());
     if (hooks && hooks->on_output) hooks->on_output(n, outs);
     for (size_t k = 0; k < outs.size(); ++k) vals[static_cast<size_t>(n.outputs[k])] = std::move(outs[k]);

@@ -14,8 +14,11 @@ namespace vitq {
 //  - transform_input(node, slot, x): called for every activation *and* constant input of a node; return the
 //    tensor the node should see (e.g. fake-quantized). Unset = identity.
 //  - on_output(node, outputs): called after a node ran, e.g. to collect statistics.
+//  - replace(node, inputs): return the node's outputs to run it differently (e.g. in integers); an empty
+//    vector runs the node as usual.
 struct ExecHooks {
   std::function<at::Tensor(const Node&, size_t slot, const at::Tensor&)> transform_input;
+  std::function<std::vector<at::Tensor>(const Node&, const std::vector<at::Tensor>&)> replace;
   std::function<void(const Node&, const std::vector<at::Tensor>&)> on_output;
 };
 

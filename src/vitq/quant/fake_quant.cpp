@@ -7,6 +7,7 @@
 #include <map>
 #include <set>
 
+#include "vitq/quant/integer_ops.h"
 #include "vitq/util/error.h"
 
 namespace vitq {
@@ -45,6 +46,24 @@ QuantizedModel::QuantizedModel(const Graph& g, const QuantPlan& plan, c10::Devic
     consts.resize(std::max<size_t>(consts.size(), 3));
     consts[2] = bias.to(device);
   }
+  int_ops_.assign(g.nodes.size(), nullptr);
+  for (const auto& op : plan.int_ops) {
+    auto it = idx.find(op.node);
+    if (it == idx.end()) fail("plan computes {} in integers, which is not in the model", op.node);
+    int_ops_[it->second] = &op;
+  }
+  hooks_.replace = [this, &g](const Node& n, const std::vector<at::Tensor>& args) -> std::vector<at::Tensor> {
+    const size_t i = static_cast<size_t>(&n - g.nodes.data());
+    const IntOp* op = int_ops_[i];
+    if (!op) return {};
+    const QuantPoint& in = *activations_[i].at(0);
+    const auto device = args[0].device();
+    auto codes = quantize_codes(args[0].cpu(), in.spec, in.params).to(at::kLong);
+    if (op->kind == "softmax") return {int_softmax(codes, in.params.scale.item<double>(), op->out_spec).to(device)};
+    return {int_layernorm(codes, in.params.scale, in.params.zero_point.reshape({-1})[0].item<double>(), args[1].cpu(),
+                          args[2].cpu(), op->out_spec, op->out_params)
+                .to(device)};
+  };
   // Scales of activation quantizers live on the device too.
   hooks_.transform_input = [this, &g](const Node& n, size_t slot, const at::Tensor& t) -> at::Tensor {
     const size_t i = static_cast<size_t>(&n - g.nodes.data());
@@ -53,7 +72,8 @@ QuantizedModel::QuantizedModel(const Graph& g, const QuantPlan& plan, c10::Devic
     const auto& acts = activations_[i];
     if (slot < acts.size() && acts[slot]) {
       const QuantPoint& p = *acts[slot];
-      QuantParams params{p.params.scale.to(t.device()), p.params.zero_point.to(t.device())};
+      QuantParams params{p.params.scale.to(t.device()), p.params.zero_point.to(t.device()),
+                         p.params.scale2.defined() ? p.params.scale2.to(t.device()) : at::Tensor()};
       return fake_quant(t, p.spec, params);
     }
     return t;

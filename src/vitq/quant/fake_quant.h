@@ -13,7 +13,8 @@ namespace vitq {
 
 class QuantizedModel {
  public:
-  // The plan must be calibrated and checked (check_plan). Weights are fake-quantized once, here.
+  // The plan must be calibrated and checked (check_plan) and outlive the model. Weights are fake-quantized
+  // once, here; LayerNorm / Softmax nodes the plan lists as integer ops run in integers (integer_ops.h).
   QuantizedModel(const Graph& graph, const QuantPlan& plan, c10::Device device = c10::Device(c10::kCPU));
   QuantizedModel(const QuantizedModel&) = delete;
   QuantizedModel& operator=(const QuantizedModel&) = delete;
@@ -25,6 +26,7 @@ class QuantizedModel {
   // per node index: replacement tensors for constant slots, quantizers for activation slots
   std::vector<std::vector<at::Tensor>> constants_;
   std::vector<std::vector<const QuantPoint*>> activations_;
+  std::vector<const IntOp*> int_ops_;  // per node index, or null
   ExecHooks hooks_;
 };
 

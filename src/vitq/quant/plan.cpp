@@ -4,6 +4,7 @@
 
 #include <fstream>
 
+#include "vitq/quant/integer_ops.h"
 #include "vitq/util/error.h"
 
 namespace vitq {
@@ -55,6 +56,19 @@ std::vector<QuantPoint> default_placement(const Graph& g, const PlacementOptions
   return points;
 }
 
+bool is_quant_point(const Graph& g, const Node& n, int slot) {
+  if (slot < 0 || slot >= static_cast<int>(n.inputs.size())) return false;
+  if (is_quantizable(g, n)) return slot <= 1;
+  if (g.is_const(n.inputs[static_cast<size_t>(slot)])) return false;
+  switch (n.op) {
+    case OpKind::LayerNorm:
+    case OpKind::Softmax:
+    case OpKind::Gelu: return slot == 0;
+    case OpKind::Add: return (n.roles & kResidualAdd) && slot <= 1;
+    default: return false;
+  }
+}
+
 namespace {
 nlohmann::json tensor_to_json(const at::Tensor& t) {
   auto c = t.detach().to(at::kCPU).to(at::kFloat).contiguous();
@@ -70,6 +84,44 @@ at::Tensor tensor_from_json(const nlohmann::json& j) {
     if (!std::isfinite(v)) throw std::runtime_error("non-finite value");
   return at::tensor(data).reshape(shape);
 }
+
+nlohmann::json spec_to_json(const QuantSpec& s) {
+  return {{"bits", s.bits}, {"symmetric", s.symmetric}, {"signed", s.is_signed}, {"granularity", granularity_name(s.granularity)},
+          {"axis", s.axis}, {"group_size", s.group_size}, {"kind", quant_kind_name(s.kind)}};
+}
+QuantSpec spec_from_json(const nlohmann::json& j) {
+  QuantSpec s;
+  s.bits = j.at("bits").get<int>();
+  s.symmetric = j.at("symmetric").get<bool>();
+  s.is_signed = j.at("signed").get<bool>();
+  s.granularity = parse_granularity(j.at("granularity").get<std::string>());
+  s.axis = j.value("axis", 0);
+  s.group_size = j.value("group_size", 0);
+  s.kind = parse_quant_kind(j.value("kind", std::string("uniform")));
+  s.validate();
+  return s;
+}
+void params_to_json(const QuantParams& p, nlohmann::json& e) {
+  if (!p.scale.defined()) return;
+  e["scale"] = tensor_to_json(p.scale);
+  e["zero_point"] = tensor_to_json(p.zero_point);
+  if (p.scale2.defined()) e["scale2"] = tensor_to_json(p.scale2);
+}
+// Reads and checks parameters: positive scales, integer zero points inside the grid.
+QuantParams params_from_json(const nlohmann::json& e, const QuantSpec& spec, const std::string& what) {
+  QuantParams p;
+  if (!e.contains("scale")) return p;
+  p.scale = tensor_from_json(e["scale"]);
+  p.zero_point = tensor_from_json(e.at("zero_point"));
+  if (e.contains("scale2")) p.scale2 = tensor_from_json(e["scale2"]);
+  if (!(p.scale > 0).all().item<bool>() || (p.scale2.defined() && !(p.scale2 > 0).all().item<bool>()))
+    fail("{} has a non-positive scale", what);
+  const auto& zp = p.zero_point;
+  if (zp.sizes() != p.scale.sizes() || !at::equal(zp, at::round(zp)) ||
+      zp.min().item<double>() < static_cast<double>(spec.qmin()) || zp.max().item<double>() > static_cast<double>(spec.qmax()))
+    fail("{} has zero points that are not integers in [{}, {}] of the scale's shape", what, spec.qmin(), spec.qmax());
+  return p;
+}
 }  // namespace
 
 nlohmann::json plan_to_json(const QuantPlan& p) {
@@ -77,15 +129,15 @@ nlohmann::json plan_to_json(const QuantPlan& p) {
                       {"method", p.method}, {"settings", p.settings}};
   j["points"] = nlohmann::json::array();
   for (const auto& q : p.points) {
-    nlohmann::json e = {{"node", q.node}, {"slot", q.slot}, {"weight", q.weight},
-                        {"spec", {{"bits", q.spec.bits}, {"symmetric", q.spec.symmetric}, {"signed", q.spec.is_signed},
-                                  {"granularity", granularity_name(q.spec.granularity)}, {"axis", q.spec.axis},
-                                  {"group_size", q.spec.group_size}}}};
-    if (q.params.scale.defined()) {
-      e["scale"] = tensor_to_json(q.params.scale);
-      e["zero_point"] = tensor_to_json(q.params.zero_point);
-    }
+    nlohmann::json e = {{"node", q.node}, {"slot", q.slot}, {"weight", q.weight}, {"spec", spec_to_json(q.spec)}};
+    params_to_json(q.params, e);
     j["points"].push_back(e);
+  }
+  j["integer_ops"] = nlohmann::json::array();
+  for (const auto& op : p.int_ops) {
+    nlohmann::json e = {{"node", op.node}, {"kind", op.kind}, {"spec", spec_to_json(op.out_spec)}};
+    params_to_json(op.out_params, e);
+    j["integer_ops"].push_back(e);
   }
   j["bias"] = nlohmann::json::object();
   for (const auto& [node, b] : p.bias) j["bias"][node] = tensor_to_json(b);
@@ -107,25 +159,17 @@ QuantPlan plan_from_json(const nlohmann::json& j, const std::string& where) {
       q.node = e.at("node").get<std::string>();
       q.slot = e.at("slot").get<int>();
       q.weight = e.at("weight").get<bool>();
-      const auto& s = e.at("spec");
-      q.spec.bits = s.at("bits").get<int>();
-      q.spec.symmetric = s.at("symmetric").get<bool>();
-      q.spec.is_signed = s.at("signed").get<bool>();
-      q.spec.granularity = parse_granularity(s.at("granularity").get<std::string>());
-      q.spec.axis = s.value("axis", 0);
-      q.spec.group_size = s.value("group_size", 0);
-      q.spec.validate();
-      if (e.contains("scale")) {
-        q.params.scale = tensor_from_json(e["scale"]);
-        q.params.zero_point = tensor_from_json(e.at("zero_point"));
-        if (!(q.params.scale > 0).all().item<bool>()) fail("{}: {} slot {} has a non-positive scale", where, q.node, q.slot);
-        const auto& zp = q.params.zero_point;
-        if (zp.sizes() != q.params.scale.sizes() || !at::equal(zp, at::round(zp)) ||
-            zp.min().item<double>() < static_cast<double>(q.spec.qmin()) || zp.max().item<double>() > static_cast<double>(q.spec.qmax()))
-          fail("{}: {} slot {} has zero points that are not integers in [{}, {}] of the scale's shape", where, q.node,
-               q.slot, q.spec.qmin(), q.spec.qmax());
-      }
+      q.spec = spec_from_json(e.at("spec"));
+      q.params = params_from_json(e, q.spec, fmt::format("{}: {} slot {}", where, q.node, q.slot));
       p.points.push_back(std::move(q));
+    }
+    for (const auto& e : j.value("integer_ops", nlohmann::json::array())) {
+      IntOp op;
+      op.node = e.at("node").get<std::string>();
+      op.kind = e.at("kind").get<std::string>();
+      op.out_spec = spec_from_json(e.at("spec"));
+      op.out_params = params_from_json(e, op.out_spec, fmt::format("{}: integer {} {}", where, op.kind, op.node));
+      p.int_ops.push_back(std::move(op));
     }
     if (j.contains("bias"))
       for (const auto& [node, b] : j["bias"].items()) p.bias[node] = tensor_from_json(b);
@@ -149,7 +193,7 @@ void check_plan(const QuantPlan& p, const Graph& g, const std::string& where) {
   for (const auto& q : p.points) {
     const Node* n = g.find_node(q.node);
     if (!n) fail("{}: plan quantizes {}, which {} does not have", where, q.node, g.meta.name);
-    if (!is_quantizable(g, *n) || q.slot < 0 || q.slot >= static_cast<int>(n->inputs.size()) || q.slot > 1)
+    if (!is_quant_point(g, *n, q.slot))
       fail("{}: plan quantizes input {} of {}, which is not a quantization point", where, q.slot, q.node);
     const bool is_weight = g.is_const(n->inputs[static_cast<size_t>(q.slot)]);
     if (is_weight != q.weight) fail("{}: {} slot {} is {} in the model but {} in the plan", where, q.node, q.slot,
@@ -157,6 +201,23 @@ void check_plan(const QuantPlan& p, const Graph& g, const std::string& where) {
     if (!q.params.scale.defined()) fail("{}: {} slot {} has no parameters (plan not calibrated)", where, q.node, q.slot);
     if (!q.weight && q.spec.granularity == Granularity::PerTensor && q.params.scale.numel() != 1)
       fail("{}: {} slot {} is per-tensor but has {} scales", where, q.node, q.slot, q.params.scale.numel());
+    if (q.spec.kind == QuantKind::TwinUniform) {
+      const auto& s2 = q.params.scale2;
+      if (!s2.defined() || s2.sizes() != q.params.scale.sizes())
+        fail("{}: twin-uniform {} slot {} needs a second step shaped like its first", where, q.node, q.slot);
+      auto ratio = at::log2(s2.to(at::kDouble) / q.params.scale.to(at::kDouble));
+      if (!at::allclose(ratio, at::round(ratio), 0, 1e-4) || ratio.min().item<double>() < -1e-4)
+        fail("{}: twin-uniform {} slot {}: the coarse step must be the fine step times a power of two", where, q.node, q.slot);
+    }
+    if (q.spec.kind == QuantKind::PowerOfTwoFactor) {
+      try {
+        ptf_factors(q.params.scale);
+      } catch (const Error& e) {
+        fail("{}: {} slot {}: {}", where, q.node, q.slot, e.what());
+      }
+      if (!at::equal(q.params.zero_point, at::full_like(q.params.zero_point, q.params.zero_point.reshape({-1})[0].item<float>())))
+        fail("{}: {} slot {}: a power-of-two-factor quantizer has one zero point for all channels", where, q.node, q.slot);
+    }
     if (q.weight) {
       const auto& w = g.const_tensor(n->inputs[static_cast<size_t>(q.slot)]);
       const auto expected = reduce_amax(w, q.spec).sizes().vec();
@@ -164,6 +225,21 @@ void check_plan(const QuantPlan& p, const Graph& g, const std::string& where) {
         fail("{}: the scales of {} have shape [{}], its weight [{}] needs [{}]", where, q.node,
              fmt::join(q.params.scale.sizes(), ", "), fmt::join(w.sizes(), ", "), fmt::join(expected, ", "));
     }
+  }
+  for (const auto& op : p.int_ops) {
+    const Node* n = g.find_node(op.node);
+    const OpKind want = op.kind == "layernorm" ? OpKind::LayerNorm : OpKind::Softmax;
+    if (op.kind != "layernorm" && op.kind != "softmax") fail("{}: unknown integer op '{}' (layernorm, softmax)", where, op.kind);
+    if (!n || n->op != want) fail("{}: integer {} on {}, which is not a {} node", where, op.kind, op.node, op.kind);
+    const QuantPoint* in = p.find(op.node, 0);
+    const QuantKind in_kind = want == OpKind::LayerNorm ? QuantKind::PowerOfTwoFactor : QuantKind::Uniform;
+    if (!in || in->spec.kind != in_kind || (want == OpKind::Softmax && in->params.scale.numel() != 1))
+      fail("{}: integer {} {} needs a {} quantizer on its input", where, op.kind, op.node,
+           want == OpKind::LayerNorm ? "power-of-two-factor" : "per-tensor uniform");
+    if (!op.out_params.scale.defined() || op.out_params.scale.numel() != 1)
+      fail("{}: integer {} {} has no per-tensor output quantizer", where, op.kind, op.node);
+    if (want == OpKind::Softmax && op.out_spec.kind != QuantKind::Log2 && (op.out_spec.kind != QuantKind::Uniform || op.out_spec.is_signed))
+      fail("{}: integer softmax {} outputs log2 or unsigned uniform codes", where, op.node);
   }
   for (const auto& [node, b] : p.bias) {
     const Node* n = g.find_node(node);

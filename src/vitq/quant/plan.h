@@ -2,7 +2,9 @@
 // be executed (fake-quant here; ONNX QDQ and the int8 runtime later). Saved as versioned JSON.
 //
 // An edge is (node name, input slot): for Linear/Conv2d slot 0 is the activation input and slot 1 the weight;
-// for an activation x activation MatMul both slots are activations.
+// for an activation x activation MatMul both slots are activations. Fully quantized plans (FQ-ViT) also put
+// quantizers on the input of LayerNorm, Softmax and GELU nodes and on both inputs of residual adds
+// (is_quant_point), and may ask for a LayerNorm or Softmax to run in integers (IntOp).
 #pragma once
 #include <ATen/core/Tensor.h>
 
@@ -25,6 +27,16 @@ struct QuantPoint {
   QuantParams params;   // undefined until calibrated
 };
 
+// A LayerNorm or Softmax node computed in integers (integer_ops.h) from the codes of its input quantizer (the
+// point on slot 0: PowerOfTwoFactor for LayerNorm, per-tensor uniform for Softmax), producing codes of
+// out_spec / out_params (LayerNorm: the next layer's input quantizer; Softmax: log2 or uniform 1/(2^b-1)).
+struct IntOp {
+  std::string node;
+  std::string kind;  // "layernorm" | "softmax"
+  QuantSpec out_spec;
+  QuantParams out_params;
+};
+
 struct QuantPlan {
   static constexpr int kVersion = 1;
   std::string model;      // Graph::meta.name
@@ -32,6 +44,7 @@ struct QuantPlan {
   nlohmann::json settings = nlohmann::json::object();  // bits, calibration set, size, seed, method options
   std::vector<QuantPoint> points;
   std::map<std::string, at::Tensor> bias;  // node -> replacement bias (bias correction)
+  std::vector<IntOp> int_ops;
 
   QuantPoint* find(const std::string& node, int slot);
   const QuantPoint* find(const std::string& node, int slot) const;
@@ -47,6 +60,9 @@ struct PlacementOptions {
   std::map<std::string, int> layer_bits;        // per-layer override: both weight and input bits
 };
 std::vector<QuantPoint> default_placement(const Graph& graph, const PlacementOptions& options);
+// Whether (node, slot) may carry a quantizer: inputs 0/1 of quantizable layers, the activation input of a
+// LayerNorm / Softmax / GELU, both inputs of a residual add.
+bool is_quant_point(const Graph& graph, const Node& node, int slot);
 
 nlohmann::json plan_to_json(const QuantPlan& plan);
 QuantPlan plan_from_json(const nlohmann::json& j, const std::string& where);

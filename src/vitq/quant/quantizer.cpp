@@ -57,6 +57,22 @@ Granularity parse_granularity(const std::string& name) {
   fail("unknown granularity '{}' (tensor, channel, head, group)", name);
 }
 
+const char* quant_kind_name(QuantKind k) {
+  switch (k) {
+    case QuantKind::Uniform: return "uniform";
+    case QuantKind::TwinUniform: return "twin_uniform";
+    case QuantKind::Log2: return "log2";
+    case QuantKind::PowerOfTwoFactor: return "ptf";
+  }
+  return "?";
+}
+
+QuantKind parse_quant_kind(const std::string& name) {
+  for (auto k : {QuantKind::Uniform, QuantKind::TwinUniform, QuantKind::Log2, QuantKind::PowerOfTwoFactor})
+    if (name == quant_kind_name(k)) return k;
+  fail("unknown quantizer kind '{}' (uniform, twin_uniform, log2, ptf)", name);
+}
+
 int64_t QuantSpec::qmin() const {
   if (!is_signed) return 0;
   return symmetric ? -((int64_t{1} << (bits - 1)) - 1) : -(int64_t{1} << (bits - 1));
@@ -66,13 +82,20 @@ int64_t QuantSpec::qmax() const { return is_signed ? (int64_t{1} << (bits - 1)) 
 void QuantSpec::validate() const {
   if (bits < 2 || bits > 8) fail("bits must be between 2 and 8, got {}", bits);
   if (granularity == Granularity::PerGroup && group_size <= 0) fail("per-group quantization needs a positive group size");
+  if (kind == QuantKind::Log2 && is_signed) fail("a log2 quantizer is for non-negative data (unsigned)");
+  if (kind == QuantKind::PowerOfTwoFactor && granularity != Granularity::PerChannel)
+    fail("a power-of-two-factor quantizer is per channel");
+  if (kind != QuantKind::Uniform && kind != QuantKind::PowerOfTwoFactor && granularity == Granularity::PerGroup)
+    fail("a {} quantizer cannot be per group", quant_kind_name(kind));
 }
 
 std::string QuantSpec::describe() const {
   std::string g = granularity_name(granularity);
   if (granularity == Granularity::PerChannel || granularity == Granularity::PerHead) g += fmt::format("({})", axis);
   if (granularity == Granularity::PerGroup) g += fmt::format("({})", group_size);
-  return fmt::format("{}{} {} per-{}", is_signed ? "int" : "uint", bits, symmetric ? "sym" : "asym", g);
+  if (kind == QuantKind::Log2) return fmt::format("log2 {}-bit", bits);
+  const std::string k = kind == QuantKind::Uniform ? "" : std::string(" ") + quant_kind_name(kind);
+  return fmt::format("{}{} {}{} per-{}", is_signed ? "int" : "uint", bits, symmetric ? "sym" : "asym", k, g);
 }
 
 at::Tensor reduce_amax(const at::Tensor& x, const QuantSpec& s) {
@@ -106,7 +129,72 @@ QuantParams params_from_range(const at::Tensor& lo_in, const at::Tensor& hi_in, 
   return p;
 }
 
+namespace {
+double twin_max_code(const QuantSpec& s) { return static_cast<double>((int64_t{1} << (s.bits - 1)) - 1); }
+double log2_max_code(const QuantSpec& s) { return static_cast<double>((int64_t{1} << s.bits) - 1); }
+
+void check_twin(const QuantParams& p) {
+  if (!p.scale2.defined()) fail("twin-uniform quantizer without its second step (scale2)");
+}
+
+at::Tensor twin_fake_quant(const at::Tensor& x, const QuantSpec& s, const QuantParams& p) {
+  check_twin(p);
+  const double n = twin_max_code(s);
+  const auto& d1 = p.scale;
+  const auto& d2 = p.scale2;
+  auto coarse = at::clamp(at::round(x / d2), 0.0, n) * d2;
+  at::Tensor q;
+  if (s.is_signed) {
+    auto fine = at::clamp(at::round(x / d1), -n, 0.0) * d1;
+    q = at::where(x < 0, fine, coarse);
+  } else {
+    auto c1 = at::round(x / d1);
+    q = at::where(c1 <= n, at::clamp(c1, 0.0, n) * d1, coarse);
+  }
+  return x + (q - x).detach();  // straight-through
+}
+
+at::Tensor log2_codes(const at::Tensor& x, const QuantSpec& s, const QuantParams& p) {
+  auto y = x / p.scale;
+  auto c = at::clamp_min(at::round(-at::log2(y)), 0.0);
+  const double top = log2_max_code(s);
+  return at::where((y > 0) & (c <= top), c, at::full_like(c, top + 1));
+}
+
+at::Tensor log2_fake_quant(const at::Tensor& x, const QuantSpec& s, const QuantParams& p) {
+  auto c = log2_codes(x, s, p);
+  auto q = at::where(c <= log2_max_code(s), p.scale * at::exp2(-c), at::zeros_like(x));
+  return x + (q - x).detach();
+}
+}  // namespace
+
+QuantParams twin_softmax_params(int bits, int shift) {
+  if (shift < 0 || shift > 30) fail("twin-uniform shift must be in 0..30, got {}", shift);
+  const double d2 = 1.0 / static_cast<double>(int64_t{1} << (bits - 1));
+  QuantParams p;
+  p.scale2 = at::full({1}, d2);
+  p.scale = at::full({1}, std::ldexp(d2, -shift));
+  p.zero_point = at::zeros({1});
+  return p;
+}
+
+QuantParams twin_gelu_params(int bits, double coarse, double negative_floor) {
+  if (!(coarse > 0) || !std::isfinite(coarse)) fail("twin-uniform step must be positive and finite, got {}", coarse);
+  const double n = static_cast<double>((int64_t{1} << (bits - 1)) - 1);
+  int m = 0;  // finest fine step whose n codes still reach negative_floor
+  while (m < 30 && n * std::ldexp(coarse, -(m + 1)) >= -negative_floor) ++m;
+  QuantParams p;
+  p.scale2 = at::full({1}, coarse);
+  p.scale = at::full({1}, std::ldexp(coarse, -m));
+  p.zero_point = at::zeros({1});
+  return p;
+}
+
+QuantParams log2_params() { return {at::ones({1}), at::zeros({1}), {}}; }
+
 at::Tensor quantize_codes(const at::Tensor& x, const QuantSpec& s, const QuantParams& p) {
+  if (s.kind == QuantKind::Log2) return log2_codes(x, s, p);
+  if (s.kind == QuantKind::TwinUniform) fail("quantize_codes: twin-uniform codes are not a single grid");
   check_axis(x, s);
   auto xg = grouped(x, s);
   auto q = at::round(xg / group_param(p.scale, s)) + group_param(p.zero_point, s);
@@ -114,6 +202,8 @@ at::Tensor quantize_codes(const at::Tensor& x, const QuantSpec& s, const QuantPa
 }
 
 at::Tensor fake_quant(const at::Tensor& x, const QuantSpec& s, const QuantParams& p) {
+  if (s.kind == QuantKind::TwinUniform) return twin_fake_quant(x, s, p);
+  if (s.kind == QuantKind::Log2) return log2_fake_quant(x, s, p);
   check_axis(x, s);
   auto xg = grouped(x, s);
   auto scale = group_param(p.scale, s), zp = group_param(p.zero_point, s);
@@ -123,7 +213,48 @@ at::Tensor fake_quant(const at::Tensor& x, const QuantSpec& s, const QuantParams
   return ((q - zp) * scale).reshape(x.sizes());
 }
 
+namespace {
+// Element-wise references of the non-uniform kinds (per-tensor parameters).
+at::Tensor reference_elementwise(const at::Tensor& x_in, const QuantSpec& s, const QuantParams& p) {
+  auto x = x_in.to(at::kFloat).contiguous();
+  auto out = at::empty_like(x);
+  const float* xs = x.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  const float d1 = p.scale.reshape({-1})[0].item<float>();
+  if (s.kind == QuantKind::TwinUniform) {
+    check_twin(p);
+    const float d2 = p.scale2.reshape({-1})[0].item<float>();
+    const double n = twin_max_code(s);
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      const float v = xs[i];
+      const double c1 = std::nearbyint(static_cast<double>(v / d1));
+      const double c2 = std::min(std::max(std::nearbyint(static_cast<double>(v / d2)), 0.0), n);
+      if (s.is_signed)
+        o[i] = v < 0 ? static_cast<float>(std::max(c1, -n)) * d1 : static_cast<float>(c2) * d2;
+      else
+        o[i] = c1 <= n ? static_cast<float>(std::max(c1, 0.0)) * d1 : static_cast<float>(c2) * d2;
+    }
+  } else {  // Log2
+    const double top = log2_max_code(s);
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      const float y = xs[i] / d1;
+      if (!(y > 0)) {
+        o[i] = 0;
+        continue;
+      }
+      const double c = std::max(0.0, std::nearbyint(-std::log2(static_cast<double>(y))));
+      o[i] = c <= top ? static_cast<float>(d1 * std::exp2(-c)) : 0.0f;
+    }
+  }
+  return out.reshape(x_in.sizes());
+}
+}  // namespace
+
 at::Tensor fake_quant_reference(const at::Tensor& x_in, const QuantSpec& s, const QuantParams& p) {
+  if (s.kind == QuantKind::TwinUniform || s.kind == QuantKind::Log2) {
+    if (p.scale.numel() != 1) fail("the reference of a {} quantizer takes one scale", quant_kind_name(s.kind));
+    return reference_elementwise(x_in, s, p);
+  }
   check_axis(x_in, s);
   auto x = x_in.to(at::kFloat).contiguous();
   auto xg = grouped(x, s);

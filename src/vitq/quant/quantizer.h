@@ -20,6 +20,21 @@ enum class Granularity { PerTensor, PerChannel, PerHead, PerGroup };
 const char* granularity_name(Granularity g);
 Granularity parse_granularity(const std::string& name);
 
+// What the integer grid looks like (the uniform map above is the default):
+//   Uniform           the map above.
+//   TwinUniform       PTQ4ViT: two uniform ranges of 2^(b-1) codes each (one bit picks the range), steps
+//                     Δ1 = scale (fine) and Δ2 = scale2 (coarse), Δ2 / Δ1 a power of two.
+//                     unsigned (post-softmax): x̂ = c·Δ1 if round(x/Δ1) <= 2^(b-1)-1, else clamp(round(x/Δ2))·Δ2;
+//                     signed (post-GELU): x < 0 on the fine grid (-(2^(b-1)-1)..0)·Δ1, x >= 0 on the coarse grid.
+//   Log2              FQ-ViT's log quantizer for values in [0, scale]: c = round(-log2(x/scale)) (rounded in the
+//                     log domain), x̂ = scale·2^-c for c <= 2^b - 1, 0 beyond (and for x <= 0).
+//   PowerOfTwoFactor  FQ-ViT's PTF: per-channel uniform (axis = channel) whose scales are s·2^α_c, α_c in 0..3,
+//                     and one zero point for every channel — a uniform per-channel quantizer with that
+//                     constraint, checked when a plan is loaded.
+enum class QuantKind { Uniform, TwinUniform, Log2, PowerOfTwoFactor };
+const char* quant_kind_name(QuantKind k);
+QuantKind parse_quant_kind(const std::string& name);
+
 struct QuantSpec {
   int bits = 8;
   bool symmetric = true;
@@ -27,6 +42,7 @@ struct QuantSpec {
   Granularity granularity = Granularity::PerTensor;
   int axis = 0;
   int group_size = 0;
+  QuantKind kind = QuantKind::Uniform;
 
   int64_t qmin() const;
   int64_t qmax() const;
@@ -39,6 +55,7 @@ struct QuantSpec {
 struct QuantParams {
   at::Tensor scale;       // float32, broadcastable to the quantized tensor (see above)
   at::Tensor zero_point;  // float32 (integer-valued), same shape; zeros for symmetric
+  at::Tensor scale2;      // TwinUniform only: the coarse range's step, shaped like scale
 };
 
 // Reduces x to the statistics shape of `spec` (keepdim), e.g. amax over everything but the channel axis.
@@ -52,9 +69,19 @@ QuantParams params_from_range(const at::Tensor& lo, const at::Tensor& hi, const 
 // Fast fake quantization (libtorch ops). Differentiable: straight-through for round (identity gradient inside
 // the clamp range), so gradients reach x and, LSQ-style, scale when it requires grad.
 at::Tensor fake_quant(const at::Tensor& x, const QuantSpec& spec, const QuantParams& params);
-// Integer codes (float tensor holding integers) and the inverse.
+// Integer codes (float tensor holding integers) of a Uniform / PowerOfTwoFactor quantizer; for Log2 the
+// exponent c (2^b for values that quantize to 0).
 at::Tensor quantize_codes(const at::Tensor& x, const QuantSpec& spec, const QuantParams& params);
-// Plain-loop reference of fake_quant on CPU (round half to even, as libtorch's round), for the tests.
+// Plain-loop reference of fake_quant on CPU (round half to even, as libtorch's round), for the tests; covers
+// every kind.
 at::Tensor fake_quant_reference(const at::Tensor& x, const QuantSpec& spec, const QuantParams& params);
+
+// The parameters of the non-uniform kinds.
+//   Twin uniform for post-softmax values (unsigned): Δ2 = 1 / 2^(b-1) (the coarse range reaches 1), Δ1 =
+//   Δ2 · 2^-shift. For post-GELU values (signed): coarse step `coarse` for x >= 0, and the finest Δ1 = Δ2·2^-m
+//   whose 2^(b-1)-1 codes still reach `negative_floor` (GELU's minimum, -0.17).
+QuantParams twin_softmax_params(int bits, int shift);
+QuantParams twin_gelu_params(int bits, double coarse, double negative_floor = -0.17);
+QuantParams log2_params();  // scale 1: values in [0, 1]
 
 }  // namespace vitq
