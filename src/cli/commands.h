@@ -20,8 +20,8 @@ int run_bench(const BenchOptions& opt);
 
 struct QuantArgs {
   std::string model, method = "liu2021", calib, out, weight_granularity = "channel", keep_fp, layer_bits,
-      similarity = "pearson";
-  int wbits = 8, abits = 8, threads = 0, search_steps = 100;
+      similarity = "pearson", convention = "paper";
+  int wbits = 8, abits = 8, threads = 0, search_steps = 100, search_images = 8, rounds = 0, attn_bits = 4;
   size_t calib_size = 32;
   uint64_t seed = 0;
   double avg_bits = 0, percentile = 99.99;
@@ -31,7 +31,7 @@ int run_quantize(const QuantArgs& args);
 
 struct CompareArgs {
   QuantArgs q;
-  std::string methods = "minmax,percentile,omse,liu2021", bits = "w8a8,w6a6,w4a4", data, out, command_line;
+  std::string methods = "minmax,easyquant,fqvit,ptq4vit,liu2021", bits = "w8a8,w6a6,w4a4", data, out, command_line;
   size_t limit = 0;
 };
 int run_compare(const CompareArgs& args);

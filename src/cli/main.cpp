@@ -199,14 +199,19 @@ int main(int argc, char** argv) {
     c->add_flag("--no-bias-correction", q.no_bias_correction, "liu2021: no bias correction");
     c->add_flag("--mixed-precision", q.mixed_precision, "liu2021: nuclear-norm mixed precision (needs --avg-bits)");
     c->add_option("--avg-bits", q.avg_bits, "mixed-precision budget: average weight and activation bits");
-    c->add_option("--search-steps", q.search_steps, "liu2021: grid points per step search")->check(CLI::Range(2, 10000));
+    c->add_option("--search-steps", q.search_steps, "liu2021/easyquant: grid points per step search (ptq4vit: + 1)")->check(CLI::Range(2, 10000));
+    c->add_option("--search-images", q.search_images, "liu2021/easyquant/ptq4vit: calibration images the layer searches score on")->check(CLI::Range(1, 1024));
+    c->add_option("--convention", q.convention, "paper: each method quantizes as its paper does; common: one shared convention")
+        ->check(CLI::IsMember({"paper", "common"}));
+    c->add_option("--rounds", q.rounds, "easyquant/ptq4vit: alternating rounds (default: the paper's, 2 / 3)")->check(CLI::Range(1, 10));
+    c->add_option("--attn-bits", q.attn_bits, "fqvit: softmax output bits, 2-4 = log2 codes (default 4), 8 = uniform");
     c->add_option("--percentile", q.percentile, "percentile observer: the percentile kept");
     c->add_option("--threads", q.threads, "libtorch threads (default: all cores)")->check(CLI::Range(0, 1024));
     c->add_flag("--quiet", q.quiet, "no progress output");
   };
   auto* quantize = app.add_subcommand("quantize", "calibrate and search a quantization plan with a PTQ method");
   add_quant_options(quantize, qa);
-  quantize->add_option("--method", qa.method, "minmax, percentile, omse, liu2021 (variants: liu2021+norank, +nobc, +cosine, +mp)");
+  quantize->add_option("--method", qa.method, "minmax, percentile, omse, liu2021, easyquant, fqvit, ptq4vit (variants: liu2021+norank, +nobc, +cosine, +mp; fqvit+attn8)");
   quantize->add_option("--wbits", qa.wbits, "weight bits (2-8)");
   quantize->add_option("--abits", qa.abits, "activation bits (2-8)");
   quantize->add_option("--out", qa.out, "plan JSON to write")->required();

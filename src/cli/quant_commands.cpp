@@ -45,7 +45,8 @@ std::string apply_method_variant(const std::string& spec, MethodOptions& o) {
     else if (v == "mp") {
       o.mixed_precision = true;
       if (o.avg_bits == 0) o.avg_bits = o.placement.wbits;
-    } else fail("unknown method variant '+{}' in '{}' (norank, nobc, cosine, mp)", v, spec);
+    } else if (v == "attn8") o.attn_bits = 8;
+    else fail("unknown method variant '+{}' in '{}' (norank, nobc, cosine, mp, attn8)", v, spec);
   }
   find_method(parts[0]);
   return parts[0];
@@ -83,6 +84,10 @@ MethodOptions method_options(const QuantArgs& a) {
   o.bias_correction = !a.no_bias_correction;
   o.similarity = a.similarity;
   o.search_steps = a.search_steps;
+  o.search_images = a.search_images;
+  o.convention = a.convention;
+  o.rounds = a.rounds;
+  o.attn_bits = a.attn_bits;
   o.mixed_precision = a.mixed_precision;
   o.avg_bits = a.avg_bits;
   o.observer.percentile = a.percentile;
@@ -156,21 +161,29 @@ int run_compare(const CompareArgs& c) {
   eo.keep_logits = true;
   fmt::print(stderr, "FP32 reference\n");
   EvalResult fp = evaluate(g, data, eo);
+  // FP activations of the calibration batch, captured once for every method that searches per layer
+  fmt::print(stderr, "capturing FP activations of {} calibration images\n", calib.size(0));
+  const LayerTensors fp_layers = capture_layers(g, calib);
   if (const auto dir = std::filesystem::path(c.out).parent_path(); !dir.empty()) std::filesystem::create_directories(dir);
   nlohmann::json rows = nlohmann::json::array();
   std::string md = fmt::format(
       "# {}: PTQ methods compared\n\nModel {} ({}), calibration: {} images drawn with seed {} from {}, evaluation: {} "
-      "images of {}. FP32 top-1 {:.2f}%. Weights symmetric per-{}, activations asymmetric per-tensor, image input 8-bit.\n"
+      "images of {}. FP32 top-1 {:.2f}%. Convention: {}.\n"
       "Reproduce: `{}`\n\n"
       "| method | bits | top-1 | Δ vs FP32 | agreement | KL(FP‖Q) | search s |\n|---|---|---|---|---|---|---|\n",
       g.meta.name, g.meta.name, g.meta.source, calib.size(0), c.q.seed, c.q.calib, fp.images, c.data, fp.top1_pct(),
-      c.q.weight_granularity, c.command_line);
+      c.q.convention == "paper"
+          ? "each method's own (its paper's quantizers and placement; see docs/methods.md)"
+          : fmt::format("common (weights symmetric per-{}, activations asymmetric per-tensor, image input 8-bit; the "
+                        "methods' own quantizer kinds on those edges)", c.q.weight_granularity),
+      c.command_line);
   for (const auto& [w, a] : bits) {
     for (const auto& m : methods) {
       QuantArgs qa = c.q;
       qa.wbits = w;
       qa.abits = a;
       MethodOptions o = method_options(qa);
+      o.fp_layers = &fp_layers;
       const std::string base = apply_method_variant(m, o);
       fmt::print(stderr, "{} W{}A{}\n", m, w, a);
       auto t0 = std::chrono::steady_clock::now();
@@ -185,14 +198,14 @@ int run_compare(const CompareArgs& c) {
       const double delta = r.top1_pct() - fp.top1_pct();
       md += fmt::format("| {} | W{}A{} | {:.2f} | {:+.2f} | {:.2f}% | {:.4f} | {:.1f} |\n", m, w, a, r.top1_pct(), delta,
                         r.agreement_pct(), r.mean_kl(), search_s);
-      rows.push_back({{"method", m}, {"wbits", w}, {"abits", a}, {"top1", r.top1_pct()}, {"top5", r.top5_pct()},
+      rows.push_back({{"method", m}, {"convention", c.q.convention}, {"wbits", w}, {"abits", a}, {"top1", r.top1_pct()}, {"top5", r.top5_pct()},
                       {"delta_top1", delta}, {"agreement", r.agreement_pct()}, {"kl", r.mean_kl()},
                       {"search_seconds", search_s}, {"settings", plan.settings}});
       fmt::print("{} W{}A{}: top-1 {:.2f}% ({:+.2f}), agreement {:.2f}%, KL {:.4f}, search {:.1f} s\n", m, w, a,
                  r.top1_pct(), delta, r.agreement_pct(), r.mean_kl(), search_s);
       std::ofstream(c.out + ".md") << md;  // written after every row: a long run keeps what it finished
       nlohmann::json j = {{"model", g.meta.name}, {"calib", c.q.calib}, {"calib_size", calib.size(0)}, {"seed", c.q.seed},
-                          {"data", c.data}, {"images", fp.images}, {"fp32_top1", fp.top1_pct()}, {"threads", threads},
+                          {"convention", c.q.convention}, {"data", c.data}, {"images", fp.images}, {"fp32_top1", fp.top1_pct()}, {"threads", threads},
                           {"rows", rows}};
       std::ofstream(c.out + ".json") << j.dump(2) << "\n";
     }

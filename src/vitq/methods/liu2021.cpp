@@ -164,7 +164,8 @@ QuantPlan run_liu2021(const Graph& g, const at::Tensor& calib, const MethodOptio
     fail("--similarity must be pearson or cosine, got '{}'", o.similarity);
   if (o.search_steps < 2) fail("search steps must be at least 2");
   const bool pearson = o.similarity == "pearson";
-  LayerTensors t = capture_layers(g, calib);
+  LayerTensors storage;
+  const LayerTensors& t = fp_layer_tensors(g, calib, o, storage);
   QuantPlan plan;
   PlacementOptions placement = o.placement;
   std::vector<std::string> layers;

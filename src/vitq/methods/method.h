@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "vitq/quant/calibration.h"
 #include "vitq/quant/observer.h"
 #include "vitq/quant/plan.h"
 
@@ -17,6 +18,12 @@ struct MethodOptions {
   ObserverOptions observer;
   uint64_t seed = 0;
   bool progress = true;
+  // "paper": each method quantizes where and how its paper does (docs/methods.md in this repo);
+  // "common": every method uses `placement` as given (the literature's common protocol), so results compare.
+  std::string convention = "paper";
+  // FP inputs / outputs of the quantizable layers on the calibration batch, when the caller already has them
+  // (vitq compare captures them once for every method); null = the method captures them.
+  const LayerTensors* fp_layers = nullptr;
   // liu2021
   bool ranking = true;              // ranking-aware loss on the q·kᵀ matmul
   bool bias_correction = true;
@@ -26,7 +33,15 @@ struct MethodOptions {
   double ranking_weight = 1.0;      // γ
   bool mixed_precision = false;
   double avg_bits = 0;              // mixed-precision budget (average bits over weights, and over activations)
+  // easyquant / ptq4vit: alternating rounds (0 = the paper's: 2 for EasyQuant, 3 for PTQ4ViT)
+  int rounds = 0;
+  // fqvit: bits of the softmax output; 4 or fewer = Log-Int-Softmax (log2 codes), 8 = uniform 8-bit codes
+  int attn_bits = 4;
 };
+
+// The FP layer tensors: options.fp_layers when set, else captured into `storage`.
+const LayerTensors& fp_layer_tensors(const Graph& graph, const at::Tensor& calib, const MethodOptions& options,
+                                     LayerTensors& storage);
 
 using MethodFn = std::function<QuantPlan(const Graph&, const at::Tensor& calib, const MethodOptions&)>;
 
@@ -46,5 +61,8 @@ MethodInfo baseline_minmax();
 MethodInfo baseline_percentile();
 MethodInfo baseline_omse();
 MethodInfo method_liu2021();
+MethodInfo method_easyquant();
+MethodInfo method_fqvit();
+MethodInfo method_ptq4vit();
 
 }  // namespace vitq

@@ -7,7 +7,8 @@ namespace vitq {
 
 const std::vector<MethodInfo>& method_registry() {
   static const std::vector<MethodInfo> methods = {baseline_minmax(), baseline_percentile(), baseline_omse(),
-                                                  method_liu2021()};
+                                                  method_liu2021(), method_easyquant(), method_fqvit(),
+                                                  method_ptq4vit()};
   return methods;
 }
 
@@ -20,11 +21,22 @@ const MethodInfo& find_method(const std::string& name) {
   fail("unknown method '{}' (known: {})", name, names);
 }
 
+const LayerTensors& fp_layer_tensors(const Graph& g, const at::Tensor& calib, const MethodOptions& o, LayerTensors& storage) {
+  if (o.fp_layers) return *o.fp_layers;
+  storage = capture_layers(g, calib);
+  return storage;
+}
+
 QuantPlan run_method(const Graph& g, const at::Tensor& calib, const std::string& name, const MethodOptions& o) {
   const MethodInfo& m = find_method(name);
   if (o.placement.wbits < 2 || o.placement.wbits > 8) fail("--wbits must be between 2 and 8, got {}", o.placement.wbits);
   if (o.placement.abits < 2 || o.placement.abits > 8) fail("--abits must be between 2 and 8, got {}", o.placement.abits);
   if (calib.size(0) == 0) fail("empty calibration batch");
+  if (o.convention != "paper" && o.convention != "common")
+    fail("--convention must be paper or common, got '{}'", o.convention);
+  if (o.rounds < 0 || o.rounds > 10) fail("--rounds must be between 1 and 10, got {}", o.rounds);
+  if (o.attn_bits != 8 && (o.attn_bits < 2 || o.attn_bits > 4))
+    fail("--attn-bits must be 2-4 (log2 softmax codes) or 8 (uniform), got {}", o.attn_bits);
   QuantPlan plan = m.run(g, calib, o);
   plan.model = g.meta.name;
   plan.method = name;
@@ -33,6 +45,7 @@ QuantPlan run_method(const Graph& g, const at::Tensor& calib, const std::string&
   plan.settings["weight_granularity"] = granularity_name(o.placement.weight_granularity);
   plan.settings["calib_images"] = calib.size(0);
   plan.settings["seed"] = o.seed;
+  plan.settings["convention"] = o.convention;
   check_plan(plan, g, "method " + name);
   return plan;
 }

@@ -43,22 +43,40 @@ at::Tensor load_calibration(const Graph& g, const Dataset& data, size_t n, uint6
 }
 
 LayerTensors capture_layers(const Graph& g, const at::Tensor& images) {
+  return capture_layers(g, images, [&](const Node& n) { return is_quantizable(g, n); }, images.size(0));
+}
+
+LayerTensors capture_layers(const Graph& g, const at::Tensor& images, const std::function<bool(const Node&)>& which,
+                            int64_t chunk) {
   at::InferenceMode guard;
   Executor ex(g);
-  LayerTensors t;
+  std::map<std::string, std::vector<std::vector<at::Tensor>>> ins;
+  std::map<std::string, std::vector<at::Tensor>> outs;
   ExecHooks hooks;
   hooks.transform_input = [&](const Node& n, size_t slot, const at::Tensor& x) {
-    if (is_quantizable(g, n)) {
-      auto& v = t.inputs[n.name];
-      v.resize(std::max(v.size(), n.inputs.size()));
-      v[slot] = x;
+    if (which(n) && !g.is_const(n.inputs[slot])) {
+      auto& v = ins[n.name];
+      v.resize(n.inputs.size());
+      v[slot].push_back(x);
     }
     return x;
   };
-  hooks.on_output = [&](const Node& n, const std::vector<at::Tensor>& outs) {
-    if (is_quantizable(g, n)) t.outputs[n.name] = outs[0];
+  hooks.on_output = [&](const Node& n, const std::vector<at::Tensor>& o) {
+    if (which(n)) outs[n.name].push_back(o[0]);
   };
-  ex.run(images, &hooks);
+  chunk = std::max<int64_t>(chunk, 1);
+  for (int64_t b = 0; b < images.size(0); b += chunk) ex.run(images.narrow(0, b, std::min(chunk, images.size(0) - b)), &hooks);
+  LayerTensors t;
+  for (const auto& [name, o] : outs) t.outputs[name] = o.size() == 1 ? o[0] : at::cat(o);
+  for (const auto& [name, slots] : ins) {
+    const Node* n = g.find_node(name);
+    auto& v = t.inputs[name];
+    v.resize(n->inputs.size());
+    for (size_t s = 0; s < n->inputs.size(); ++s) {
+      if (!slots[s].empty()) v[s] = slots[s].size() == 1 ? slots[s][0] : at::cat(slots[s]);
+      else if (n->inputs[s] >= 0 && g.is_const(n->inputs[s])) v[s] = g.const_tensor(n->inputs[s]);
+    }
+  }
   return t;
 }
 

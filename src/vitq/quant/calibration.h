@@ -28,6 +28,9 @@ struct LayerTensors {
   std::map<std::string, at::Tensor> outputs;
 };
 LayerTensors capture_layers(const Graph& graph, const at::Tensor& images);
+// The same for the nodes `which` selects (e.g. LayerNorms), run in chunks of `chunk` images.
+LayerTensors capture_layers(const Graph& graph, const at::Tensor& images, const std::function<bool(const Node&)>& which,
+                            int64_t chunk = 8);
 
 // Fills the parameters of every point from observers (weights see their tensor once; activations see the
 // calibration batch, run in chunks of `chunk` images).

@@ -1,0 +1,80 @@
+#include "vitq/methods/search.h"
+
+#include <ATen/ATen.h>
+
+#include "vitq/graph/executor.h"
+#include "vitq/util/error.h"
+
+namespace vitq::search {
+
+Range range_of(const at::Tensor& x, const QuantSpec& s) { return {reduce_amin(x, s), reduce_amax(x, s)}; }
+
+Range range_of_params(const QuantSpec& s, const QuantParams& p) {
+  return {(static_cast<double>(s.qmin()) - p.zero_point) * p.scale, (static_cast<double>(s.qmax()) - p.zero_point) * p.scale};
+}
+
+QuantParams scaled(const Range& r, const QuantSpec& s, const at::Tensor& alpha) {
+  return params_from_range(r.lo * alpha, r.hi * alpha, s);
+}
+QuantParams scaled(const Range& r, const QuantSpec& s, double alpha) { return params_from_range(r.lo * alpha, r.hi * alpha, s); }
+
+std::vector<double> linspace(double a, double b, int n) {
+  std::vector<double> v;
+  for (int k = 0; k < n; ++k) v.push_back(n == 1 ? a : a + (b - a) * k / (n - 1));
+  return v;
+}
+
+Groups output_groups(const Node& n, const QuantPoint& p, int64_t groups_override) {
+  Groups g;
+  const bool per_group = p.spec.granularity == Granularity::PerChannel || p.spec.granularity == Granularity::PerHead;
+  if (p.weight) g.axis = n.op == OpKind::Conv2d ? 1 : -1;  // output channels
+  else g.axis = 1;                                         // heads of [B, H, N, D]
+  if (groups_override > 0) g.count = groups_override;
+  else if (per_group && p.params.scale.defined()) g.count = p.params.scale.numel();
+  else g.count = 1;
+  return g;
+}
+
+at::Tensor reduce_to_groups(const at::Tensor& v, const Groups& gr) {
+  if (gr.count == 1) return v.sum().reshape({1});
+  const int64_t axis = gr.axis < 0 ? gr.axis + v.dim() : gr.axis;
+  auto per = v.transpose(0, axis).reshape({v.size(axis), -1}).sum(1);
+  if (per.size(0) % gr.count != 0) fail("{} output channels do not split into {} groups", per.size(0), gr.count);
+  return per.reshape({gr.count, -1}).sum(1);
+}
+
+at::Tensor expand_groups(const at::Tensor& per_group, const at::Tensor& like) {
+  const int64_t rep = like.numel() / per_group.numel();
+  return per_group.repeat_interleave(rep).reshape(like.sizes()).to(like.scalar_type());
+}
+
+at::Tensor grid_search(const Node& n, std::vector<at::Tensor> args, int slot, const QuantSpec& spec, int64_t candidates,
+                       const std::function<QuantParams(int64_t)>& make,
+                       const std::function<at::Tensor(const at::Tensor&)>& score, int64_t batch) {
+  const at::Tensor x = args[static_cast<size_t>(slot)];
+  at::Tensor best, best_index;
+  for (int64_t k = 0; k < candidates; ++k) {
+    args[static_cast<size_t>(slot)] = fake_quant(x, spec, make(k));
+    auto s = score(run_node(n, args, batch)[0]).to(at::kDouble);
+    s = at::nan_to_num(s, -1e300, -1e300, -1e300);
+    if (!best.defined()) {
+      best = s;
+      best_index = at::zeros(s.sizes(), at::kLong);
+      continue;
+    }
+    auto better = s > best;
+    best = at::where(better, s, best);
+    best_index = at::where(better, at::full_like(best_index, k), best_index);
+  }
+  return best_index;
+}
+
+std::vector<at::Tensor> first_images(const Graph& g, const Node& n, const std::vector<at::Tensor>& args, int64_t images) {
+  std::vector<at::Tensor> out = args;
+  for (size_t s = 0; s < out.size(); ++s)
+    if (out[s].defined() && n.inputs[s] >= 0 && !g.is_const(n.inputs[s]))
+      out[s] = out[s].narrow(0, 0, std::min<int64_t>(images, out[s].size(0)));
+  return out;
+}
+
+}  // namespace vitq::search

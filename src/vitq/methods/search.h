@@ -1,0 +1,49 @@
+// Shared pieces of the layer-wise grid searches (EasyQuant, PTQ4ViT): ranges, candidate steps, and a grid
+// search that picks the best candidate independently for each group of scales whose effect on the layer
+// output is separate (an output channel of a per-channel weight, a head of a per-head matmul input, the q, k or
+// v rows of a qkv weight).
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <functional>
+#include <vector>
+
+#include "vitq/graph/graph.h"
+#include "vitq/quant/plan.h"
+
+namespace vitq::search {
+
+struct Range {
+  at::Tensor lo, hi;
+};
+Range range_of(const at::Tensor& x, const QuantSpec& spec);
+// The range a uniform quantizer's parameters cover: [(qmin - zp)·s, (qmax - zp)·s].
+Range range_of_params(const QuantSpec& spec, const QuantParams& params);
+// Parameters for the range shrunk or stretched by alpha (a number, or a tensor broadcastable to the range).
+QuantParams scaled(const Range& r, const QuantSpec& spec, const at::Tensor& alpha);
+QuantParams scaled(const Range& r, const QuantSpec& spec, double alpha);
+std::vector<double> linspace(double a, double b, int n);
+
+// How the scales of point p of node n map onto the node's output: `count` groups in contiguous chunks along
+// output axis `axis` (count 1: the whole output). `groups_override` > 0 forces that many groups (q/k/v).
+struct Groups {
+  int64_t axis = 0;
+  int64_t count = 1;
+};
+Groups output_groups(const Node& n, const QuantPoint& p, int64_t groups_override = 0);
+// Sums v (shaped like the layer output) within each group: [count].
+at::Tensor reduce_to_groups(const at::Tensor& v, const Groups& groups);
+// Per-group values [count] spread over a scale tensor shaped `like` (contiguous chunks).
+at::Tensor expand_groups(const at::Tensor& per_group, const at::Tensor& like);
+
+// Runs node n with slot `slot` quantized by candidate k = 0..candidates-1 (make(k) gives its parameters; the
+// other arguments as given) and returns, per group, the index of the candidate with the highest score(output)
+// ([count] scores per call; ties keep the earlier candidate): int64 [count].
+at::Tensor grid_search(const Node& n, std::vector<at::Tensor> args, int slot, const QuantSpec& spec, int64_t candidates,
+                       const std::function<QuantParams(int64_t)>& make,
+                       const std::function<at::Tensor(const at::Tensor&)>& score, int64_t batch);
+
+// The first `images` images of every activation argument (constants untouched).
+std::vector<at::Tensor> first_images(const Graph& g, const Node& n, const std::vector<at::Tensor>& args, int64_t images);
+
+}  // namespace vitq::search
