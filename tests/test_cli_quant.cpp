@@ -108,3 +108,24 @@ TEST(CliQuant, CompareRejectsNonsense) {
   expect_cli_error(run_vitq(base + " --bits 8bit"), "--bits expects items like w8a8");
   expect_cli_error(run_vitq(base + " --methods minmax,foo"), "unknown method 'foo'");
 }
+
+TEST(CliQuant, NewMethodOptionsRejectNonsense) {
+  TempDir dir;
+  const std::string out = " --out " + quoted(dir / "p.json");
+  expect_cli_error(run_vitq(quantize_args("--method fqvit --attn-bits 5" + out)), "--attn-bits must be 2-4");
+  expect_cli_error(run_vitq(quantize_args("--method fqvit+attn9" + out)), "unknown method variant '+attn9'");
+  expect_cli_error(run_vitq(quantize_args("--method ptq4vit --convention mine" + out)), "--convention");
+  expect_cli_error(run_vitq(quantize_args("--method easyquant --rounds 0" + out)), "--rounds");
+  expect_cli_error(run_vitq(quantize_args("--method ptq4vit --search-images 0" + out)), "--search-images");
+}
+
+TEST(CliQuant, FullyQuantizedPlanEvaluates) {
+  // fqvit's plan (integer LayerNorm and Log-Int-Softmax) through the CLI, end to end on 8 images
+  TempDir dir;
+  auto q = run_vitq(quantize_args("--method fqvit --wbits 8 --abits 8 --out " + quoted(dir / "fq.json")));
+  ASSERT_EQ(q.code, 0) << q.output;
+  auto e = run_vitq("eval " + quoted(model_dir()) + " --plan " + quoted(dir / "fq.json") + " --data " +
+                    quoted(imagenet("val1000")) + " --limit 8 --json " + quoted(dir / "e.json"));
+  ASSERT_EQ(e.code, 0) << e.output;
+  EXPECT_NE(e.output.find("agreement"), std::string::npos);
+}
