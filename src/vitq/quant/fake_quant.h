@@ -30,6 +30,9 @@ class QuantizedModel {
   ExecHooks hooks_;
 };
 
+// Runs a LayerNorm / Softmax node in integers: `args` are its inputs with slot 0 already quantized by `in`.
+at::Tensor run_int_op(const IntOp& op, const QuantPoint& in, const std::vector<at::Tensor>& args);
+
 // Per quantized layer: SQNR and cosine of its output against FP, two ways:
 //   isolated     only this layer quantized, fed its FP input (what the layer itself costs);
 //   accumulated  the whole plan applied (what reaches this layer, errors of earlier layers included).
