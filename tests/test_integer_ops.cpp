@@ -147,6 +147,19 @@ TEST(IntSoftmax, MatchesReferenceAndFloatSoftmax) {
   EXPECT_THROW(int_softmax(codes, step, kind_spec(QuantKind::Uniform, 8, true)), Error);
 }
 
+TEST(IntSoftmax, LongEvenRows) {
+  // 577 tokens (ViT at 384 px), all scores equal, at a step whose working step is just above 2^-11: the row
+  // sum passes 2^31 — the log2 ratio is clamped, nothing overflows
+  const double step = std::ldexp(1.0, -10) * 1.01;
+  auto codes = at::zeros({2, 577}, at::kLong);
+  auto l4 = kind_spec(QuantKind::Log2, 4, false);
+  auto y = int_softmax(codes, step, l4);
+  EXPECT_TRUE(at::equal(y, int_softmax_reference(codes, step, l4)));
+  EXPECT_TRUE(at::allclose(y, at::full_like(y, std::ldexp(1.0, -9))));  // round(log2 577) = 9
+  auto u8 = kind_spec(QuantKind::Uniform, 8, false);
+  EXPECT_TRUE(at::equal(int_softmax(codes, step, u8), int_softmax_reference(codes, step, u8)));
+}
+
 TEST(IntLayerNorm, MatchesReferenceAndFloatLayerNorm) {
   at::manual_seed(5);
   const int64_t C = 48;

@@ -197,4 +197,14 @@ TEST(Plan, BrokenNonUniformParametersAreRejected) {
             std::string::npos);
   EXPECT_NE(edit_and_load([&](nlohmann::json& c) { c["points"][0]["spec"]["kind"] = "cubic"; }).find("kind"),
             std::string::npos);
+  EXPECT_NE(edit_and_load([&](nlohmann::json& c) { c["integer_ops"].push_back(c["integer_ops"][0]); }).find("twice"),
+            std::string::npos);
+  // a version-1 plan (uniform quantizers, no kinds, no integer ops) still loads
+  j = plan_to_json(run_method(model(), images(), "minmax", quick(8)));
+  EXPECT_EQ(edit_and_load([&](nlohmann::json& c) {
+              c["version"] = 1;
+              c.erase("integer_ops");
+              for (auto& p : c["points"]) p["spec"].erase("kind");
+            }),
+            "");
 }

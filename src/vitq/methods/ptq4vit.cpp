@@ -33,15 +33,28 @@ bool post_gelu(const Graph& g, const Node& n) {
   return n.op == OpKind::Linear && (g.values[static_cast<size_t>(n.inputs[0])].roles & kPostGelu);
 }
 bool post_softmax(const Node& n, int slot) { return n.op == OpKind::MatMul && (n.roles & kAttnV) && slot == 0; }
-// A Linear whose output rows split into q, k and v: [3C, C].
-bool is_qkv(const Graph& g, const Node& n) {
+// A Linear whose output is split into q, k and v: weight [3C, C], and its output reaches a Split (or a node
+// with three readers, as ONNX's Gathers) through reshapes / transposes.
+bool is_qkv(const Graph& g, const std::vector<std::vector<int>>& readers, const Node& n) {
   if (n.op != OpKind::Linear) return false;
   const auto& w = g.const_tensor(n.inputs[1]);
-  return w.dim() == 2 && w.size(0) == 3 * w.size(1);
+  if (w.dim() != 2 || w.size(0) != 3 * w.size(1)) return false;
+  int v = n.outputs[0];
+  for (int hop = 0; hop < 4; ++hop) {
+    const auto& rs = readers[static_cast<size_t>(v)];
+    if (rs.size() >= 3) return true;
+    if (rs.size() != 1) return false;
+    const Node& r = g.nodes[static_cast<size_t>(rs[0])];
+    if (r.op == OpKind::Split) return true;
+    if ((r.op != OpKind::Reshape && r.op != OpKind::Transpose) || r.outputs.size() != 1) return false;
+    v = r.outputs[0];
+  }
+  return false;
 }
 
 // ∂(−log p_FP(y))/∂O for the output O of every quantizable layer, y drawn from the FP prediction.
 std::map<std::string, at::Tensor> fisher_gradients(const Graph& g, const at::Tensor& images, uint64_t seed) {
+  c10::InferenceMode not_inference(false);
   at::AutoGradMode grad_on(true);
   Executor ex(g);
   std::mt19937_64 rng(seed);
@@ -74,13 +87,13 @@ std::map<std::string, at::Tensor> fisher_gradients(const Graph& g, const at::Ten
   return out;
 }
 
-void paper_placement(const Graph& g, std::vector<QuantPoint>& points) {
+void paper_placement(const Graph& g, const std::vector<std::vector<int>>& readers, std::vector<QuantPoint>& points) {
   for (auto& p : points) {
     const Node& n = *g.find_node(p.node);
     p.spec.symmetric = true;
     if (p.weight) {
       p.spec.is_signed = true;
-      p.spec.granularity = (n.op == OpKind::Conv2d || is_qkv(g, n)) ? Granularity::PerChannel : Granularity::PerTensor;
+      p.spec.granularity = (n.op == OpKind::Conv2d || is_qkv(g, readers, n)) ? Granularity::PerChannel : Granularity::PerTensor;
       p.spec.axis = 0;
     } else {
       p.spec.is_signed = true;
@@ -97,7 +110,8 @@ QuantPlan run_ptq4vit(const Graph& g, const at::Tensor& calib, const MethodOptio
   const bool paper = o.convention == "paper";
   QuantPlan plan;
   plan.points = default_placement(g, o.placement);
-  if (paper) paper_placement(g, plan.points);
+  const auto readers = g.consumers();
+  if (paper) paper_placement(g, readers, plan.points);
   for (auto& p : plan.points) {
     const Node& n = *g.find_node(p.node);
     if (post_softmax(n, p.slot) || (p.slot == 0 && post_gelu(g, n))) {
@@ -147,7 +161,7 @@ QuantPlan run_ptq4vit(const Graph& g, const at::Tensor& calib, const MethodOptio
         make[s] = [&p, top, &alphas](int64_t k) { return twin_gelu_params(p.spec.bits, std::max(top, 1e-8) * alphas[static_cast<size_t>(k)]); };
       } else {
         QuantSpec range_spec = p.spec;
-        if (p.spec.granularity == Granularity::PerChannel && is_qkv(g, n) && paper && p.weight) {
+        if (p.spec.granularity == Granularity::PerChannel && is_qkv(g, readers, n) && paper && p.weight) {
           // q, k, v: one range per third of the rows
           auto amax = x.abs().reshape({3, -1}).amax(1);
           ranges[s] = {-amax.repeat_interleave(x.size(0) / 3).reshape({-1, 1}), amax.repeat_interleave(x.size(0) / 3).reshape({-1, 1})};
@@ -171,7 +185,7 @@ QuantPlan run_ptq4vit(const Graph& g, const at::Tensor& calib, const MethodOptio
         const bool twin = p.spec.kind == QuantKind::TwinUniform;
         search::Groups gr;
         if (!twin && p.spec.granularity != Granularity::PerTensor)
-          gr = search::output_groups(n, p, is_qkv(g, n) && paper && p.weight ? 3 : ranges[slot].lo.numel());
+          gr = search::output_groups(n, p, is_qkv(g, readers, n) && paper && p.weight ? 3 : ranges[slot].lo.numel());
         const int64_t count = twin && !p.spec.is_signed ? 20 : candidates;
         auto best = search::grid_search(n, qargs, slot, p.spec, count, make[slot], hessian_score(gr), sub);
         if (twin || gr.count == 1) {

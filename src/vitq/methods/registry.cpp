@@ -34,7 +34,7 @@ QuantPlan run_method(const Graph& g, const at::Tensor& calib, const std::string&
   if (calib.size(0) == 0) fail("empty calibration batch");
   if (o.convention != "paper" && o.convention != "common")
     fail("--convention must be paper or common, got '{}'", o.convention);
-  if (o.rounds < 0 || o.rounds > 10) fail("--rounds must be between 1 and 10, got {}", o.rounds);
+  if (o.rounds < 0 || o.rounds > 10) fail("--rounds must be between 1 and 10 (0: the paper's), got {}", o.rounds);
   if (o.attn_bits != 8 && (o.attn_bits < 2 || o.attn_bits > 4))
     fail("--attn-bits must be 2-4 (log2 softmax codes) or 8 (uniform), got {}", o.attn_bits);
   QuantPlan plan = m.run(g, calib, o);

@@ -13,14 +13,14 @@
 //   4. exp(x) ≈ ((p + q_b)^2 + q_c) >> z, step a S'^2.
 // Error bound (documented and tested exhaustively over q in [-6000, 0] and steps S from 2^-12 to 3 in
 // tests/test_integer_ops.cpp):
-//   |int_exp(q)·a S'^2 − exp(q S)| <= kIntExpMaxAbsError = 3e-3   for every code q <= 0 and any step S.
+//   |int_exp(q)·a S'^2 − exp(q S)| <= kIntExpMaxAbsError = 3e-3   for every code q <= 0 and step S.
 // It is the polynomial's own error on [−ln2, 0] (at most 2.1e-3, near x = −0.13) plus the rounding of ln2, b
 // and c at step S' <= 2^-10 (each at most S'/2 in the argument, about 5e-4 together) and the truncating shift
 // (below one output step a S'^2 < 4e-7). Measured worst case over that grid: 2.5e-3.
 //
 // Integer softmax over the last axis, from codes q and step S of its input: subtract the row maximum, int_exp,
 // integer row sum Σ; then
-//   log2 output (Log-Int-Softmax): r = floor(Σ / e), code = round(log2 r) computed exactly in integers
+//   log2 output (Log-Int-Softmax): r = min(floor(Σ / e), 2^31 − 1), code = round(log2 r) computed exactly in integers
 //   (m = floor(log2 r), +1 when r^2 >= 2^(2m+1)), value 2^-code, and 0 for code > 2^b − 1 or e = 0;
 //   uniform output: code = round(e (2^b − 1) / Σ) (half up), value code / (2^b − 1).
 //
@@ -46,7 +46,7 @@ struct IntExp {
   int64_t q_ln2 = 0, q_b = 0, q_c = 0;
   double out_scale = 0;    // a·S'^2: the step of int_exp's result
 };
-// Error for a step outside [2^-12, ln2) or non-finite.
+// Error for a step outside [1e-7, 1e3] or non-finite (the bound below is tested for steps 2^-12 ... 3).
 IntExp int_exp_constants(double input_scale);
 at::Tensor int_exp(const at::Tensor& codes, const IntExp& c);            // int64 codes <= 0 -> int64
 at::Tensor int_exp_reference(const at::Tensor& codes, const IntExp& c);  // plain loop

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <fstream>
+#include <set>
 
 #include "vitq/quant/integer_ops.h"
 #include "vitq/util/error.h"
@@ -57,7 +58,7 @@ std::vector<QuantPoint> default_placement(const Graph& g, const PlacementOptions
 }
 
 bool is_quant_point(const Graph& g, const Node& n, int slot) {
-  if (slot < 0 || slot >= static_cast<int>(n.inputs.size())) return false;
+  if (slot < 0 || slot >= static_cast<int>(n.inputs.size()) || n.inputs[static_cast<size_t>(slot)] < 0) return false;
   if (is_quantizable(g, n)) return slot <= 1;
   if (g.is_const(n.inputs[static_cast<size_t>(slot)])) return false;
   switch (n.op) {
@@ -149,8 +150,9 @@ QuantPlan plan_from_json(const nlohmann::json& j, const std::string& where) {
   try {
     if (j.value("format", std::string()) != "vitq-quant-plan") fail("{}: not a vitq quantization plan", where);
     int version = j.at("version").get<int>();
-    if (version != QuantPlan::kVersion)
-      fail("{}: plan format version {} is not supported (this vitq reads version {})", where, version, QuantPlan::kVersion);
+    if (version != QuantPlan::kVersion && version != 1)
+      fail("{}: plan format version {} is not supported (this vitq reads versions 1 and {})", where, version,
+           QuantPlan::kVersion);
     p.model = j.at("model").get<std::string>();
     p.method = j.value("method", std::string());
     p.settings = j.value("settings", nlohmann::json::object());
@@ -226,7 +228,9 @@ void check_plan(const QuantPlan& p, const Graph& g, const std::string& where) {
              fmt::join(q.params.scale.sizes(), ", "), fmt::join(w.sizes(), ", "), fmt::join(expected, ", "));
     }
   }
+  std::set<std::string> seen;
   for (const auto& op : p.int_ops) {
+    if (!seen.insert(op.node).second) fail("{}: {} is listed twice as an integer op", where, op.node);
     const Node* n = g.find_node(op.node);
     const OpKind want = op.kind == "layernorm" ? OpKind::LayerNorm : OpKind::Softmax;
     if (op.kind != "layernorm" && op.kind != "softmax") fail("{}: unknown integer op '{}' (layernorm, softmax)", where, op.kind);
@@ -240,6 +244,15 @@ void check_plan(const QuantPlan& p, const Graph& g, const std::string& where) {
       fail("{}: integer {} {} has no per-tensor output quantizer", where, op.kind, op.node);
     if (want == OpKind::Softmax && op.out_spec.kind != QuantKind::Log2 && (op.out_spec.kind != QuantKind::Uniform || op.out_spec.is_signed))
       fail("{}: integer softmax {} outputs log2 or unsigned uniform codes", where, op.node);
+    if (want == OpKind::LayerNorm && op.out_spec.kind != QuantKind::Uniform)
+      fail("{}: integer LayerNorm {} outputs uniform codes, not {}", where, op.node, op.out_spec.describe());
+    if (want == OpKind::Softmax) {
+      try {
+        int_exp_constants(in->params.scale.item<double>());
+      } catch (const Error& e) {
+        fail("{}: integer softmax {}: {}", where, op.node, e.what());
+      }
+    }
   }
   for (const auto& [node, b] : p.bias) {
     const Node* n = g.find_node(node);

@@ -38,7 +38,8 @@ struct IntOp {
 };
 
 struct QuantPlan {
-  static constexpr int kVersion = 1;
+  // 2: quantizer kinds (twin uniform, log2, PTF), scale2, integer ops. Version 1 plans (uniform only) load.
+  static constexpr int kVersion = 2;
   std::string model;      // Graph::meta.name
   std::string method;
   nlohmann::json settings = nlohmann::json::object();  // bits, calibration set, size, seed, method options

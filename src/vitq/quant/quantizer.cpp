@@ -151,7 +151,8 @@ at::Tensor twin_fake_quant(const at::Tensor& x, const QuantSpec& s, const QuantP
     auto c1 = at::round(x / d1);
     q = at::where(c1 <= n, at::clamp(c1, 0.0, n) * d1, coarse);
   }
-  return x + (q - x).detach();  // straight-through
+  if (!x.requires_grad()) return q;  // exactly on the grid
+  return x + (q - x).detach();       // straight-through
 }
 
 at::Tensor log2_codes(const at::Tensor& x, const QuantSpec& s, const QuantParams& p) {
@@ -164,6 +165,7 @@ at::Tensor log2_codes(const at::Tensor& x, const QuantSpec& s, const QuantParams
 at::Tensor log2_fake_quant(const at::Tensor& x, const QuantSpec& s, const QuantParams& p) {
   auto c = log2_codes(x, s, p);
   auto q = at::where(c <= log2_max_code(s), p.scale * at::exp2(-c), at::zeros_like(x));
+  if (!x.requires_grad()) return q;
   return x + (q - x).detach();
 }
 }  // namespace

@@ -77,7 +77,7 @@ at::Tensor quantize_codes(const at::Tensor& x, const QuantSpec& spec, const Quan
 at::Tensor fake_quant_reference(const at::Tensor& x, const QuantSpec& spec, const QuantParams& params);
 
 // The parameters of the non-uniform kinds.
-//   Twin uniform for post-softmax values (unsigned): Δ2 = 1 / 2^(b-1) (the coarse range reaches 1), Δ1 =
+//   Twin uniform for post-softmax values (unsigned): Δ2 = 1 / 2^(b-1) (the coarse range reaches 1 − Δ2), Δ1 =
 //   Δ2 · 2^-shift. For post-GELU values (signed): coarse step `coarse` for x >= 0, and the finest Δ1 = Δ2·2^-m
 //   whose 2^(b-1)-1 codes still reach `negative_floor` (GELU's minimum, -0.17).
 QuantParams twin_softmax_params(int bits, int shift);
