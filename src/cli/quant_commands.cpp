@@ -173,7 +173,7 @@ int run_compare(const CompareArgs& c) {
       "| method | bits | top-1 | Δ vs FP32 | agreement | KL(FP‖Q) | search s |\n|---|---|---|---|---|---|---|\n",
       g.meta.name, g.meta.name, g.meta.source, calib.size(0), c.q.seed, c.q.calib, fp.images, c.data, fp.top1_pct(),
       c.q.convention == "paper"
-          ? "each method's own (its paper's quantizers and placement; see docs/methods.md)"
+          ? "each method's own (its paper's quantizers and placement; see the README, Conventions)"
           : fmt::format("common (weights symmetric per-{}, activations asymmetric per-tensor, image input 8-bit; the "
                         "methods' own quantizer kinds on those edges)", c.q.weight_granularity),
       c.command_line);
