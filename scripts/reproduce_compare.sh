@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Reproduces the method comparison in bench/results/ on the shared DeiT-Tiny: 32 calib1000 images drawn with
-# seed 0, evaluated on all of val1000, 2 threads, each method under its own paper's convention. About an hour
-# on 2 cores.
+# seed 0, evaluated on all of val1000, 2 threads. About an hour and a half on 2 cores.
 #   compare_deit_tiny.md         minmax, easyquant, fqvit (8/8/4 at W8A8), ptq4vit, liu2021 x W8A8, W6A6, W4A4
 #   compare_deit_tiny_fqvit8.md  fqvit with 8-bit uniform softmax codes (the paper's 8/8/8 preset)
+#   compare_deit_tiny_common.md  minmax, easyquant, fqvit, ptq4vit under one shared convention (--convention
+#                                common; liu2021 uses that placement under both, so it is not repeated)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VITQ=${VITQ:-./build/vitq}
@@ -13,3 +14,5 @@ COMMON=(--calib "$DATA/calib1000" --calib-size 32 --seed 0 --data "$DATA/val1000
 "$VITQ" compare "$MODEL" "${COMMON[@]}" --methods minmax,easyquant,fqvit,ptq4vit,liu2021 --bits w8a8,w6a6,w4a4 \
   --out bench/results/compare_deit_tiny
 "$VITQ" compare "$MODEL" "${COMMON[@]}" --methods fqvit+attn8 --bits w8a8 --out bench/results/compare_deit_tiny_fqvit8
+"$VITQ" compare "$MODEL" "${COMMON[@]}" --convention common --methods minmax,easyquant,fqvit,ptq4vit \
+  --bits w8a8,w6a6,w4a4 --out bench/results/compare_deit_tiny_common
