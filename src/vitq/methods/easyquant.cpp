@@ -53,9 +53,7 @@ QuantPlan run_easyquant(const Graph& g, const at::Tensor& calib, const MethodOpt
   plan.settings["objective"] = "cosine";
   plan.settings["search"] = {{"alpha", {0.5, 2.0}}, {"steps", o.search_steps}, {"rounds", rounds}, {"images", o.search_images},
                              {"init", "kl (activations), max (weights)"}};
-  std::vector<std::string> layers;
-  for (const auto& n : g.nodes)
-    if (plan.find(n.name, 0) && plan.find(n.name, 1)) layers.push_back(n.name);
+  const std::vector<std::string> layers = search::two_input_layers(g, plan);
   Progress bar("easyquant search", layers.size(), o.progress);
   size_t done = 0;
   for (const auto& name : layers) {

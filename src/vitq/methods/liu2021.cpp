@@ -20,6 +20,7 @@
 
 #include "vitq/graph/executor.h"
 #include "vitq/methods/method.h"
+#include "vitq/methods/search.h"
 #include "vitq/quant/calibration.h"
 #include "vitq/util/error.h"
 #include "vitq/util/progress.h"
@@ -28,15 +29,9 @@ namespace vitq {
 
 namespace {
 
-struct Range {
-  at::Tensor lo, hi;
-};
-
-Range range_of(const at::Tensor& x, const QuantSpec& s) { return {reduce_amin(x, s), reduce_amax(x, s)}; }
-
-QuantParams scaled(const Range& r, const QuantSpec& s, double alpha) {
-  return params_from_range(r.lo * alpha, r.hi * alpha, s);
-}
+using search::Range;
+using search::range_of;
+using search::scaled;
 
 double similarity(const at::Tensor& o, const at::Tensor& q, bool pearson) {
   auto a = o.flatten(), b = q.flatten();
@@ -208,9 +203,7 @@ QuantPlan run_liu2021(const Graph& g, const at::Tensor& calib, const MethodOptio
     }
     // The similarity is measured on the first `search_images` images (activations are [B, ...]).
     const int64_t sub = std::min<int64_t>(batch, o.search_images);
-    std::vector<at::Tensor> sargs = args;
-    for (int s = 0; s < 2; ++s)
-      if (!g.is_const(n.inputs[static_cast<size_t>(s)])) sargs[static_cast<size_t>(s)] = args[static_cast<size_t>(s)].narrow(0, 0, sub);
+    const std::vector<at::Tensor> sargs = search::first_images(g, n, args, sub);
     const at::Tensor sout = out.narrow(0, 0, sub);
     auto score_of = [&](const std::vector<at::Tensor>& qargs) {
       auto q = run_node(n, qargs, sub)[0];

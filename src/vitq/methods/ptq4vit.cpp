@@ -134,9 +134,7 @@ QuantPlan run_ptq4vit(const Graph& g, const at::Tensor& calib, const MethodOptio
   plan.settings["metric"] = "hessian (Fisher of KL(FP||Q), labels drawn from the FP prediction)";
   plan.settings["search"] = {{"alpha", {0.01, 1.2}}, {"candidates", candidates}, {"rounds", rounds}, {"images", sub}};
 
-  std::vector<std::string> layers;
-  for (const auto& n : g.nodes)
-    if (plan.find(n.name, 0) && plan.find(n.name, 1)) layers.push_back(n.name);
+  const std::vector<std::string> layers = search::two_input_layers(g, plan);
   Progress bar("ptq4vit search", layers.size(), o.progress);
   size_t done = 0;
   for (const auto& name : layers) {

@@ -69,6 +69,13 @@ at::Tensor grid_search(const Node& n, std::vector<at::Tensor> args, int slot, co
   return best_index;
 }
 
+std::vector<std::string> two_input_layers(const Graph& g, const QuantPlan& plan) {
+  std::vector<std::string> layers;
+  for (const auto& n : g.nodes)
+    if (plan.find(n.name, 0) && plan.find(n.name, 1)) layers.push_back(n.name);
+  return layers;
+}
+
 std::vector<at::Tensor> first_images(const Graph& g, const Node& n, const std::vector<at::Tensor>& args, int64_t images) {
   std::vector<at::Tensor> out = args;
   for (size_t s = 0; s < out.size(); ++s)

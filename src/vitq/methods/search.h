@@ -43,6 +43,9 @@ at::Tensor grid_search(const Node& n, std::vector<at::Tensor> args, int slot, co
                        const std::function<QuantParams(int64_t)>& make,
                        const std::function<at::Tensor(const at::Tensor&)>& score, int64_t batch);
 
+// The layers whose two inputs (weight and input, or both matmul inputs) the plan quantizes, in graph order.
+std::vector<std::string> two_input_layers(const Graph& g, const QuantPlan& plan);
+
 // The first `images` images of every activation argument (constants untouched).
 std::vector<at::Tensor> first_images(const Graph& g, const Node& n, const std::vector<at::Tensor>& args, int64_t images);
 
