@@ -39,10 +39,12 @@ void write_json(const std::string& path, const nlohmann::json& j) {
 }
 
 int run_info(const std::string& model_path, const std::string& json_path) {
-  Graph g = load_model(model_path);
+  Graph g = load_model(model_path, /*allow_config_only=*/true);
   ModelStats s = model_stats(g);
   const auto& p = g.meta.preprocess;
-  fmt::print("model        {} ({} from {})\n", g.meta.name, g.meta.format, g.meta.source);
+  fmt::print("model        {} ({} from {}{})\n", g.meta.name, g.meta.format, g.meta.source,
+             g.meta.format == "config" ? "; no weights: placeholder zeros" : "");
+  if (!g.meta.family.empty()) fmt::print("family       {}\n", g.meta.family);
   fmt::print("parameters   {:.3f} M ({})\n", static_cast<double>(s.parameters) / 1e6, s.parameters);
   fmt::print("compute      {:.3f} GFLOPs per image (multiply-accumulates, as the papers count)\n",
              static_cast<double>(s.macs) / 1e9);
@@ -60,8 +62,15 @@ int run_info(const std::string& model_path, const std::string& json_path) {
     fmt::print("  {:<28} {:<8} {:<18} {:>10.2f}  {}\n", l.name, l.op,
                l.weight_shape.empty() ? std::string("(activations)") : fmt::format("{}", fmt::join(l.weight_shape, "x")),
                static_cast<double>(l.macs) / 1e6, l.roles);
+  fmt::print("bridges      {} blocks (conv <-> transformer transitions){}\n", g.bridges.size(), g.bridges.empty() ? "" : ":");
+  for (const auto& b : g.bridges)
+    fmt::print("  {:<28} {:<18} at {} : {}\n", b.name, b.kind, b.transition, fmt::join(b.layers, ", "));
   if (!json_path.empty()) {
-    nlohmann::json j = {{"model", g.meta.name}, {"format", g.meta.format}, {"source", g.meta.source},
+    nlohmann::json bridges = nlohmann::json::array();
+    for (const auto& b : g.bridges)
+      bridges.push_back({{"name", b.name}, {"kind", b.kind}, {"transition", b.transition}, {"layers", b.layers}});
+    nlohmann::json j = {{"model", g.meta.name}, {"family", g.meta.family}, {"format", g.meta.format}, {"source", g.meta.source},
+                        {"bridges", bridges},
                         {"parameters", s.parameters}, {"macs_per_image", s.macs}, {"num_classes", g.meta.num_classes},
                         {"op_counts", s.op_counts}};
     for (const auto& l : s.quantizable)

@@ -70,6 +70,37 @@ at::Tensor binary(OpKind op, const at::Tensor& a, const at::Tensor& b) {
   }
 }
 
+// Resize of a [B,C,H,W] tensor to attr `sizes` ([H, W] or [B, C, H, W]) or by attr `scales`, or (ONNX) from
+// inputs 3 (sizes) / 2 (scales). Bilinear ("linear") with half_pixel / pytorch_half_pixel / align_corners
+// coordinates, or nearest (asymmetric, floor) as torch exports it.
+at::Tensor resize(const Node& n, const std::vector<at::Tensor>& in) {
+  const auto& x = in.at(0);
+  if (x.dim() != 4) fail("node {}: Resize needs a 4-D input", n.name);
+  std::vector<int64_t> sizes = n.getints("sizes");
+  if (sizes.empty() && in.size() > 3 && in[3].defined() && in[3].numel() > 0) sizes = to_ints(in[3]);
+  std::vector<double> scales;
+  if (sizes.empty()) {
+    if (n.has("scales")) {
+      scales = std::get<std::vector<double>>(n.attrs.at("scales"));
+    } else if (in.size() > 2 && in[2].defined() && in[2].numel() > 0) {
+      auto t = in[2].to(at::kCPU).to(at::kDouble).contiguous();
+      scales.assign(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
+    }
+    if (scales.size() == 4) scales = {scales[2], scales[3]};
+    if (scales.size() != 2) fail("node {}: Resize needs output sizes or scales", n.name);
+    sizes = {static_cast<int64_t>(std::floor(x.size(2) * scales[0])), static_cast<int64_t>(std::floor(x.size(3) * scales[1]))};
+  }
+  if (sizes.size() == 4) sizes = {sizes[2], sizes[3]};
+  if (sizes.size() != 2 || sizes[0] <= 0 || sizes[1] <= 0) fail("node {}: bad Resize output size", n.name);
+  const std::string mode = n.gets("mode", "linear");
+  const std::string coord = n.gets("coordinate_transformation_mode", "half_pixel");
+  if (mode == "nearest") return at::upsample_nearest2d(x, sizes);
+  if (mode != "linear") fail("node {}: Resize mode {} is not supported", n.name, mode);
+  if (coord != "half_pixel" && coord != "pytorch_half_pixel" && coord != "align_corners")
+    fail("node {}: Resize coordinate mode {} is not supported", n.name, coord);
+  return at::upsample_bilinear2d(x, sizes, coord == "align_corners");
+}
+
 }  // namespace
 
 std::vector<at::Tensor> run_node(const Node& n, const std::vector<at::Tensor>& in, int64_t batch) {
@@ -125,6 +156,50 @@ std::vector<at::Tensor> run_node(const Node& n, const std::vector<at::Tensor>& i
     case OpKind::Sigmoid: return {at::sigmoid(arg(0))};
     case OpKind::Tanh: return {at::tanh(arg(0))};
     case OpKind::SiLU: return {at::silu(arg(0))};
+    case OpKind::BatchNorm:
+      return {at::batch_norm(arg(0), opt(1), opt(2), opt(3), opt(4), false, 0.0, n.getf("epsilon", 1e-5), false)};
+    case OpKind::GroupNorm: {
+      int64_t groups = n.geti("num_groups", 1);
+      if (groups <= 0 || arg(0).size(1) % groups != 0)
+        fail("node {}: GroupNorm with {} groups over {} channels", n.name, groups, arg(0).size(1));
+      return {at::group_norm(arg(0), groups, opt(1), opt(2), n.getf("epsilon", 1e-5), false)};
+    }
+    case OpKind::InstanceNorm:
+      return {at::instance_norm(arg(0), opt(1), opt(2), {}, {}, true, 0.0, n.getf("epsilon", 1e-5), false)};
+    case OpKind::HardSwish: return {at::hardswish(arg(0))};
+    case OpKind::HardSigmoid:
+      return {at::clamp(arg(0) * n.getf("alpha", 0.2) + n.getf("beta", 0.5), 0.0, 1.0)};
+    case OpKind::AvgPool: {
+      auto k = n.getints("kernel_shape");
+      auto strides = n.getints("strides", k);
+      auto pads = n.getints("pads", {0, 0, 0, 0});
+      if (k.size() != 2 || strides.size() != 2 || pads.size() != 4) fail("node {}: AvgPool needs 2-D kernel, strides and 4 pads", n.name);
+      if (pads[0] != pads[2] || pads[1] != pads[3]) fail("node {}: AvgPool with asymmetric pads is not supported", n.name);
+      return {at::avg_pool2d(arg(0), k, strides, {pads[0], pads[1]}, n.geti("ceil_mode", 0) != 0,
+                             n.geti("count_include_pad", 0) != 0)};
+    }
+    case OpKind::GlobalAvgPool: return {at::mean(arg(0), {2, 3}, true)};
+    case OpKind::ReduceSum: {
+      auto axes = ints_from(n, in, "axes", 1);
+      if (axes.empty())
+        for (int64_t i = 0; i < arg(0).dim(); ++i) axes.push_back(i);
+      return {at::sum(arg(0), axes, n.geti("keepdims", 1) != 0)};
+    }
+    case OpKind::Roll: return {at::roll(arg(0), n.getints("shifts"), n.getints("dims"))};
+    case OpKind::Pad: {
+      const auto& x = arg(0);
+      auto pads = ints_from(n, in, "pads", 1);
+      const auto rank = static_cast<size_t>(x.dim());
+      if (pads.size() != 2 * rank) fail("node {}: Pad needs {} pads for rank {}, got {}", n.name, 2 * rank, rank, pads.size());
+      if (n.gets("mode", "constant") != "constant") fail("node {}: only constant Pad is supported", n.name);
+      std::vector<int64_t> torch_pads;  // last axis first: (begin, end) pairs
+      for (size_t a = rank; a-- > 0;) {
+        torch_pads.push_back(pads[a]);
+        torch_pads.push_back(pads[a + rank]);
+      }
+      return {at::constant_pad_nd(x, torch_pads, n.getf("value", 0.0))};
+    }
+    case OpKind::Resize: return {resize(n, in)};
     case OpKind::Reshape: {
       const auto& x = arg(0);
       std::vector<int64_t> shape;

@@ -10,12 +10,16 @@
 namespace vitq {
 
 namespace {
-constexpr std::array<std::pair<OpKind, const char*>, 34> kOpNames = {{
+constexpr std::array<std::pair<OpKind, const char*>, 45> kOpNames = {{
     {OpKind::Conv2d, "Conv2d"}, {OpKind::Linear, "Linear"}, {OpKind::MatMul, "MatMul"}, {OpKind::Add, "Add"},
     {OpKind::Sub, "Sub"}, {OpKind::Mul, "Mul"}, {OpKind::Div, "Div"}, {OpKind::Pow, "Pow"},
     {OpKind::Sqrt, "Sqrt"}, {OpKind::Erf, "Erf"}, {OpKind::ReduceMean, "ReduceMean"},
     {OpKind::Softmax, "Softmax"}, {OpKind::LayerNorm, "LayerNorm"}, {OpKind::Gelu, "Gelu"},
     {OpKind::Relu, "Relu"}, {OpKind::Sigmoid, "Sigmoid"}, {OpKind::Tanh, "Tanh"}, {OpKind::SiLU, "SiLU"},
+    {OpKind::BatchNorm, "BatchNorm"}, {OpKind::GroupNorm, "GroupNorm"}, {OpKind::InstanceNorm, "InstanceNorm"},
+    {OpKind::HardSwish, "HardSwish"}, {OpKind::HardSigmoid, "HardSigmoid"}, {OpKind::AvgPool, "AvgPool"},
+    {OpKind::GlobalAvgPool, "GlobalAvgPool"}, {OpKind::ReduceSum, "ReduceSum"}, {OpKind::Roll, "Roll"},
+    {OpKind::Pad, "Pad"}, {OpKind::Resize, "Resize"},
     {OpKind::Reshape, "Reshape"}, {OpKind::Flatten, "Flatten"}, {OpKind::Transpose, "Transpose"},
     {OpKind::Concat, "Concat"}, {OpKind::Slice, "Slice"}, {OpKind::Gather, "Gather"}, {OpKind::Split, "Split"},
     {OpKind::Squeeze, "Squeeze"}, {OpKind::Unsqueeze, "Unsqueeze"}, {OpKind::Expand, "Expand"},
@@ -40,7 +44,8 @@ std::string roles_to_string(uint32_t roles) {
   static const std::pair<Role, const char*> names[] = {
       {kPostSoftmax, "post-softmax"}, {kPostGelu, "post-gelu"}, {kPostLayerNorm, "post-layernorm"},
       {kResidual, "residual"},        {kAttnQK, "attn-qk"},     {kAttnV, "attn-v"},
-      {kResidualAdd, "residual-add"}};
+      {kResidualAdd, "residual-add"}, {kNormBatch, "norm-bn"},  {kNormLayer, "norm-ln"},
+      {kNormGroup, "norm-gn"},        {kBridge, "bridge"}};
   std::string s;
   for (auto& [r, n] : names) {
     if (!(roles & r)) continue;
@@ -158,6 +163,7 @@ void Graph::validate() const {
 }
 
 int64_t Graph::num_parameters() const {
+  if (meta.declared_parameters > 0) return meta.declared_parameters;
   std::vector<bool> seen(values.size(), false);
   int64_t total = 0;
   for (auto& n : nodes)

@@ -25,6 +25,17 @@ enum class OpKind {
   // compute
   Conv2d, Linear, MatMul, Add, Sub, Mul, Div, Pow, Sqrt, Erf, ReduceMean, Softmax, LayerNorm, Gelu, Relu,
   Sigmoid, Tanh, SiLU,
+  // hybrid / Swin networks
+  BatchNorm,     // [x, scale, bias, mean, var], attr epsilon; inference form (running statistics)
+  GroupNorm,     // [x, gamma, beta], attrs num_groups, epsilon; gamma/beta per channel (dim 1)
+  InstanceNorm,  // [x, scale, bias], attr epsilon (ONNX InstanceNormalization; import fuses it into GroupNorm)
+  HardSwish, HardSigmoid,  // HardSigmoid: clamp(alpha x + beta, 0, 1), attrs alpha, beta (ONNX defaults 0.2, 0.5)
+  AvgPool,        // attrs kernel_shape, strides, pads (t, l, b, r), count_include_pad, ceil_mode
+  GlobalAvgPool,  // mean over H, W, keeping them as 1
+  ReduceSum,      // attrs axes, keepdims (or axes as input 1)
+  Roll,           // attrs shifts, dims (torch.roll: cyclic shift)
+  Pad,            // attrs pads (ONNX order: begins then ends, per axis), value; constant mode only
+  Resize,         // attrs mode (linear|nearest), coordinate_transformation_mode, sizes ([H, W]) or scales
   // data movement
   Reshape, Flatten, Transpose, Concat, Slice, Gather, Split, Squeeze, Unsqueeze, Expand, Identity,
   // raw ONNX shape arithmetic: only before import folds it away
@@ -43,6 +54,12 @@ enum Role : uint32_t {
   kAttnQK = 1u << 4,         // node: q·kᵀ matmul
   kAttnV = 1u << 5,          // node: softmax·v matmul
   kResidualAdd = 1u << 6,    // node: residual add
+  // normalisation kind of a quantizable layer (node): a BatchNorm follows it (folded into its weights at load),
+  // or its input comes from a LayerNorm / GroupNorm (through data movement only)
+  kNormBatch = 1u << 7,
+  kNormLayer = 1u << 8,
+  kNormGroup = 1u << 9,
+  kBridge = 1u << 10,        // node: a quantizable layer of a bridge block (Graph::bridges)
 };
 std::string roles_to_string(uint32_t roles);
 
@@ -79,14 +96,30 @@ struct ShapeSpec {
 
 struct ModelMeta {
   std::string name;         // architecture, e.g. deit_tiny_patch16_224
+  std::string family;       // vit | mobilevit | mobilevitv2 | efficientformer | efficientformerv2 | swin | onnx
+  // Parameters as the source model counts them (timm's nn.Parameters, before BatchNorm folding); 0 = unknown,
+  // then Graph::num_parameters() counts the graph's float constants.
+  int64_t declared_parameters = 0;
   std::string source;       // file it was loaded from
   std::string format;       // "safetensors" | "onnx"
   int64_t num_classes = 0;
   PreprocessConfig preprocess;
 };
 
+// A bridge block (Q-HyViT): where a network switches between the convolution (4-D [B,C,H,W]) and the
+// transformer (token) layout. `transition` is the data-movement node where the layout changes; `layers` are the
+// quantizable layers of the block in graph order: the chain of layers that produces the transition's input
+// (walking back while a layer's output has one reader) and the first quantizable layer(s) after it.
+struct BridgeBlock {
+  std::string name;        // e.g. "stages.2.1:conv->transformer"
+  std::string kind;        // "conv->transformer" | "transformer->conv"
+  std::string transition;  // node name
+  std::vector<std::string> layers;
+};
+
 class Graph {
  public:
+  std::vector<BridgeBlock> bridges;  // filled by find_bridges()
   ModelMeta meta;
   std::vector<Value> values;
   std::vector<at::Tensor> consts;  // indexed by value id; defined only for constants

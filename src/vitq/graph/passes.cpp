@@ -276,6 +276,37 @@ void fuse_layer_norm(Graph& g) {
   compact(g);
 }
 
+void fold_batch_norm(Graph& g) {
+  auto cons = g.consumers();
+  bool changed = false;
+  for (auto& bn : g.nodes) {
+    if (bn.op != OpKind::BatchNorm || bn.inputs.size() != 5) continue;
+    bool stats_const = true;
+    for (size_t k = 1; k < 5; ++k) stats_const = stats_const && bn.inputs[k] >= 0 && g.is_const(bn.inputs[k]);
+    int p = g.values[static_cast<size_t>(bn.inputs[0])].producer;
+    if (!stats_const || p < 0) continue;
+    Node& conv = g.nodes[static_cast<size_t>(p)];
+    if (conv.op != OpKind::Conv2d || !g.is_const(conv.inputs[1]) || sole_consumer(cons, conv.outputs[0]) < 0) continue;
+    if (conv.inputs.size() > 2 && conv.inputs[2] >= 0 && !g.is_const(conv.inputs[2])) continue;
+    auto d = [&](int v) { return g.const_tensor(v).to(at::kDouble); };
+    const auto& w = g.const_tensor(conv.inputs[1]);
+    auto scale = d(bn.inputs[1]) / at::sqrt(d(bn.inputs[4]) + bn.getf("epsilon", 1e-5));
+    auto b0 = conv.inputs.size() > 2 && conv.inputs[2] >= 0 ? d(conv.inputs[2]) : at::zeros({w.size(0)}, at::kDouble);
+    auto wf = (w.to(at::kDouble) * scale.view({-1, 1, 1, 1})).to(at::kFloat).contiguous();
+    auto bf = ((b0 - d(bn.inputs[3])) * scale + d(bn.inputs[2])).to(at::kFloat).contiguous();
+    const std::string wname = g.values[static_cast<size_t>(conv.inputs[1])].name;
+    int wv = g.add_const(wname, wf);
+    int bv = g.add_const(conv.name + ".bias", bf);
+    conv.inputs.resize(3);
+    conv.inputs[1] = wv;
+    conv.inputs[2] = bv;
+    conv.attrs["norm"] = std::string("batchnorm");
+    make_identity(bn, bn.inputs[0]);
+    changed = true;
+  }
+  if (changed) compact(g);
+}
+
 void compact(Graph& g) {
   // 1. bypass Identity nodes
   std::vector<int> alias(g.values.size());
@@ -303,6 +334,7 @@ void compact(Graph& g) {
   // 3. renumber
   Graph out;
   out.meta = g.meta;
+  out.bridges = g.bridges;
   std::vector<int> remap(g.values.size(), -1);
   auto map_value = [&](int v) {
     if (v < 0) return v;

@@ -19,10 +19,15 @@ void fuse_linear(Graph& g);
 void fuse_gelu(Graph& g);
 // The decomposed LayerNorm (ReduceMean, Sub, Pow, ReduceMean, Add ε, Sqrt, Div, Mul γ, Add β) -> LayerNorm.
 void fuse_layer_norm(Graph& g);
+// BatchNorm after a Conv2d (constant weights, the conv's output read by the BatchNorm alone) is folded into the
+// conv's weight and bias (computed in double precision); the conv is marked attr norm = "batchnorm". Other
+// BatchNorms stay as ops.
+void fold_batch_norm(Graph& g);
 // Drops Identity nodes, dead nodes and unreferenced values (renumbers value ids).
 void compact(Graph& g);
-// Tags roles (post-softmax, post-GELU, post-LayerNorm, residual stream, attention matmuls) and gives the
-// attention matmuls canonical names "<scope>.matmul_qk" / "<scope>.matmul_av".
+// Tags roles (post-softmax, post-GELU, post-LayerNorm, residual stream, attention matmuls, the normalisation
+// kind of every quantizable layer), gives the attention matmuls canonical names "<scope>.matmul_qk" /
+// "<scope>.matmul_av", and finds the bridge blocks (Graph::bridges, layers tagged kBridge).
 void annotate_roles(Graph& g);
 
 }  // namespace vitq

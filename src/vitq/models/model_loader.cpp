@@ -5,7 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "vitq/models/safetensors.h"
-#include "vitq/models/vit_builder.h"
+#include "vitq/models/architectures.h"
 #include "vitq/util/error.h"
 #ifdef VITQ_WITH_ONNX
 #include "vitq/models/onnx_import.h"
@@ -64,16 +64,26 @@ PreprocessConfig parse_preprocess(const nlohmann::json& j, const std::string& wh
   return p;
 }
 
-Graph load_model(const std::string& path_str) {
+Graph load_model(const std::string& path_str, bool allow_config_only) {
   fs::path path(path_str);
   if (!fs::exists(path)) fail("model not found: {}", path_str);
   fs::path weights;
   if (fs::is_directory(path)) {
     if (fs::exists(path / "model.safetensors")) weights = path / "model.safetensors";
     else if (fs::exists(path / "model.onnx")) weights = path / "model.onnx";
+    else if (allow_config_only && fs::exists(path / "config.json")) weights = path / "config.json";
     else fail("{}: no model.safetensors or model.onnx in this directory", path_str);
   } else {
     weights = path;
+  }
+  if (weights.extension() == ".json") {
+    if (!allow_config_only) fail("{}: a config alone has no weights (this command needs model.safetensors or model.onnx)", weights.string());
+    auto config = read_json(weights);
+    Graph g = build_from_config(config, WeightSource(nullptr), weights.string());
+    g.meta.preprocess = parse_preprocess(config, weights.string());
+    g.meta.format = "config";
+    g.meta.source = weights.string();
+    return g;
   }
   const fs::path config_path = weights.parent_path() / "config.json";
   const std::string ext = weights.extension().string();
@@ -81,9 +91,8 @@ Graph load_model(const std::string& path_str) {
   if (ext == ".safetensors") {
     if (!fs::exists(config_path)) fail("{}: no config.json beside the weights", weights.string());
     auto config = read_json(config_path);
-    auto cfg = parse_vit_config(config, config_path.string());
     SafeTensorsFile file(weights.string());
-    g = build_vit(cfg, file);
+    g = build_from_config(config, WeightSource(&file), config_path.string());
     g.meta.preprocess = parse_preprocess(config, config_path.string());
     g.meta.format = "safetensors";
   } else if (ext == ".onnx") {

@@ -9,7 +9,9 @@
 
 namespace vitq {
 
-Graph load_model(const std::string& path);
+// allow_config_only: a config.json alone (or a directory holding only one) gives the network with placeholder
+// weights (zeros), for `vitq info`.
+Graph load_model(const std::string& path, bool allow_config_only = false);
 // timm's pretrained_cfg (input_size, crop_pct, interpolation, mean, std) from a config.json object.
 PreprocessConfig parse_preprocess(const nlohmann::json& config, const std::string& where);
 

@@ -118,10 +118,12 @@ at::Tensor SafeTensorsFile::get(const std::string& name) const {
   if (i.dtype == "F32") st = at::kFloat;
   else if (i.dtype == "F16") st = at::kHalf;
   else if (i.dtype == "BF16") st = at::kBFloat16;
-  else fail("{}: tensor {} has dtype {}; only F32, F16 and BF16 weights are supported", path_, name, i.dtype);
+  else if (i.dtype == "I64") st = at::kLong;
+  else fail("{}: tensor {} has dtype {}; only F32, F16 and BF16 weights (and I64 index buffers) are supported", path_, name, i.dtype);
   // from_blob on the read-only map, then copy (the map may be unaligned for the dtype; clone copies safely)
   auto raw = at::empty({static_cast<int64_t>(i.end - i.begin)}, at::kByte);
   std::memcpy(raw.data_ptr(), data_ + i.begin, i.end - i.begin);
+  if (st == at::kLong) return raw.view(st).reshape(i.shape).clone();
   return raw.view(st).reshape(i.shape).to(at::kFloat).contiguous();
 }
 

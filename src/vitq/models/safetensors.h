@@ -27,7 +27,8 @@ class SafeTensorsFile {
   bool has(const std::string& name) const { return tensors_.count(name) != 0; }
   const SafeTensorInfo& info(const std::string& name) const;
   std::vector<std::string> names() const;
-  // A float32 copy of tensor `name` (F32, F16 and BF16 are converted).
+  // A float32 copy of tensor `name` (F32, F16 and BF16 are converted); I64 tensors (index buffers, BatchNorm's
+  // num_batches_tracked) come back as int64.
   at::Tensor get(const std::string& name) const;
 
  private:

@@ -7,7 +7,7 @@
 #include <regex>
 
 #include "vitq/graph/passes.h"
-#include "vitq/models/safetensors.h"
+#include "vitq/models/builder_util.h"
 #include "vitq/util/error.h"
 
 namespace vitq {
@@ -59,73 +59,36 @@ VitConfig parse_vit_config(const nlohmann::json& j, const std::string& where) {
 }
 
 namespace {
-
-class Builder {
- public:
-  Builder(Graph& g, const SafeTensorsFile& w) : g_(g), w_(w) {}
-
-  int weight(const std::string& name, std::vector<int64_t> expected) {
-    if (!w_.has(name)) fail("{}: tensor {} is missing (required by the config)", w_.path(), name);
-    const auto& shape = w_.info(name).shape;
-    if (shape != expected)
-      fail("{}: tensor {} has shape [{}] but the config implies [{}]", w_.path(), name, fmt::join(shape, ", "),
-           fmt::join(expected, ", "));
-    used_.push_back(name);
-    return g_.add_const(name, w_.get(name));
-  }
-  int scalar(const std::string& name, double v) { return g_.add_const(name, at::scalar_tensor(v, at::kFloat)); }
-  int index(const std::string& name, int64_t v) { return g_.add_const(name, at::scalar_tensor(v, at::kLong)); }
-  int node(OpKind op, const std::string& name, std::vector<int> in, std::map<std::string, AttrValue> attrs = {}) {
-    return g_.out(g_.add_node(op, name, std::move(in), 1, std::move(attrs)));
-  }
-  int linear(const std::string& name, int x, int64_t in, int64_t out, bool bias = true) {
-    std::vector<int> args = {x, weight(name + ".weight", {out, in})};
-    if (bias) args.push_back(weight(name + ".bias", {out}));
-    return node(OpKind::Linear, name, args);
-  }
-  int layer_norm(const std::string& name, int x, int64_t dim, double eps) {
-    return node(OpKind::LayerNorm, name, {x, weight(name + ".weight", {dim}), weight(name + ".bias", {dim})},
-                {{"axis", int64_t{-1}}, {"epsilon", eps}});
-  }
-  const std::vector<std::string>& used() const { return used_; }
-
- private:
-  Graph& g_;
-  const SafeTensorsFile& w_;
-  std::vector<std::string> used_;
-};
-
+// Expand target [B, ...] (dims[0] ignored: the batch).
 std::map<std::string, AttrValue> batch_shape(std::vector<int64_t> dims) {
   std::vector<int64_t> mult(dims.size(), 0);
-  mult[0] = 1;  // the first dimension is the batch
+  mult[0] = 1;
   dims[0] = 1;
   return {{"shape", dims}, {"batch_mult", mult}};
 }
-
 }  // namespace
 
-Graph build_vit(const VitConfig& c, const SafeTensorsFile& w) {
+Graph build_vit(const VitConfig& c, const WeightSource& w) {
   Graph g;
-  Builder b(g, w);
+  ModelBuilder b(g, w, c.architecture.empty() ? "the configured ViT" : c.architecture);
   const int64_t C = c.embed_dim, H = c.num_heads, D = C / H, P = c.patch_size;
   const int64_t grid = c.img_size / P, tokens = grid * grid + 1 + (c.distilled ? 1 : 0);
   const auto hidden = static_cast<int64_t>(std::llround(static_cast<double>(C) * c.mlp_ratio));
 
-  g.input = g.add_value("input");
   // patch embedding: conv PxP stride P, [B,C,g,g] -> [B,C,g*g] -> [B,g*g,C]
   int x = b.node(OpKind::Conv2d, "patch_embed.proj",
-                 {g.input, b.weight("patch_embed.proj.weight", {C, 3, P, P}), b.weight("patch_embed.proj.bias", {C})},
+                 {b.input(), b.param("patch_embed.proj.weight", {C, 3, P, P}), b.param("patch_embed.proj.bias", {C})},
                  {{"strides", std::vector<int64_t>{P, P}}, {"pads", std::vector<int64_t>{0, 0, 0, 0}}});
-  x = b.node(OpKind::Reshape, "patch_embed.flatten", {x}, batch_shape({0, C, grid * grid}));
+  x = b.reshape("patch_embed.flatten", x, {1, C, grid * grid});
   x = b.node(OpKind::Transpose, "patch_embed.transpose", {x}, {{"perm", std::vector<int64_t>{0, 2, 1}}});
-  std::vector<int> parts = {b.node(OpKind::Expand, "cls_token.expand", {b.weight("cls_token", {1, 1, C})},
+  std::vector<int> parts = {b.node(OpKind::Expand, "cls_token.expand", {b.param("cls_token", {1, 1, C})},
                                    batch_shape({0, 1, 1}))};
   if (c.distilled)
-    parts.push_back(b.node(OpKind::Expand, "dist_token.expand", {b.weight("dist_token", {1, 1, C})},
+    parts.push_back(b.node(OpKind::Expand, "dist_token.expand", {b.param("dist_token", {1, 1, C})},
                            batch_shape({0, 1, 1})));
   parts.push_back(x);
   x = b.node(OpKind::Concat, "tokens", parts, {{"axis", int64_t{1}}});
-  x = b.node(OpKind::Add, "pos_embed.add", {x, b.weight("pos_embed", {1, tokens, C})});
+  x = b.node(OpKind::Add, "pos_embed.add", {x, b.param("pos_embed", {1, tokens, C})});
 
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   for (int64_t i = 0; i < c.depth; ++i) {
@@ -133,13 +96,13 @@ Graph build_vit(const VitConfig& c, const SafeTensorsFile& w) {
     // attention: [B,N,C] -> qkv [B,N,3C] -> [B,N,3,H,D] -> [3,B,H,N,D] -> q,k,v [B,H,N,D]
     int h = b.layer_norm(p + ".norm1", x, C, c.layer_norm_eps);
     h = b.linear(a + ".qkv", h, C, 3 * C, c.qkv_bias);
-    h = b.node(OpKind::Reshape, a + ".reshape_qkv", {h}, batch_shape({0, tokens, 3, H, D}));
+    h = b.reshape(a + ".reshape_qkv", h, {1, tokens, 3, H, D});
     h = b.node(OpKind::Transpose, a + ".permute_qkv", {h}, {{"perm", std::vector<int64_t>{2, 0, 3, 1, 4}}});
-    int split = g.add_node(OpKind::Split, a + ".split_qkv", {h}, 3,
-                           {{"axis", int64_t{0}}, {"split", std::vector<int64_t>{1, 1, 1}}});
+    auto split = b.multi(OpKind::Split, a + ".split_qkv", {h}, 3,
+                         {{"axis", int64_t{0}}, {"split", std::vector<int64_t>{1, 1, 1}}});
     std::array<int, 3> qkv{};
     for (int k = 0; k < 3; ++k)
-      qkv[static_cast<size_t>(k)] = b.node(OpKind::Squeeze, fmt::format("{}.{}", a, "qkv"[k]), {g.out(split, k)},
+      qkv[static_cast<size_t>(k)] = b.node(OpKind::Squeeze, fmt::format("{}.{}", a, "qkv"[k]), {split[static_cast<size_t>(k)]},
                                            {{"axes", std::vector<int64_t>{0}}});
     int kt = b.node(OpKind::Transpose, a + ".k_transpose", {qkv[1]}, {{"perm", std::vector<int64_t>{0, 1, 3, 2}}});
     int s = b.node(OpKind::MatMul, a + ".matmul_qk", {qkv[0], kt});                   // [B,H,N,N]
@@ -147,7 +110,7 @@ Graph build_vit(const VitConfig& c, const SafeTensorsFile& w) {
     s = b.node(OpKind::Softmax, a + ".softmax", {s}, {{"axis", int64_t{-1}}});
     int o = b.node(OpKind::MatMul, a + ".matmul_av", {s, qkv[2]});                   // [B,H,N,D]
     o = b.node(OpKind::Transpose, a + ".merge_heads", {o}, {{"perm", std::vector<int64_t>{0, 2, 1, 3}}});
-    o = b.node(OpKind::Reshape, a + ".reshape_out", {o}, batch_shape({0, tokens, C}));
+    o = b.reshape(a + ".reshape_out", o, {1, tokens, C});
     o = b.linear(a + ".proj", o, C, C);
     x = b.node(OpKind::Add, p + ".add_attn", {x, o});
     // MLP
@@ -166,17 +129,7 @@ Graph build_vit(const VitConfig& c, const SafeTensorsFile& w) {
     logits = b.node(OpKind::Add, "head.add_dist", {logits, ld});
     logits = b.node(OpKind::Mul, "head.average", {logits, b.scalar("head.half", 0.5)});
   }
-  g.output = logits;
-
-  // Every tensor in the file should have been used: an unused one means the config describes another model.
-  for (const auto& name : w.names())
-    if (std::find(b.used().begin(), b.used().end(), name) == b.used().end())
-      fail("{}: tensor {} is not used by {} (config and weights disagree)", w.path(), name,
-           c.architecture.empty() ? "the configured ViT" : c.architecture);
-  g.meta.num_classes = c.num_classes;
-  g.meta.name = c.architecture;
-  annotate_roles(g);
-  g.validate();
+  b.finish(logits, "vit", c.architecture, c.num_classes);
   return g;
 }
 

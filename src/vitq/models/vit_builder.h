@@ -8,7 +8,7 @@
 
 namespace vitq {
 
-class SafeTensorsFile;
+class WeightSource;
 
 struct VitConfig {
   std::string architecture;
@@ -22,6 +22,6 @@ struct VitConfig {
 VitConfig parse_vit_config(const nlohmann::json& config, const std::string& where);
 
 // Checks every tensor against the shape the config implies (one-line error naming the first mismatch).
-Graph build_vit(const VitConfig& cfg, const SafeTensorsFile& weights);
+Graph build_vit(const VitConfig& cfg, const WeightSource& weights);
 
 }  // namespace vitq

@@ -1,0 +1,169 @@
+#include "vitq/models/builder_util.h"
+
+#include <ATen/ATen.h>
+
+#include <nlohmann/json.hpp>
+
+#include "vitq/graph/passes.h"
+#include "vitq/models/safetensors.h"
+#include "vitq/util/error.h"
+
+namespace vitq {
+
+namespace {
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+}  // namespace
+
+std::string WeightSource::path() const { return file_ ? file_->path() : std::string("(config only)"); }
+
+ModelBuilder::ModelBuilder(Graph& g, const WeightSource& w, std::string label)
+    : g_(g), w_(w), label_(std::move(label)) {
+  g_.input = g_.add_value("input");
+}
+
+int ModelBuilder::fetch(const std::string& name, const std::vector<int64_t>& shape, bool counted) {
+  at::Tensor t;
+  if (w_.has_file()) {
+    const auto& f = *w_.file();
+    if (!f.has(name)) fail("{}: tensor {} is missing (required by {})", f.path(), name, label_);
+    const auto& have = f.info(name).shape;
+    if (have != shape)
+      fail("{}: tensor {} has shape [{}] but the config implies [{}] ({})", f.path(), name, fmt::join(have, ", "),
+           fmt::join(shape, ", "), label_);
+    t = f.get(name);
+    if (!t.is_floating_point())
+      fail("{}: tensor {} has dtype {}, expected a floating-point tensor", f.path(), name, f.info(name).dtype);
+  } else {
+    t = ends_with(name, "running_var") ? at::ones(shape, at::kFloat) : at::zeros(shape, at::kFloat);
+  }
+  if (!used_.insert(name).second) fail("{}: tensor {} is used twice by the builder of {}", w_.path(), name, label_);
+  if (counted) params_ += t.numel();
+  return g_.add_const(name, t);
+}
+
+int ModelBuilder::param(const std::string& name, const std::vector<int64_t>& shape) { return fetch(name, shape, true); }
+int ModelBuilder::buffer(const std::string& name, const std::vector<int64_t>& shape) { return fetch(name, shape, false); }
+
+int ModelBuilder::computed_buffer(const std::string& name, const at::Tensor& value) {
+  if (w_.has_file() && w_.file()->has(name)) {
+    auto have = w_.file()->get(name);
+    if (have.sizes() != value.sizes() || !at::equal(have.to(value.scalar_type()), value))
+      fail("{}: buffer {} differs from the one {} implies", w_.path(), name, label_);
+  }
+  used_.insert(name);
+  return g_.add_const(name, value);
+}
+
+int ModelBuilder::constant(const std::string& name, const at::Tensor& value) { return g_.add_const(name, value); }
+int ModelBuilder::scalar(const std::string& name, double v) { return g_.add_const(name, at::scalar_tensor(v, at::kFloat)); }
+int ModelBuilder::index(const std::string& name, int64_t v) { return g_.add_const(name, at::scalar_tensor(v, at::kLong)); }
+
+int ModelBuilder::node(OpKind op, const std::string& name, std::vector<int> inputs, std::map<std::string, AttrValue> attrs) {
+  return g_.out(g_.add_node(op, name, std::move(inputs), 1, std::move(attrs)));
+}
+
+std::vector<int> ModelBuilder::multi(OpKind op, const std::string& name, std::vector<int> inputs, int outputs,
+                                     std::map<std::string, AttrValue> attrs) {
+  int n = g_.add_node(op, name, std::move(inputs), outputs, std::move(attrs));
+  return g_.nodes[static_cast<size_t>(n)].outputs;
+}
+
+int ModelBuilder::linear(const std::string& name, int x, int64_t in, int64_t out, bool bias) {
+  std::vector<int> args = {x, param(name + ".weight", {out, in})};
+  if (bias) args.push_back(param(name + ".bias", {out}));
+  return node(OpKind::Linear, name, args);
+}
+
+int ModelBuilder::conv(const std::string& name, int x, int64_t in, int64_t out, int64_t k, int64_t stride,
+                       int64_t pad, int64_t groups, bool bias) {
+  if (groups <= 0 || in % groups != 0 || out % groups != 0)
+    fail("{}: {}: {} input and {} output channels cannot form {} groups", w_.path(), name, in, out, groups);
+  if (pad < 0) pad = k / 2;
+  std::vector<int> args = {x, param(name + ".weight", {out, in / groups, k, k})};
+  if (bias) args.push_back(param(name + ".bias", {out}));
+  return node(OpKind::Conv2d, name, args,
+              {{"strides", std::vector<int64_t>{stride, stride}}, {"pads", std::vector<int64_t>{pad, pad, pad, pad}},
+               {"group", groups}});
+}
+
+int ModelBuilder::batch_norm(const std::string& name, int x, int64_t c, double eps) {
+  bn_prefixes_.insert(name);
+  int w = param(name + ".weight", {c}), b = param(name + ".bias", {c});
+  int m = buffer(name + ".running_mean", {c}), v = buffer(name + ".running_var", {c});
+  return node(OpKind::BatchNorm, name, {x, w, b, m, v}, {{"epsilon", eps}});
+}
+
+int ModelBuilder::layer_norm(const std::string& name, int x, int64_t dim, double eps) {
+  return node(OpKind::LayerNorm, name, {x, param(name + ".weight", {dim}), param(name + ".bias", {dim})},
+              {{"axis", int64_t{-1}}, {"epsilon", eps}});
+}
+
+int ModelBuilder::layer_norm_2d(const std::string& name, int x, int64_t c, double eps) {
+  x = transpose(name + ".to_nhwc", x, {0, 2, 3, 1});
+  x = layer_norm(name, x, c, eps);
+  return transpose(name + ".to_nchw", x, {0, 3, 1, 2});
+}
+
+int ModelBuilder::group_norm(const std::string& name, int x, int64_t groups, int64_t c, double eps) {
+  if (groups <= 0 || c % groups != 0) fail("{}: {}: {} channels cannot form {} groups", w_.path(), name, c, groups);
+  return node(OpKind::GroupNorm, name, {x, param(name + ".weight", {c}), param(name + ".bias", {c})},
+              {{"num_groups", groups}, {"epsilon", eps}});
+}
+
+int ModelBuilder::act(const std::string& kind, const std::string& name, int x) {
+  if (kind == "gelu") return node(OpKind::Gelu, name, {x}, {{"approximate", std::string("none")}});
+  if (kind == "gelu_tanh") return node(OpKind::Gelu, name, {x}, {{"approximate", std::string("tanh")}});
+  if (kind == "silu" || kind == "swish") return node(OpKind::SiLU, name, {x});
+  if (kind == "relu") return node(OpKind::Relu, name, {x});
+  if (kind == "hardswish") return node(OpKind::HardSwish, name, {x});
+  if (kind == "sigmoid") return node(OpKind::Sigmoid, name, {x});
+  if (kind == "identity") return x;
+  fail("{}: activation '{}' is not supported", label_, kind);
+}
+
+int ModelBuilder::reshape(const std::string& name, int x, std::vector<int64_t> dims) {
+  std::vector<int64_t> mult(dims.size(), 0);
+  mult[0] = dims[0];
+  dims[0] = 1;
+  return node(OpKind::Reshape, name, {x}, {{"shape", dims}, {"batch_mult", mult}});
+}
+
+int ModelBuilder::transpose(const std::string& name, int x, std::vector<int64_t> perm) {
+  return node(OpKind::Transpose, name, {x}, {{"perm", perm}});
+}
+
+void ModelBuilder::finish(int output, const std::string& family, const std::string& name, int64_t num_classes) {
+  g_.output = output;
+  if (w_.has_file())
+    for (const auto& t : w_.file()->names()) {
+      if (used_.count(t)) continue;
+      const std::string suffix = ".num_batches_tracked";
+      if (ends_with(t, suffix) && bn_prefixes_.count(t.substr(0, t.size() - suffix.size()))) continue;
+      fail("{}: tensor {} is not used by {} (config and weights disagree)", w_.path(), t, label_);
+    }
+  g_.meta.name = name;
+  g_.meta.family = family;
+  g_.meta.num_classes = num_classes;
+  g_.meta.declared_parameters = params_;
+  fold_batch_norm(g_);
+  annotate_roles(g_);
+  g_.validate();
+}
+
+std::vector<int64_t> int_list(const nlohmann::json& j, const std::string& key, std::vector<int64_t> fallback, size_t n,
+                              const std::string& where) {
+  if (!j.contains(key)) return fallback;
+  const auto& v = j[key];
+  try {
+    if (v.is_number_integer()) return std::vector<int64_t>(n, v.get<int64_t>());
+    auto out = v.get<std::vector<int64_t>>();
+    if (n != 0 && out.size() != n) fail("{}: {} needs {} entries, got {}", where, key, n, out.size());
+    return out;
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: malformed config field {} ({})", where, key, first_line(e.what()));
+  }
+}
+
+}  // namespace vitq

@@ -1,0 +1,93 @@
+// What every architecture builder shares: where tensors come from (a safetensors file, or nothing when
+// `vitq info` describes a config alone), and ModelBuilder, which adds timm-named layers to a Graph while
+// checking every tensor's shape against the config, counting timm's parameters and, at the end, that every
+// tensor of the file was used.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <map>
+#include <nlohmann/json_fwd.hpp>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "vitq/graph/graph.h"
+
+namespace vitq {
+
+class SafeTensorsFile;
+
+// Tensors by timm name. `file == nullptr`: no weights (config only): every tensor asked for is made with the
+// shape the config implies (zeros; BatchNorm variances ones), so shapes, parameters and FLOPs can be measured.
+class WeightSource {
+ public:
+  explicit WeightSource(const SafeTensorsFile* file) : file_(file) {}
+  bool has_file() const { return file_ != nullptr; }
+  std::string path() const;
+  const SafeTensorsFile* file() const { return file_; }
+
+ private:
+  const SafeTensorsFile* file_;
+};
+
+class ModelBuilder {
+ public:
+  ModelBuilder(Graph& g, const WeightSource& w, std::string label);
+
+  // A timm nn.Parameter (counted in the parameter total) / a buffer (BatchNorm running statistics: not
+  // counted). Fails when the file lacks it or its shape differs from `shape`.
+  int param(const std::string& name, const std::vector<int64_t>& shape);
+  int buffer(const std::string& name, const std::vector<int64_t>& shape);
+  // A buffer the builder computes itself (index tables): when the file has it, it must be equal.
+  int computed_buffer(const std::string& name, const at::Tensor& value);
+  // A constant that is not a timm tensor (a scale, an index, a mask): never looked up in the file.
+  int constant(const std::string& name, const at::Tensor& value);
+  int scalar(const std::string& name, double v);
+  int index(const std::string& name, int64_t v);
+
+  Graph& graph() { return g_; }
+  int input() const { return g_.input; }
+
+  int node(OpKind op, const std::string& name, std::vector<int> inputs, std::map<std::string, AttrValue> attrs = {});
+  // A node with several outputs; returns their value ids.
+  std::vector<int> multi(OpKind op, const std::string& name, std::vector<int> inputs, int outputs,
+                         std::map<std::string, AttrValue> attrs = {});
+
+  int linear(const std::string& name, int x, int64_t in, int64_t out, bool bias = true);
+  // Square kernel k, stride s, symmetric padding `pad` (-1: k/2, as timm's same padding for odd k).
+  int conv(const std::string& name, int x, int64_t in, int64_t out, int64_t k, int64_t stride = 1, int64_t pad = -1,
+           int64_t groups = 1, bool bias = true);
+  // BatchNorm2d `name` (weight, bias, running_mean, running_var; num_batches_tracked accepted and ignored).
+  int batch_norm(const std::string& name, int x, int64_t channels, double eps = 1e-5);
+  // LayerNorm over the last axis.
+  int layer_norm(const std::string& name, int x, int64_t dim, double eps);
+  // LayerNorm over the channels of a [B,C,H,W] tensor, as timm's LayerNorm2d (permute, norm, permute back).
+  int layer_norm_2d(const std::string& name, int x, int64_t channels, double eps);
+  int group_norm(const std::string& name, int x, int64_t groups, int64_t channels, double eps);
+  // gelu (exact erf), gelu_tanh, silu (swish), relu, hardswish, sigmoid, identity
+  int act(const std::string& kind, const std::string& name, int x);
+
+  // Reshape to `dims`, whose first entry is a multiple of the batch (1: [B, ...]; P: [B*P, ...]).
+  int reshape(const std::string& name, int x, std::vector<int64_t> dims);
+  int transpose(const std::string& name, int x, std::vector<int64_t> perm);
+
+  // Ends the build: the output value, every tensor of the file used (else an error naming the first unused
+  // one), meta (name, family, timm's parameter count), BatchNorm folded into convolutions, roles annotated,
+  // graph validated.
+  void finish(int output, const std::string& family, const std::string& name, int64_t num_classes);
+
+ private:
+  int fetch(const std::string& name, const std::vector<int64_t>& shape, bool counted);
+  Graph& g_;
+  const WeightSource& w_;
+  std::string label_;
+  std::set<std::string> used_;
+  std::set<std::string> bn_prefixes_;
+  int64_t params_ = 0;
+};
+
+// Reads an integer list that may be given as one number (broadcast to `n` entries) or as a list of `n`.
+std::vector<int64_t> int_list(const nlohmann::json& j, const std::string& key, std::vector<int64_t> fallback,
+                              size_t n, const std::string& where);
+
+}  // namespace vitq
