@@ -361,6 +361,173 @@ void compact(Graph& g) {
   g = std::move(out);
 }
 
+namespace {
+
+bool is_data_movement(OpKind op) {
+  switch (op) {
+    case OpKind::Reshape: case OpKind::Transpose: case OpKind::Flatten: case OpKind::Squeeze:
+    case OpKind::Unsqueeze: case OpKind::Identity: return true;
+    default: return false;
+  }
+}
+
+bool is_norm(OpKind op) {
+  return op == OpKind::LayerNorm || op == OpKind::GroupNorm || op == OpKind::InstanceNorm;
+}
+
+// Residual add: y = a + b where one input (the skip) is read elsewhere too and is an ancestor of the other.
+bool is_skip_of(const Graph& g, const std::vector<std::vector<int>>& cons, int skip, int branch) {
+  if (cons[static_cast<size_t>(skip)].size() < 2 || g.is_const(skip) || g.is_const(branch)) return false;
+  const int floor = g.values[static_cast<size_t>(skip)].producer;  // nodes before it cannot lie on the path
+  std::vector<int> stack = {branch};
+  std::set<int> seen;
+  while (!stack.empty()) {
+    int v = stack.back();
+    stack.pop_back();
+    if (v == skip) return true;
+    int p = g.values[static_cast<size_t>(v)].producer;
+    if (p < 0 || p < floor || !seen.insert(p).second) continue;
+    for (int u : g.nodes[static_cast<size_t>(p)].inputs)
+      if (u >= 0 && !g.is_const(u)) stack.push_back(u);
+  }
+  return false;
+}
+
+// The normalisation kind of quantizable layer n: a BatchNorm folded into it or reading its output, or the norm
+// its input comes from through data movement only.
+uint32_t norm_role(const Graph& g, const std::vector<std::vector<int>>& cons, const Node& n) {
+  if (n.gets("norm", "") == "batchnorm") return kNormBatch;
+  int c = sole_consumer(cons, n.outputs[0]);
+  if (c >= 0 && g.nodes[static_cast<size_t>(c)].op == OpKind::BatchNorm) return kNormBatch;
+  int v = n.inputs[0];
+  for (;;) {
+    int p = g.values[static_cast<size_t>(v)].producer;
+    if (p < 0) return kRoleNone;
+    const Node& q = g.nodes[static_cast<size_t>(p)];
+    if (q.op == OpKind::LayerNorm) return kNormLayer;
+    if (q.op == OpKind::GroupNorm || q.op == OpKind::InstanceNorm) return kNormGroup;
+    if (q.op == OpKind::BatchNorm) return kNormBatch;
+    if (!is_data_movement(q.op) || q.inputs.empty()) return kRoleNone;
+    v = q.inputs[0];
+  }
+}
+
+// Bridge blocks (see graph.h). A transition is a maximal chain of data-movement nodes that either
+//  - conv->transformer: reads (through non-quantizable ops) the output of a Conv2d that does not read the image
+//    (patch embeddings of pure ViTs are not bridges), and whose output feeds a LayerNorm / GroupNorm (a
+//    pre-norm transformer block) directly or through data movement; or
+//  - transformer->conv: reads a LayerNorm / GroupNorm output (the transformer's final norm) directly or through
+//    data movement, and is followed (through non-quantizable ops) by a Conv2d.
+// The block's layers: on the conv side the chain of convolutions next to the transition (at most two, walking
+// while each value has a single reader — MobileViT's local representation conv_kxk + conv_1x1,
+// EfficientFormer's last 4-D MLP fc1 + fc2), after a transformer->conv transition also the layer behind the
+// next join (MobileViT's fusion conv after the concatenation); on the transformer side the one layer next to
+// the transition (the first qkv, the last fc2).
+void find_bridges(Graph& g) {
+  g.bridges.clear();
+  auto cons = g.consumers();
+  auto producer = [&](int v) -> const Node* {
+    int p = v >= 0 ? g.values[static_cast<size_t>(v)].producer : -1;
+    return p >= 0 ? &g.nodes[static_cast<size_t>(p)] : nullptr;
+  };
+  auto index_of = [&](const Node* n) { return static_cast<int>(n - g.nodes.data()); };
+  // Walks back from value v through non-quantizable ops (at an Add, along the input read by nobody else: the
+  // branch, not the skip) to the nearest quantizable layer; `crossed_norm` tells whether a norm was passed.
+  auto back_to_layer = [&](int v, bool* crossed_norm) -> const Node* {
+    for (int steps = 0; steps < 64; ++steps) {
+      const Node* p = producer(v);
+      if (!p) return nullptr;
+      if (is_quantizable(g, *p)) return p;
+      if (crossed_norm && is_norm(p->op)) *crossed_norm = true;
+      int next = -1;
+      for (int u : p->inputs)
+        if (u >= 0 && !g.is_const(u) && (next < 0 || cons[static_cast<size_t>(u)].size() == 1)) next = u;
+      if (next < 0) return nullptr;
+      v = next;
+    }
+    return nullptr;
+  };
+  // Walks forward from value v along the first reader to the nearest quantizable layer; counts joins passed.
+  auto forward_to_layer = [&](int v, int* joins) -> const Node* {
+    for (int steps = 0; steps < 64; ++steps) {
+      const auto& readers = cons[static_cast<size_t>(v)];
+      if (readers.empty()) return nullptr;
+      const Node& c = g.nodes[static_cast<size_t>(readers[0])];
+      if (is_quantizable(g, c)) return &c;
+      if (joins && (c.op == OpKind::Concat || c.op == OpKind::Add)) ++*joins;
+      v = c.outputs[0];
+    }
+    return nullptr;
+  };
+  auto reaches_norm = [&](int v) {
+    std::vector<int> stack = {v};
+    while (!stack.empty()) {
+      int u = stack.back();
+      stack.pop_back();
+      for (int c : cons[static_cast<size_t>(u)]) {
+        const Node& r = g.nodes[static_cast<size_t>(c)];
+        if (is_norm(r.op)) return true;
+        if (is_data_movement(r.op)) stack.push_back(r.outputs[0]);
+      }
+    }
+    return false;
+  };
+  auto norm_behind = [&](int v) {
+    for (const Node* p = producer(v); p; p = producer(p->inputs[0])) {
+      if (is_norm(p->op)) return true;
+      if (!is_data_movement(p->op)) return false;
+    }
+    return false;
+  };
+  for (const auto& start : g.nodes) {
+    if (!is_data_movement(start.op)) continue;
+    const Node* before = producer(start.inputs[0]);
+    if (before && is_data_movement(before->op)) continue;  // not the start of a chain
+    const Node* end = &start;
+    for (int c; (c = sole_consumer(cons, end->outputs[0])) >= 0 && is_data_movement(g.nodes[static_cast<size_t>(c)].op);)
+      end = &g.nodes[static_cast<size_t>(c)];
+    BridgeBlock b;
+    b.transition = start.name;
+    std::vector<const Node*> layers;
+    bool crossed_norm = false;
+    const Node* conv = back_to_layer(start.inputs[0], &crossed_norm);
+    if (conv && conv->op == OpKind::Conv2d && !crossed_norm && conv->inputs[0] != g.input && reaches_norm(end->outputs[0])) {
+      b.kind = "conv->transformer";
+      for (const Node* l = conv; l && l->op == OpKind::Conv2d && layers.size() < 2;) {
+        layers.insert(layers.begin(), l);
+        int in = l->inputs[0];
+        if (cons[static_cast<size_t>(in)].size() != 1) break;
+        l = back_to_layer(in, nullptr);
+      }
+      if (const Node* next = forward_to_layer(end->outputs[0], nullptr)) layers.push_back(next);
+    } else if (norm_behind(start.inputs[0])) {
+      int joins = 0;
+      const Node* next = forward_to_layer(end->outputs[0], &joins);
+      if (!next || next->op != OpKind::Conv2d || joins > 0) continue;
+      b.kind = "transformer->conv";
+      const Node* prev = back_to_layer(start.inputs[0], nullptr);
+      if (prev) layers.push_back(prev);
+      layers.push_back(next);
+      int after_joins = 0;
+      const Node* fusion = forward_to_layer(next->outputs[0], &after_joins);
+      if (fusion && fusion->op == OpKind::Conv2d && after_joins > 0) layers.push_back(fusion);
+    } else {
+      continue;
+    }
+    std::string scope = scope_of(start.name);
+    b.name = (scope.empty() ? start.name : scope) + ":" + b.kind;
+    std::sort(layers.begin(), layers.end(), [&](const Node* x, const Node* y) { return index_of(x) < index_of(y); });
+    for (const Node* l : layers) b.layers.push_back(l->name);
+    g.bridges.push_back(std::move(b));
+  }
+  for (const auto& b : g.bridges)
+    for (const auto& name : b.layers)
+      for (auto& n : g.nodes)
+        if (n.name == name && is_quantizable(g, n)) n.roles |= kBridge;
+}
+
+}  // namespace
+
 void annotate_roles(Graph& g) {
   for (auto& v : g.values) v.roles = kRoleNone;
   for (auto& n : g.nodes) n.roles = kRoleNone;
@@ -395,17 +562,22 @@ void annotate_roles(Graph& g) {
       for (int k = 1; used_names.count(n.name); ++k) n.name = fmt::format("{}_{}", base, k);
       used_names.insert(n.name);
       g.values[static_cast<size_t>(n.outputs[0])].name = n.name;
+      n.roles |= norm_role(g, cons, n);
     }
-    // Pre-norm residual: y = x + f(LayerNorm(x)); the skip input x also feeds a LayerNorm.
+    // Residual: y = x + f(x). Pre-norm transformers: the skip input x also feeds a LayerNorm; in general (conv
+    // stages, post-norm blocks) x is read elsewhere too and is an ancestor of the other input.
     if (n.op == OpKind::Add && n.inputs.size() == 2 && !g.is_const(n.inputs[0]) && !g.is_const(n.inputs[1])) {
-      for (int v : n.inputs)
-        if (feeds_layer_norm(v)) {
+      for (int k = 0; k < 2; ++k) {
+        int v = n.inputs[static_cast<size_t>(k)], other = n.inputs[static_cast<size_t>(1 - k)];
+        if (feeds_layer_norm(v) || is_skip_of(g, cons, v, other)) {
           n.roles |= kResidualAdd;
           g.values[static_cast<size_t>(v)].roles |= kResidual;
           g.values[static_cast<size_t>(n.outputs[0])].roles |= kResidual;
         }
+      }
     }
   }
+  find_bridges(g);
 }
 
 }  // namespace vitq
