@@ -64,7 +64,7 @@ int run_info(const std::string& model_path, const std::string& json_path) {
                static_cast<double>(l.macs) / 1e6, l.roles);
   fmt::print("bridges      {} blocks (conv <-> transformer transitions){}\n", g.bridges.size(), g.bridges.empty() ? "" : ":");
   for (const auto& b : g.bridges)
-    fmt::print("  {:<28} {:<18} at {} : {}\n", b.name, b.kind, b.transition, fmt::join(b.layers, ", "));
+    fmt::print("  {:<28} {:<18} {}\n", b.name, b.kind, fmt::join(b.layers, ", "));
   if (!json_path.empty()) {
     nlohmann::json bridges = nlohmann::json::array();
     for (const auto& b : g.bridges)

@@ -111,7 +111,7 @@ struct ModelMeta {
 // quantizable layers of the block in graph order: the chain of layers that produces the transition's input
 // (walking back while a layer's output has one reader) and the first quantizable layer(s) after it.
 struct BridgeBlock {
-  std::string name;        // e.g. "stages.2.1:conv->transformer"
+  std::string name;        // the transition's module, e.g. "stages.2.1.unfold"
   std::string kind;        // "conv->transformer" | "transformer->conv"
   std::string transition;  // node name
   std::vector<std::string> layers;

@@ -407,7 +407,8 @@ uint32_t norm_role(const Graph& g, const std::vector<std::vector<int>>& cons, co
     if (q.op == OpKind::LayerNorm) return kNormLayer;
     if (q.op == OpKind::GroupNorm || q.op == OpKind::InstanceNorm) return kNormGroup;
     if (q.op == OpKind::BatchNorm) return kNormBatch;
-    if (!is_data_movement(q.op) || q.inputs.empty()) return kRoleNone;
+    const bool moves = is_data_movement(q.op) || q.op == OpKind::Roll || q.op == OpKind::Pad || q.op == OpKind::Slice;
+    if (!moves || q.inputs.empty()) return kRoleNone;
     v = q.inputs[0];
   }
 }
@@ -431,6 +432,14 @@ void find_bridges(Graph& g) {
     return p >= 0 ? &g.nodes[static_cast<size_t>(p)] : nullptr;
   };
   auto index_of = [&](const Node* n) { return static_cast<int>(n - g.nodes.data()); };
+  // values computed from constants alone (a reshaped layer scale, a gathered position bias)
+  std::vector<bool> is_static(g.values.size(), false);
+  for (size_t v = 0; v < g.values.size(); ++v) is_static[v] = g.is_const(static_cast<int>(v));
+  for (const auto& n : g.nodes) {
+    bool s = !n.inputs.empty();
+    for (int u : n.inputs) s = s && (u < 0 || is_static[static_cast<size_t>(u)]);
+    for (int v : n.outputs) is_static[static_cast<size_t>(v)] = s;
+  }
   // Walks back from value v through non-quantizable ops (at an Add, along the input read by nobody else: the
   // branch, not the skip) to the nearest quantizable layer; `crossed_norm` tells whether a norm was passed.
   auto back_to_layer = [&](int v, bool* crossed_norm) -> const Node* {
@@ -441,7 +450,7 @@ void find_bridges(Graph& g) {
       if (crossed_norm && is_norm(p->op)) *crossed_norm = true;
       int next = -1;
       for (int u : p->inputs)
-        if (u >= 0 && !g.is_const(u) && (next < 0 || cons[static_cast<size_t>(u)].size() == 1)) next = u;
+        if (u >= 0 && !is_static[static_cast<size_t>(u)] && (next < 0 || cons[static_cast<size_t>(u)].size() == 1)) next = u;
       if (next < 0) return nullptr;
       v = next;
     }
@@ -515,7 +524,7 @@ void find_bridges(Graph& g) {
       continue;
     }
     std::string scope = scope_of(start.name);
-    b.name = (scope.empty() ? start.name : scope) + ":" + b.kind;
+    b.name = scope.empty() ? start.name : scope;
     std::sort(layers.begin(), layers.end(), [&](const Node* x, const Node* y) { return index_of(x) < index_of(y); });
     for (const Node* l : layers) b.layers.push_back(l->name);
     g.bridges.push_back(std::move(b));

@@ -58,9 +58,9 @@ QuantPlan run_easyquant(const Graph& g, const at::Tensor& calib, const MethodOpt
   size_t done = 0;
   for (const auto& name : layers) {
     const Node& n = *g.find_node(name);
-    const int64_t sub = std::min<int64_t>(o.search_images, t.outputs.at(name).size(0));
-    const auto args = search::first_images(g, n, t.inputs.at(name), sub);
-    const at::Tensor out = t.outputs.at(name).narrow(0, 0, sub);
+    const int64_t sub = std::min<int64_t>(o.search_images, calib.size(0));
+    const auto args = search::first_images(g, n, t.inputs.at(name), sub, calib.size(0));
+    const at::Tensor out = search::first_rows(t.outputs.at(name), sub, calib.size(0));
     QuantPoint* pts[2] = {plan.find(name, 0), plan.find(name, 1)};
     search::Range ranges[2] = {search::range_of_params(pts[0]->spec, pts[0]->params),
                                search::range_of_params(pts[1]->spec, pts[1]->params)};

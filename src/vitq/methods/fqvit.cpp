@@ -80,6 +80,14 @@ const QuantPoint* output_quantizer(const Graph& g, const std::vector<std::vector
   return nullptr;
 }
 
+// Whether a node of kind `op` reads node n's output (slot < 0) or n's input `slot`.
+bool reads_into(const Graph& g, const std::vector<std::vector<int>>& consumers, const Node& n, OpKind op, int slot = -1) {
+  int v = slot < 0 ? n.outputs[0] : n.inputs[static_cast<size_t>(slot)];
+  for (int c : consumers[static_cast<size_t>(v)])
+    if (g.nodes[static_cast<size_t>(c)].op == op) return true;
+  return false;
+}
+
 QuantPlan run_fqvit(const Graph& g, const at::Tensor& calib, const MethodOptions& o) {
   at::InferenceMode guard;
   const bool paper = o.convention == "paper";
@@ -98,8 +106,12 @@ QuantPlan run_fqvit(const Graph& g, const at::Tensor& calib, const MethodOptions
       if (po.keep_fp.count(n.name)) continue;
       if (n.op == OpKind::LayerNorm && is_quant_point(g, n, 0)) plan.points.push_back({n.name, 0, false, ptf_spec(abits), {}});
       if (n.op == OpKind::Softmax && is_quant_point(g, n, 0)) plan.points.push_back({n.name, 0, false, uint_spec(8), {}});
-      if (n.op == OpKind::Gelu && is_quant_point(g, n, 0)) plan.points.push_back({n.name, 0, false, uint_spec(abits), {}});
-      if (n.op == OpKind::Add && is_quant_point(g, n, 0))
+      // GELU and residual adds only in the LayerNorm-based (transformer) parts: a GELU feeding a Linear, an add
+      // on a stream a LayerNorm reads. Convolution stages of hybrids (BatchNorm folded, GroupNorm) stay FP there.
+      if (n.op == OpKind::Gelu && is_quant_point(g, n, 0) && reads_into(g, consumers, n, OpKind::Linear))
+        plan.points.push_back({n.name, 0, false, uint_spec(abits), {}});
+      if (n.op == OpKind::Add && is_quant_point(g, n, 0) &&
+          (reads_into(g, consumers, n, OpKind::LayerNorm, 0) || reads_into(g, consumers, n, OpKind::LayerNorm, 1)))
         for (int s = 0; s < 2; ++s) plan.points.push_back({n.name, s, false, uint_spec(abits), {}});
     }
   }

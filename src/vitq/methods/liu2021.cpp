@@ -202,9 +202,9 @@ QuantPlan run_liu2021(const Graph& g, const at::Tensor& calib, const MethodOptio
       pairs = {at::tensor(i), at::tensor(j)};
     }
     // The similarity is measured on the first `search_images` images (activations are [B, ...]).
-    const int64_t sub = std::min<int64_t>(batch, o.search_images);
-    const std::vector<at::Tensor> sargs = search::first_images(g, n, args, sub);
-    const at::Tensor sout = out.narrow(0, 0, sub);
+    const int64_t sub = std::min<int64_t>(calib.size(0), o.search_images);
+    const std::vector<at::Tensor> sargs = search::first_images(g, n, args, sub, calib.size(0));
+    const at::Tensor sout = search::first_rows(out, sub, calib.size(0));
     auto score_of = [&](const std::vector<at::Tensor>& qargs) {
       auto q = run_node(n, qargs, sub)[0];
       double score = similarity(sout, q, pearson);

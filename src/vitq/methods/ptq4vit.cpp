@@ -140,8 +140,8 @@ QuantPlan run_ptq4vit(const Graph& g, const at::Tensor& calib, const MethodOptio
   for (const auto& name : layers) {
     const Node& n = *g.find_node(name);
     const auto& all = t.inputs.at(name);
-    const auto args = search::first_images(g, n, all, sub);
-    const at::Tensor out = t.outputs.at(name).narrow(0, 0, sub);
+    const auto args = search::first_images(g, n, all, sub, calib.size(0));
+    const at::Tensor out = search::first_rows(t.outputs.at(name), sub, calib.size(0));
     const at::Tensor grad = grads.at(name);
     QuantPoint* pts[2] = {plan.find(name, 0), plan.find(name, 1)};
     // Start: max |x| (symmetric) per scale group over the whole calibration batch. make[s](k): the parameters

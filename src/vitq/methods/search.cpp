@@ -76,11 +76,18 @@ std::vector<std::string> two_input_layers(const Graph& g, const QuantPlan& plan)
   return layers;
 }
 
-std::vector<at::Tensor> first_images(const Graph& g, const Node& n, const std::vector<at::Tensor>& args, int64_t images) {
+at::Tensor first_rows(const at::Tensor& t, int64_t images, int64_t total) {
+  if (images >= total) return t;
+  if (total <= 0 || t.size(0) % total != 0)
+    fail("activation of {} rows is not a whole number of rows for each of {} images", t.size(0), total);
+  return t.narrow(0, 0, images * (t.size(0) / total));
+}
+
+std::vector<at::Tensor> first_images(const Graph& g, const Node& n, const std::vector<at::Tensor>& args, int64_t images,
+                                     int64_t total) {
   std::vector<at::Tensor> out = args;
   for (size_t s = 0; s < out.size(); ++s)
-    if (out[s].defined() && n.inputs[s] >= 0 && !g.is_const(n.inputs[s]))
-      out[s] = out[s].narrow(0, 0, std::min<int64_t>(images, out[s].size(0)));
+    if (out[s].defined() && n.inputs[s] >= 0 && !g.is_const(n.inputs[s])) out[s] = first_rows(out[s], images, total);
   return out;
 }
 

@@ -46,7 +46,11 @@ at::Tensor grid_search(const Node& n, std::vector<at::Tensor> args, int slot, co
 // The layers whose two inputs (weight and input, or both matmul inputs) the plan quantizes, in graph order.
 std::vector<std::string> two_input_layers(const Graph& g, const QuantPlan& plan);
 
-// The first `images` images of every activation argument (constants untouched).
-std::vector<at::Tensor> first_images(const Graph& g, const Node& n, const std::vector<at::Tensor>& args, int64_t images);
+// The rows of activation t (of a batch of `total` images) that belong to the first `images` images. Activations
+// are [total·k, ...]: k = 1 for most layers, k = windows per image in Swin's window attention.
+at::Tensor first_rows(const at::Tensor& t, int64_t images, int64_t total);
+// first_rows of every activation argument (constants untouched).
+std::vector<at::Tensor> first_images(const Graph& g, const Node& n, const std::vector<at::Tensor>& args, int64_t images,
+                                     int64_t total);
 
 }  // namespace vitq::search

@@ -11,6 +11,36 @@ namespace {
 bool starts_with(const std::string& s, const std::string& prefix) { return s.rfind(prefix, 0) == 0; }
 }  // namespace
 
+PreprocessConfig family_preprocess(const nlohmann::json& config) {
+  PreprocessConfig p;
+  std::string arch;
+  if (config.is_object() && config.contains("architecture") && config["architecture"].is_string())
+    arch = config["architecture"].get<std::string>();
+  if (starts_with(arch, "mobilevit")) {
+    p.input_height = p.input_width = 256;
+    p.mean = {0.f, 0.f, 0.f};
+    p.std = {1.f, 1.f, 1.f};
+    p.crop_pct = starts_with(arch, "mobilevitv2") ? 0.888 : 0.9;
+  } else if (starts_with(arch, "efficientformer")) {
+    p.crop_pct = 0.95;
+  } else if (starts_with(arch, "swin")) {
+    p.crop_pct = 0.9;
+    if (arch.find("_384") != std::string::npos) {
+      p.input_height = p.input_width = 384;
+      p.crop_pct = 1.0;
+    }
+  }
+  if (config.is_object() && config.contains("img_size")) {
+    const auto& s = config["img_size"];
+    if (s.is_number_integer()) p.input_height = p.input_width = s.get<int>();
+    else if (s.is_array() && s.size() == 2 && s[0].is_number_integer() && s[1].is_number_integer()) {
+      p.input_height = s[0].get<int>();
+      p.input_width = s[1].get<int>();
+    }
+  }
+  return p;
+}
+
 Graph build_vit_family(const nlohmann::json& config, const WeightSource& weights, const std::string& where) {
   return build_vit(parse_vit_config(config, where), weights);
 }

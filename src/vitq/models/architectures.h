@@ -16,6 +16,11 @@ namespace vitq {
 // Dispatches on the architecture name; an unknown family or size is a one-line error listing what is known.
 Graph build_from_config(const nlohmann::json& config, const WeightSource& weights, const std::string& where);
 
+// timm's default eval transform of the config's architecture (used where config.json has no pretrained_cfg):
+// MobileViT 256 px, mean 0 / std 1, crop_pct 0.9 (v2: 0.888); EfficientFormer crop_pct 0.95; Swin 384 models
+// crop_pct 1.0 (others 0.9); `img_size` sets the input size; else the generic defaults (224, 0.875).
+PreprocessConfig family_preprocess(const nlohmann::json& config);
+
 // vit_* / deit_* (and configs without an architecture that give embed_dim, depth, num_heads)
 Graph build_vit_family(const nlohmann::json& config, const WeightSource& weights, const std::string& where);
 // mobilevit_xxs/xs/s (timm's MobileViT v1, byobnet) and mobilevitv2_050 ... 200

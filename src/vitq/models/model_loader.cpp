@@ -28,7 +28,7 @@ nlohmann::json read_json(const fs::path& p) {
 }  // namespace
 
 PreprocessConfig parse_preprocess(const nlohmann::json& j, const std::string& where) {
-  PreprocessConfig p;
+  PreprocessConfig p = family_preprocess(j);
   if (!j.contains("pretrained_cfg")) return p;
   const auto& c = j["pretrained_cfg"];
   try {

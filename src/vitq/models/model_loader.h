@@ -12,7 +12,8 @@ namespace vitq {
 // allow_config_only: a config.json alone (or a directory holding only one) gives the network with placeholder
 // weights (zeros), for `vitq info`.
 Graph load_model(const std::string& path, bool allow_config_only = false);
-// timm's pretrained_cfg (input_size, crop_pct, interpolation, mean, std) from a config.json object.
+// timm's pretrained_cfg (input_size, crop_pct, interpolation, mean, std) from a config.json object; what it
+// leaves out comes from the family's timm defaults (family_preprocess).
 PreprocessConfig parse_preprocess(const nlohmann::json& config, const std::string& where);
 
 }  // namespace vitq

@@ -8,6 +8,7 @@
 #include <map>
 
 #include "vitq/graph/passes.h"
+#include "vitq/models/onnx_fusions.h"
 #include "vitq/util/error.h"
 
 namespace vitq {
@@ -69,7 +70,12 @@ const std::map<std::string, OpKind>& op_table() {
       {"Squeeze", OpKind::Squeeze}, {"Unsqueeze", OpKind::Unsqueeze}, {"Expand", OpKind::Expand},
       {"Identity", OpKind::Identity}, {"Dropout", OpKind::Identity}, {"Shape", OpKind::Shape},
       {"Cast", OpKind::Cast}, {"ConstantOfShape", OpKind::ConstantOfShape}, {"Equal", OpKind::Equal},
-      {"Where", OpKind::Where}, {"Gemm", OpKind::Linear}};
+      {"Where", OpKind::Where}, {"Gemm", OpKind::Linear},
+      // hybrid networks (MobileViT, EfficientFormer, Swin)
+      {"BatchNormalization", OpKind::BatchNorm}, {"InstanceNormalization", OpKind::InstanceNorm},
+      {"HardSwish", OpKind::HardSwish}, {"HardSigmoid", OpKind::HardSigmoid}, {"AveragePool", OpKind::AvgPool},
+      {"GlobalAveragePool", OpKind::GlobalAvgPool}, {"ReduceSum", OpKind::ReduceSum}, {"Pad", OpKind::Pad},
+      {"Resize", OpKind::Resize}};
   return table;
 }
 
@@ -181,10 +187,13 @@ Graph import_onnx(const std::string& path, int64_t image_height, int64_t image_w
     }
     OpKind op = it->second;
     std::string name = module_path(np.name().empty() ? np.output(0) : np.name());
-    // Layers with weights take the weight's timm name: "blocks.0.norm1.weight" -> "blocks.0.norm1".
+    // Layers with weights take the weight's timm name: "blocks.0.norm1.weight" -> "blocks.0.norm1". A conv
+    // whose weight torch computed (a BatchNorm folded in: "onnx::Conv_123") takes its module path instead:
+    // "/stages/stages.2/stages.2.1/conv_kxk/conv/Conv" -> "stages.2.1.conv_kxk.conv".
     if ((op == OpKind::Conv2d || op == OpKind::LayerNorm || op == OpKind::Linear) && in.size() > 1 && in[1] >= 0) {
       auto n = strip_suffix(g.values[static_cast<size_t>(in[1])].name, ".weight");
       if (!n.empty()) name = n;
+      else if (op == OpKind::Conv2d && name.find('.') != std::string::npos) name = name.substr(0, name.rfind('.'));
     }
     if (op == OpKind::Conv2d) {
       if (in.size() < 2 || !g.is_const(in[1]) || g.const_tensor(in[1]).dim() != 4)
@@ -203,16 +212,34 @@ Graph import_onnx(const std::string& path, int64_t image_height, int64_t image_w
         fail("{}: Gemm with a non-vector C is not supported", where);
       attrs.clear();
     }
+    // the hybrid networks' ops: only the variants the executor computes
+    const Node info{op, name, in, {}, attrs};
+    if (op == OpKind::BatchNorm && (in.size() != 5 || info.geti("training_mode", 0) != 0))
+      fail("{}: only inference-mode BatchNormalization (5 inputs, training_mode 0) is supported", where);
+    if (op == OpKind::AvgPool && info.gets("auto_pad", "NOTSET") != "NOTSET") fail("{}: auto_pad is not supported", where);
+    if (op == OpKind::AvgPool && info.getints("kernel_shape").size() != 2) fail("{}: only 2-D AveragePool is supported", where);
+    if (op == OpKind::Pad && info.gets("mode", "constant") != "constant")
+      fail("{}: Pad mode {} is not supported (only constant)", where, info.gets("mode"));
+    if (op == OpKind::Pad && in.size() > 3 && in[3] >= 0) fail("{}: Pad with an axes input is not supported", where);
+    if (op == OpKind::Resize) {  // bilinear, or nearest as torch exports it (asymmetric, floor)
+      const auto mode = info.gets("mode", "nearest"), coord = info.gets("coordinate_transformation_mode", "half_pixel");
+      bool ok = mode == "linear" ? coord == "half_pixel" || coord == "pytorch_half_pixel" || coord == "align_corners"
+                                 : mode == "nearest" && coord == "asymmetric" && info.gets("nearest_mode", "round_prefer_floor") == "floor";
+      if (!ok) fail("{}: Resize mode {} with coordinate_transformation_mode {} is not supported", where, mode, coord);
+      attrs["mode"] = mode;  // ONNX's defaults differ from the executor's
+      attrs["coordinate_transformation_mode"] = coord;
+    }
     int outputs = 0;
     for (const auto& o : np.output())
       if (!o.empty()) ++outputs;
-    if (op == OpKind::LayerNorm || op == OpKind::Identity) outputs = 1;  // LN's mean/invstd and Dropout's mask
-    if (op == OpKind::LayerNorm && np.output_size() > 1)
+    // LN's mean/invstd, BN's running statistics and Dropout's mask
+    if (op == OpKind::LayerNorm || op == OpKind::BatchNorm || op == OpKind::Identity) outputs = 1;
+    if ((op == OpKind::LayerNorm || op == OpKind::BatchNorm) && np.output_size() > 1)
       for (int k = 1; k < np.output_size(); ++k)
         if (!np.output(k).empty())
           for (const auto& other : gp.node())
             for (const auto& input : other.input())
-              if (input == np.output(k)) fail("{}: LayerNormalization's extra outputs are not supported", where);
+              if (input == np.output(k)) fail("{}: {}'s extra outputs are not supported", where, np.op_type());
     int idx = g.add_node(op, name, in, outputs, attrs);
     for (int k = 0; k < outputs; ++k) {
       int v = g.out(idx, k);
@@ -229,11 +256,19 @@ Graph import_onnx(const std::string& path, int64_t image_height, int64_t image_w
   } catch (const Error& e) {
     fail("{}: {}", path, e.what());
   }
+  resize_sizes_to_attrs(g, height, width);
   fold_shape_subgraphs(g, height, width);
   inputs_to_attrs(g);
+  onnx_inputs_to_attrs(g);
   fuse_linear(g);
   fuse_gelu(g);
   fuse_layer_norm(g);
+  fuse_silu(g);
+  fuse_group_norm(g);
+  scale_after_qk(g);
+  drop_broadcast_expand(g, height, width);
+  fold_batch_norm(g);
+  mark_exported_batch_norm(g);
   compact(g);
   // value names follow node names, as in the builder
   for (auto& n : g.nodes)
