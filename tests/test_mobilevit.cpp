@@ -4,36 +4,18 @@
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
-#include "test_util.h"
-#include "vitq/graph/executor.h"
-#include "vitq/models/model_loader.h"
-#include "vitq/util/error.h"
-#include "vitq/util/npy.h"
+#include "model_test_util.h"
 
 using namespace vitq;
 using namespace vitq::test;
 
 namespace {
-at::Tensor to_tensor(const NpyArray& a) { return at::from_blob(const_cast<float*>(a.data.data()), a.shape, at::kFloat).clone(); }
+fs::path mvit_dir(const std::string& name) { return shared_model(name); }
 
-fs::path mvit_dir(const std::string& name) { return shared_dir() / "models" / name; }
-
-// Logits recomputed from the golden input must match timm's golden logits.
 void check_golden(const std::string& name) {
-  at::set_num_threads(2);
-  const fs::path dir = mvit_dir(name);
-  Graph g = load_model(dir.string());
+  Graph g = load_model(mvit_dir(name).string());
   EXPECT_EQ(g.meta.name, name);
-  Executor ex(g);
-  at::InferenceMode guard;
-  auto input = to_tensor(load_npy((dir / "golden" / "val1000_first4_input.npy").string()));
-  auto want = to_tensor(load_npy((dir / "golden" / "val1000_first4_logits.npy").string()));
-  auto got = ex.run(input);
-  ASSERT_EQ(got.sizes(), want.sizes());
-  float diff = (got - want).abs().max().item<float>();
-  std::printf("%s: logits from golden input, max abs diff %.3g\n", name.c_str(), diff);
-  EXPECT_LE(diff, 5e-4f);
-  EXPECT_TRUE(at::equal(got.argmax(1), want.argmax(1)));
+  expect_golden_logits(g, mvit_dir(name), name);
 }
 
 // load_model on a config.json holding `json` (no weights).
@@ -43,20 +25,8 @@ Graph from_config(const TempDir& dir, const std::string& json) {
 }
 
 // The Error message of building `json` against the weights of shared model `weights_of` ("" when no error).
-std::string build_error(const std::string& json, const std::string& weights_of = "") {
-  TempDir dir;
-  write_file(dir / "config.json", json);
-  try {
-    if (weights_of.empty()) {
-      load_model((dir / "config.json").string(), true);
-    } else {
-      fs::create_symlink(mvit_dir(weights_of) / "model.safetensors", dir / "model.safetensors");
-      load_model(dir.path().string());
-    }
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
+std::string error_of(const std::string& json, const std::string& weights_of = "") {
+  return build_error(json, weights_of.empty() ? fs::path() : mvit_dir(weights_of) / "model.safetensors");
 }
 }  // namespace
 
@@ -101,42 +71,23 @@ TEST(MobileViT, ConfigOverrides) {
 }
 
 TEST(MobileViT, BadConfigs) {
-  std::string e = build_error(R"({"architecture": "mobilevit_xxxl"})");
+  std::string e = error_of(R"({"architecture": "mobilevit_xxxl"})");
   EXPECT_NE(e.find("unknown MobileViT size 'mobilevit_xxxl'"), std::string::npos) << e;
-  e = build_error(R"({"architecture": "mobilevitv2_300"})");
+  e = error_of(R"({"architecture": "mobilevitv2_300"})");
   EXPECT_NE(e.find("unknown MobileViT size"), std::string::npos) << e;
   // a size that contradicts the file's shapes
-  e = build_error(R"({"architecture": "mobilevit_xs"})", "mobilevit_xxs");
+  e = error_of(R"({"architecture": "mobilevit_xs"})", "mobilevit_xxs");
   EXPECT_NE(e.find("stages.0.0.conv1_1x1.conv.weight has shape [32, 16, 1, 1]"), std::string::npos) << e;
-  e = build_error(R"({"architecture": "mobilevitv2_050", "num_classes": 100})", "mobilevitv2_050");
+  e = error_of(R"({"architecture": "mobilevitv2_050", "num_classes": 100})", "mobilevitv2_050");
   EXPECT_NE(e.find("head.fc.weight"), std::string::npos) << e;
-  e = build_error(R"({"architecture": "mobilevit_xxs", "num_heads": 3})");
+  e = error_of(R"({"architecture": "mobilevit_xxs", "num_heads": 3})");
   EXPECT_NE(e.find("not divisible by num_heads 3"), std::string::npos) << e;
-  e = build_error(R"({"architecture": "mobilevit_s", "width_multiplier": 2})");
+  e = error_of(R"({"architecture": "mobilevit_s", "width_multiplier": 2})");
   EXPECT_NE(e.find("width_multiplier applies to mobilevitv2 only"), std::string::npos) << e;
-  e = build_error(R"({"architecture": "mobilevitv2_100", "num_classes": "ten"})");
-  EXPECT_NE(e.find("malformed config field"), std::string::npos) << e;
-  e = build_error(R"({"architecture": "mobilevit_xxs", "img_size": 224, "pretrained_cfg": {"input_size": [3, 256, 256]}})");
+  e = error_of(R"({"architecture": "mobilevitv2_100", "num_classes": "ten"})");
+  EXPECT_NE(e.find("malformed config field num_classes"), std::string::npos) << e;
+  e = error_of(R"({"architecture": "mobilevit_xxs", "img_size": 224, "pretrained_cfg": {"input_size": [3, 256, 256]}})");
   EXPECT_NE(e.find("contradicts"), std::string::npos) << e;
-  e = build_error(R"({"architecture": "mobilevitv2_100", "width_multiplier": 0})");
+  e = error_of(R"({"architecture": "mobilevitv2_100", "width_multiplier": 0})");
   EXPECT_NE(e.find("width_multiplier must be positive"), std::string::npos) << e;
-}
-
-// TEMP hand cross-check against timm at 224 (remove)
-TEST(MobileViT, TempTimm224) {
-  at::InferenceMode guard;
-  auto x = to_tensor(load_npy("/tmp/mvit_in224.npy"));
-  for (std::string name : {"mobilevit_xxs", "mobilevitv2_050"}) {
-    TempDir dir;
-    auto cfg = read_file(mvit_dir(name) / "config.json");
-    cfg.replace(cfg.find("256,"), 4, "224,");
-    cfg.replace(cfg.find("256\n"), 3, "224");
-    write_file(dir / "config.json", cfg);
-    fs::create_symlink(mvit_dir(name) / "model.safetensors", dir / "model.safetensors");
-    Graph g = load_model(dir.path().string());
-    auto want = to_tensor(load_npy("/tmp/mvit_" + name + "_224.npy"));
-    float d = (Executor(g).run(x) - want).abs().max().item<float>();
-    std::printf("%s 224: max abs diff vs timm %.3g\n", name.c_str(), d);
-    EXPECT_LE(d, 5e-4f);
-  }
 }

@@ -7,11 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <tuple>
 
-#include "test_util.h"
-#include "vitq/graph/executor.h"
-#include "vitq/models/model_loader.h"
-#include "vitq/util/error.h"
-#include "vitq/util/npy.h"
+#include "model_test_util.h"
 
 using namespace vitq;
 using namespace vitq::test;
@@ -19,9 +15,6 @@ using namespace vitq::test;
 namespace {
 fs::path swin_dir() { return shared_dir() / "models" / "swin_tiny_patch4_window7_224-w32"; }
 
-at::Tensor to_tensor(const NpyArray& a) {
-  return at::from_blob(const_cast<float*>(a.data.data()), a.shape, at::kFloat).clone();
-}
 
 // load_model of a config.json alone (config-only) or beside the shared weights (linked, not copied).
 Graph load_config(const std::string& json, bool with_weights = false) {
@@ -58,16 +51,7 @@ TEST(Swin, LogitsFromGoldenInput) {
   EXPECT_EQ(g.meta.family, "swin");
   EXPECT_EQ(g.meta.name, "swin_tiny_patch4_window7_224");
   EXPECT_EQ(g.num_parameters(), 3335270);
-  Executor ex(g);
-  at::InferenceMode guard;
-  auto input = to_tensor(load_npy((swin_dir() / "golden" / "val1000_first4_input.npy").string()));
-  auto want = to_tensor(load_npy((swin_dir() / "golden" / "val1000_first4_logits.npy").string()));
-  auto got = ex.run(input);
-  ASSERT_EQ(got.sizes(), want.sizes());
-  float diff = (got - want).abs().max().item<float>();
-  std::printf("swin: logits from golden input, max abs diff %.3g\n", diff);
-  EXPECT_LE(diff, 5e-4f);
-  EXPECT_TRUE(at::equal(got.argmax(1), want.argmax(1)));
+  expect_golden_logits(g, swin_dir(), "swin");
 }
 
 TEST(Swin, ParameterCountsFromConfigAlone) {

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "vitq/graph/passes.h"
 #include "vitq/models/safetensors.h"
@@ -134,6 +135,13 @@ int ModelBuilder::transpose(const std::string& name, int x, std::vector<int64_t>
   return node(OpKind::Transpose, name, {x}, {{"perm", perm}});
 }
 
+int ModelBuilder::distilled_head(int x, int x_dist, int64_t dim, int64_t num_classes) {
+  int logits = linear("head", x, dim, num_classes);
+  int dist = linear("head_dist", x_dist < 0 ? x : x_dist, dim, num_classes);
+  logits = node(OpKind::Add, "head.add_dist", {logits, dist});
+  return node(OpKind::Mul, "head.average", {logits, scalar("head.half", 0.5)});
+}
+
 void ModelBuilder::finish(int output, const std::string& family, const std::string& name, int64_t num_classes) {
   g_.output = output;
   if (w_.has_file())
@@ -150,6 +158,45 @@ void ModelBuilder::finish(int output, const std::string& family, const std::stri
   fold_batch_norm(g_);
   annotate_roles(g_);
   g_.validate();
+}
+
+std::array<int64_t, 2> config_input_size(const nlohmann::json& j, const std::string& where, int64_t fallback) {
+  std::optional<std::array<int64_t, 2>> from_img, from_cfg;
+  try {
+    if (j.contains("img_size")) {
+      const auto& v = j["img_size"];
+      if (v.is_array()) {
+        if (v.size() != 2) fail("{}: img_size must be a number or [H, W]", where);
+        from_img = std::array<int64_t, 2>{v[0].get<int64_t>(), v[1].get<int64_t>()};
+      } else {
+        from_img = std::array<int64_t, 2>{v.get<int64_t>(), v.get<int64_t>()};
+      }
+    }
+    if (j.contains("pretrained_cfg") && j["pretrained_cfg"].contains("input_size")) {
+      auto v = j["pretrained_cfg"]["input_size"].get<std::vector<int64_t>>();
+      if (v.size() != 3) fail("{}: pretrained_cfg.input_size must be [3, H, W]", where);
+      from_cfg = std::array<int64_t, 2>{v[1], v[2]};
+    }
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: malformed config field img_size / pretrained_cfg.input_size ({})", where, first_line(e.what()));
+  }
+  if (from_img && from_cfg && *from_img != *from_cfg)
+    fail("{}: img_size {}x{} contradicts pretrained_cfg.input_size {}x{}", where, (*from_img)[0], (*from_img)[1],
+         (*from_cfg)[0], (*from_cfg)[1]);
+  auto size = from_img ? *from_img : from_cfg ? *from_cfg : std::array<int64_t, 2>{fallback, fallback};
+  if (size[0] <= 0 || size[1] <= 0) fail("{}: the input size must be positive", where);
+  return size;
+}
+
+void check_stages(const std::vector<int64_t>& embed_dims, const std::vector<int64_t>& depths,
+                  const std::vector<bool>& downsamples, const std::string& where) {
+  for (size_t i = 0; i < embed_dims.size() && i < depths.size(); ++i) {
+    if (embed_dims[i] <= 0 || depths[i] <= 0)
+      fail("{}: embed_dims and depths must be positive (stage {}: {}, {})", where, i, embed_dims[i], depths[i]);
+    if (i > 0 && i < downsamples.size() && !downsamples[i] && embed_dims[i] != embed_dims[i - 1])
+      fail("{}: stage {} does not downsample (downsamples) but changes embed_dims {} -> {}", where, i,
+           embed_dims[i - 1], embed_dims[i]);
+  }
 }
 
 std::vector<int64_t> int_list(const nlohmann::json& j, const std::string& key, std::vector<int64_t> fallback, size_t n,

@@ -5,6 +5,7 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 
+#include <array>
 #include <map>
 #include <nlohmann/json_fwd.hpp>
 #include <set>
@@ -71,6 +72,9 @@ class ModelBuilder {
   int reshape(const std::string& name, int x, std::vector<int64_t> dims);
   int transpose(const std::string& name, int x, std::vector<int64_t> perm);
 
+  // timm's distillation head in eval mode: (head(x) + head_dist(x_dist)) / 2 (x_dist < 0: the same x).
+  int distilled_head(int x, int x_dist, int64_t dim, int64_t num_classes);
+
   // Ends the build: the output value, every tensor of the file used (else an error naming the first unused
   // one), meta (name, family, timm's parameter count), BatchNorm folded into convolutions, roles annotated,
   // graph validated.
@@ -85,6 +89,15 @@ class ModelBuilder {
   std::set<std::string> bn_prefixes_;
   int64_t params_ = 0;
 };
+
+// The input resolution a config asks for: `img_size` (a number or [H, W]) or pretrained_cfg.input_size
+// ([3, H, W]); both given and different is an error; neither: fallback x fallback.
+std::array<int64_t, 2> config_input_size(const nlohmann::json& j, const std::string& where, int64_t fallback);
+
+// Four-stage hierarchies (EfficientFormer): widths and depths positive, and a stage that does not downsample
+// keeps its predecessor's width.
+void check_stages(const std::vector<int64_t>& embed_dims, const std::vector<int64_t>& depths,
+                  const std::vector<bool>& downsamples, const std::string& where);
 
 // Reads an integer list that may be given as one number (broadcast to `n` entries) or as a list of `n`.
 std::vector<int64_t> int_list(const nlohmann::json& j, const std::string& key, std::vector<int64_t> fallback,

@@ -55,22 +55,13 @@ EfConfig parse(const nlohmann::json& j, const std::string& where) {
     }
     if (j.value("global_pool", std::string("avg")) != "avg")
       fail("{}: global_pool '{}' is not supported (only 'avg')", where, j["global_pool"].get<std::string>());
-    if (j.contains("pretrained_cfg") && j["pretrained_cfg"].contains("input_size")) {
-      auto s = j["pretrained_cfg"]["input_size"].get<std::vector<int64_t>>();
-      if (s.size() != 3) fail("{}: pretrained_cfg.input_size must be [3, H, W]", where);
-      c.img_h = s[1];
-      c.img_w = s[2];
-    }
   } catch (const nlohmann::json::exception& e) {
     fail("{}: malformed config field ({})", where, first_line(e.what()));
   }
-  for (size_t i = 0; i < 4; ++i) {
-    if (c.embed_dims[i] <= 0 || c.depths[i] <= 0)
-      fail("{}: embed_dims and depths must be positive (stage {}: {}, {})", where, i, c.embed_dims[i], c.depths[i]);
-    if (!c.downsamples[i] && i > 0 && c.embed_dims[i] != c.embed_dims[i - 1])
-      fail("{}: stage {} does not downsample (downsamples) but changes embed_dims {} -> {}", where, i,
-           c.embed_dims[i - 1], c.embed_dims[i]);
-  }
+  const auto input = config_input_size(j, where, 224);
+  c.img_h = input[0];
+  c.img_w = input[1];
+  check_stages(c.embed_dims, c.depths, c.downsamples, where);
   if (c.num_vit < 1 || c.num_vit > c.depths[3])
     fail("{}: num_vit {} must be between 1 and the last stage's depth {}", where, c.num_vit, c.depths[3]);
   if (!(c.mlp_ratio > 0) || c.pool_size <= 0 || c.pool_size % 2 == 0)
@@ -193,10 +184,7 @@ Graph build_efficientformer(const nlohmann::json& config, const WeightSource& we
   // head: LayerNorm, mean over tokens, (head + head_dist) / 2
   x = b.layer_norm("norm", x, dim, 1e-5);                                                            // [B,N,C]
   x = b.node(OpKind::ReduceMean, "pool", {x}, {{"axes", std::vector<int64_t>{1}}, {"keepdims", int64_t{0}}});  // [B,C]
-  int logits = b.linear("head", x, dim, c.num_classes);
-  int dist = b.linear("head_dist", x, dim, c.num_classes);
-  logits = b.node(OpKind::Add, "head.add_dist", {logits, dist});
-  logits = b.node(OpKind::Mul, "head.average", {logits, b.scalar("head.half", 0.5)});
+  int logits = b.distilled_head(x, -1, dim, c.num_classes);
   b.finish(logits, "efficientformer", c.architecture, c.num_classes);
   return g;
 }

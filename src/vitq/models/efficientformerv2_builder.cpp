@@ -84,25 +84,14 @@ Ef2Config parse(const nlohmann::json& j, const std::string& where) {
     }
     if (j.value("global_pool", std::string("avg")) != "avg")
       fail("{}: global_pool '{}' is not supported (only 'avg')", where, j["global_pool"].get<std::string>());
-    if (j.contains("img_size")) {
-      const auto& v = j["img_size"];
-      c.img_h = v.is_array() ? v.at(0).get<int64_t>() : v.get<int64_t>();
-      c.img_w = v.is_array() ? v.at(1).get<int64_t>() : c.img_h;
-    } else if (j.contains("pretrained_cfg") && j["pretrained_cfg"].contains("input_size")) {
-      auto v = j["pretrained_cfg"]["input_size"].get<std::vector<int64_t>>();
-      if (v.size() != 3) fail("{}: pretrained_cfg.input_size must be [3, H, W]", where);
-      c.img_h = v[1];
-      c.img_w = v[2];
-    }
   } catch (const nlohmann::json::exception& e) {
     fail("{}: malformed config field ({})", where, first_line(e.what()));
   }
+  const auto input = config_input_size(j, where, 224);
+  c.img_h = input[0];
+  c.img_w = input[1];
+  check_stages(c.embed_dims, c.depths, c.downsamples, where);
   for (size_t i = 0; i < 4; ++i) {
-    if (c.embed_dims[i] <= 0 || c.depths[i] <= 0)
-      fail("{}: embed_dims and depths must be positive (stage {}: {}, {})", where, i, c.embed_dims[i], c.depths[i]);
-    if (!c.downsamples[i] && i > 0 && c.embed_dims[i] != c.embed_dims[i - 1])
-      fail("{}: stage {} does not downsample (downsamples) but changes embed_dims {} -> {}", where, i,
-           c.embed_dims[i - 1], c.embed_dims[i]);
     auto& r = ratios[i];
     if (r.size() == 1) r.assign(static_cast<size_t>(c.depths[i]), r[0]);
     if (r.size() != static_cast<size_t>(c.depths[i]))
@@ -277,12 +266,7 @@ Graph build_efficientformerv2(const nlohmann::json& config, const WeightSource& 
   x = mb.batch_norm("norm", x, dim, eps);
   x = mb.node(OpKind::ReduceMean, "pool", {x},
               {{"axes", std::vector<int64_t>{2, 3}}, {"keepdims", int64_t{0}}});  // [B,C]
-  int logits = mb.linear("head", x, dim, c.num_classes);
-  if (c.distillation) {
-    int dist = mb.linear("head_dist", x, dim, c.num_classes);
-    logits = mb.node(OpKind::Add, "head.add_dist", {logits, dist});
-    logits = mb.node(OpKind::Mul, "head.average", {logits, mb.scalar("head.half", 0.5)});
-  }
+  const int logits = c.distillation ? mb.distilled_head(x, -1, dim, c.num_classes) : mb.linear("head", x, dim, c.num_classes);
   mb.finish(logits, "efficientformerv2", c.architecture, c.num_classes);
   return g;
 }

@@ -74,13 +74,16 @@ MvitCfg parse_config(const nlohmann::json& j, const std::string& where) {
   c.arch = j.value("architecture", std::string());
   const std::string& a = c.arch;
   if (a == "mobilevit_xxs") {
-    c.stages = {{1, 16, 1, 2.0}, {3, 24, 2, 2.0}, {1, 48, 2, 2.0, 64, 2}, {1, 64, 2, 2.0, 80, 4}, {1, 80, 2, 2.0, 96, 3}};
+    c.stages = {{1, 16, 1, 2.0}, {3, 24, 2, 2.0}, {1, 48, 2, 2.0, 64, 2}, {1, 64, 2, 2.0, 80, 4},
+                {1, 80, 2, 2.0, 96, 3}};
     c.num_features = 320;
   } else if (a == "mobilevit_xs") {
-    c.stages = {{1, 32, 1, 4.0}, {3, 48, 2, 4.0}, {1, 64, 2, 4.0, 96, 2}, {1, 80, 2, 4.0, 120, 4}, {1, 96, 2, 4.0, 144, 3}};
+    c.stages = {{1, 32, 1, 4.0}, {3, 48, 2, 4.0}, {1, 64, 2, 4.0, 96, 2}, {1, 80, 2, 4.0, 120, 4},
+                {1, 96, 2, 4.0, 144, 3}};
     c.num_features = 384;
   } else if (a == "mobilevit_s") {
-    c.stages = {{1, 32, 1, 4.0}, {3, 64, 2, 4.0}, {1, 96, 2, 4.0, 144, 2}, {1, 128, 2, 4.0, 192, 4}, {1, 160, 2, 4.0, 240, 3}};
+    c.stages = {{1, 32, 1, 4.0}, {3, 64, 2, 4.0}, {1, 96, 2, 4.0, 144, 2}, {1, 128, 2, 4.0, 192, 4},
+                {1, 160, 2, 4.0, 240, 3}};
     c.num_features = 640;
   } else {
     static const std::map<std::string, double> v2 = {{"050", 0.5}, {"075", 0.75}, {"100", 1.0}, {"125", 1.25},
@@ -93,33 +96,39 @@ MvitCfg parse_config(const nlohmann::json& j, const std::string& where) {
     c.v2 = true;
     v2_stages(c, it->second, where);
   }
+  std::string key;  // the field being read: a malformed one is named in the error
+  auto val = [&](const std::string& k, auto fallback) {
+    key = k;
+    return j.contains(k) ? j[k].get<decltype(fallback)>() : fallback;
+  };
   try {
     if (j.contains("width_multiplier")) {
       if (!c.v2) fail("{}: width_multiplier applies to mobilevitv2 only (architecture '{}')", where, a);
-      v2_stages(c, j["width_multiplier"].get<double>(), where);
+      v2_stages(c, val("width_multiplier", 1.0), where);
     }
-    c.num_classes = j.value("num_classes", c.num_classes);
-    c.width_factor = j.value("width_factor", c.width_factor);
-    c.stem_chs = j.value("stem_chs", c.stem_chs);
-    if (j.contains("num_features")) {
-      if (c.v2 && j["num_features"].get<int64_t>() != 0) fail("{}: num_features applies to mobilevit v1 only", where);
-      c.num_features = j["num_features"].get<int64_t>();
-    }
-    c.act = j.value("act_layer", c.act);
-    c.num_heads = j.value("num_heads", c.num_heads);
-    c.mlp_ratio = j.value("mlp_ratio", c.mlp_ratio);
-    c.patch = j.value("patch_size", c.patch);
-    if (j.value("in_chans", int64_t{3}) != 3) fail("{}: in_chans must be 3", where);
-    if (j.value("global_pool", std::string("avg")) != "avg")
+    c.num_classes = val("num_classes", c.num_classes);
+    c.width_factor = val("width_factor", c.width_factor);
+    c.stem_chs = val("stem_chs", c.stem_chs);
+    c.num_features = val("num_features", c.num_features);
+    if (c.v2 && c.num_features != 0) fail("{}: num_features applies to mobilevit v1 only", where);
+    c.act = val("act_layer", c.act);
+    c.num_heads = val("num_heads", c.num_heads);
+    c.mlp_ratio = val("mlp_ratio", c.mlp_ratio);
+    c.patch = val("patch_size", c.patch);
+    if (val("in_chans", int64_t{3}) != 3) fail("{}: in_chans must be 3", where);
+    if (val("global_pool", std::string("avg")) != "avg")
       fail("{}: global_pool '{}' is not supported (only avg)", where, j["global_pool"].get<std::string>());
-    if (j.value("output_stride", int64_t{32}) != 32) fail("{}: output_stride must be 32 (dilated stages are not supported)", where);
+    if (val("output_stride", int64_t{32}) != 32)
+      fail("{}: output_stride must be 32 (dilated stages are not supported)", where);
     // input size: pretrained_cfg.input_size [3, H, W], else img_size (int or [H, W]); both given must agree
     std::optional<std::pair<int64_t, int64_t>> from_cfg, from_img;
+    key = "pretrained_cfg.input_size";
     if (j.contains("pretrained_cfg") && j["pretrained_cfg"].contains("input_size")) {
       auto s = j["pretrained_cfg"]["input_size"].get<std::vector<int64_t>>();
       if (s.size() != 3) fail("{}: pretrained_cfg.input_size must be [3, H, W]", where);
       from_cfg = {s[1], s[2]};
     }
+    key = "img_size";
     if (j.contains("img_size")) {
       const auto& s = j["img_size"];
       if (s.is_array()) {
@@ -135,12 +144,13 @@ MvitCfg parse_config(const nlohmann::json& j, const std::string& where) {
            from_cfg->first, from_cfg->second);
     if (auto s = from_cfg ? from_cfg : from_img) std::tie(c.img_h, c.img_w) = *s;
   } catch (const nlohmann::json::exception& e) {
-    fail("{}: malformed config field ({})", where, first_line(e.what()));
+    fail("{}: malformed config field {} ({})", where, key, first_line(e.what()));
   }
   if (c.num_classes <= 0) fail("{}: num_classes must be positive", where);
   if (!(c.width_factor > 0.0)) fail("{}: width_factor must be positive", where);
   if (c.stem_chs <= 0 || c.num_features < 0) fail("{}: stem_chs must be positive and num_features non-negative", where);
-  if (c.num_heads <= 0 || c.patch <= 0 || !(c.mlp_ratio > 0.0)) fail("{}: num_heads, patch_size and mlp_ratio must be positive", where);
+  if (c.num_heads <= 0 || c.patch <= 0 || !(c.mlp_ratio > 0.0))
+    fail("{}: num_heads, patch_size and mlp_ratio must be positive", where);
   if (c.img_h < 32 || c.img_w < 32) fail("{}: input size {}x{} is too small (at least 32)", where, c.img_h, c.img_w);
   if (c.act != "silu" && c.act != "swish" && c.act != "relu" && c.act != "gelu" && c.act != "hardswish")
     fail("{}: act_layer '{}' is not supported (silu, swish, relu, gelu, hardswish)", where, c.act);

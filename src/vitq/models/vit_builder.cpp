@@ -122,12 +122,12 @@ Graph build_vit(const VitConfig& c, const WeightSource& w) {
   }
   x = b.layer_norm("norm", x, C, c.layer_norm_eps);
   int cls = b.node(OpKind::Gather, "pool.cls", {x, b.index("pool.cls_index", 0)}, {{"axis", int64_t{1}}});
-  int logits = b.linear("head", cls, C, c.num_classes);
+  int logits;
   if (c.distilled) {
     int dist = b.node(OpKind::Gather, "pool.dist", {x, b.index("pool.dist_index", 1)}, {{"axis", int64_t{1}}});
-    int ld = b.linear("head_dist", dist, C, c.num_classes);
-    logits = b.node(OpKind::Add, "head.add_dist", {logits, ld});
-    logits = b.node(OpKind::Mul, "head.average", {logits, b.scalar("head.half", 0.5)});
+    logits = b.distilled_head(cls, dist, C, c.num_classes);
+  } else {
+    logits = b.linear("head", cls, C, c.num_classes);
   }
   b.finish(logits, "vit", c.architecture, c.num_classes);
   return g;
