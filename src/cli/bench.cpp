@@ -53,16 +53,19 @@ int run_bench(const BenchOptions& o) {
     if (device.is_cuda()) at::zeros({1}, at::TensorOptions().device(device)).cpu();
   };
 
-  // Baseline: sgemm at the shape of the model's largest layer (fc1: [B*N, C] x [C, 4C]).
+  // Baseline: sgemm at the shape of the model's largest layer as a GEMM: a Linear ([B*N, C] x [C, 4C] for a
+  // ViT's fc1) or a convolution as im2col ([B*H*W, Cin/groups*k*k] x [.., Cout]).
   int64_t rows = B * 197, inner = 192, cols = 768;
   int64_t best = 0;
-  for (const auto& l : stats.quantizable)
-    if (l.op == "Linear" && l.macs > best && l.weight_shape.size() == 2) {
-      best = l.macs;
-      inner = l.weight_shape[1];
-      cols = l.weight_shape[0];
-      rows = B * (l.macs / (inner * cols));
-    }
+  for (const auto& l : stats.quantizable) {
+    if ((l.op != "Linear" && l.op != "Conv2d") || l.weight_shape.size() < 2 || l.macs <= best) continue;
+    int64_t k = 1;
+    for (size_t d = 1; d < l.weight_shape.size(); ++d) k *= l.weight_shape[d];
+    best = l.macs;
+    inner = k;
+    cols = l.weight_shape[0];
+    rows = B * (l.macs / (inner * cols));
+  }
   auto a = at::randn({rows, inner}, at::TensorOptions().device(device));
   auto w = at::randn({inner, cols}, at::TensorOptions().device(device));
   auto gemm_t = time_runs(2, 20, [&] { at::mm(a, w); sync(); });
@@ -114,8 +117,12 @@ int run_bench(const BenchOptions& o) {
                       {"images_per_second", r.images_per_second()}, {"top1", r.top1_pct()}, {"workers", o.workers}}},
       {"op_seconds", op_seconds}};
   std::filesystem::create_directories(o.out_dir);
-  const std::string stem = fmt::format("{}/fp32_{}_{}_b{}_t{}", o.out_dir, g.meta.name.empty() ? "model" : g.meta.name,
-                                       o.device, o.batch, threads);
+  // Named after the model's folder (the shared reference models share timm's architecture names with the real
+  // networks but are narrower), else its architecture.
+  const std::filesystem::path mp(o.model);
+  std::string label = (std::filesystem::is_directory(mp) ? mp.filename() : mp.parent_path().filename()).string();
+  if (label.empty() || label == "." || label == "..") label = g.meta.name.empty() ? "model" : g.meta.name;
+  const std::string stem = fmt::format("{}/fp32_{}_{}_b{}_t{}", o.out_dir, label, o.device, o.batch, threads);
   std::ofstream(stem + ".json") << j.dump(2) << "\n";
   std::string md = fmt::format(
       "# FP32 throughput: {} ({}, {} threads, batch {})\n\n{}\n\n"
@@ -124,7 +131,7 @@ int run_bench(const BenchOptions& o) {
       "| model only ({} iterations) | {:.1f} ms/batch | {:.1f} images/s ({:.0f} GFLOP/s, {:.0f}% of sgemm) |\n"
       "| end to end: decode + preprocess + model, {} images | {:.1f} s total | {:.1f} images/s |\n"
       "\nTime per op kind, one batch (profiled run):\n\n| op | time |\n|---|---|\n{}",
-      g.meta.name, o.device, threads, o.batch, date, rows, inner, cols, median(gemm_t) * 1e3, gemm_gflops, o.iters,
+      label == g.meta.name ? label : fmt::format("{} ({})", label, g.meta.name), o.device, threads, o.batch, date, rows, inner, cols, median(gemm_t) * 1e3, gemm_gflops, o.iters,
       median(model_t) * 1e3, model_ips, model_gflops, 100.0 * model_gflops / gemm_gflops, r.images, r.seconds_total,
       r.images_per_second(), profile);
   std::ofstream(stem + ".md") << md;
