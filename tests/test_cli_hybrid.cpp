@@ -3,13 +3,11 @@
 
 #include <nlohmann/json.hpp>
 
-#include "test_util.h"
+#include "model_test_util.h"
 
 using namespace vitq::test;
 
 namespace {
-
-fs::path shared_model(const std::string& name) { return shared_dir() / "models" / name; }
 
 // A model folder in `dir` with `config` and the given safetensors bytes (or no weights when empty).
 fs::path make_model(const TempDir& dir, const nlohmann::json& config, const std::string& weights = "") {
@@ -72,6 +70,24 @@ TEST(HybridBadInput, NonDivisibleHeadsOrWindow) {
     config["window_size"] = 0;
     auto r = run_vitq("info " + quoted(make_model(dir, config) / "config.json"));
     expect_cli_error(r, "window_size");
+  }
+}
+
+// Sizes that would make vitq allocate or compute without end are refused with a one-line error, before any
+// large allocation (each case would otherwise take gigabytes or hang).
+TEST(HybridBadInput, AbsurdSizesAreBounded) {
+  const std::vector<std::pair<nlohmann::json, std::string>> cases = {
+      {{{"architecture", "efficientformerv2_s0"}, {"depths", {2, 2, 100000000000LL, 4}}}, "depths"},
+      {{{"architecture", "efficientformer_l1"}, {"pool_size", 999}}, "pool_size"},
+      {{{"architecture", "mobilevit_xxs"}, {"patch_size", 4096}}, "patch_size"},
+      {{{"architecture", "mobilevit_xxs"}, {"img_size", 100000}}, "input size"},
+      {{{"architecture", "swin_tiny_patch4_window7_224"}, {"embed_dim", 1LL << 40}}, "embed_dim"},
+      {{{"architecture", "swin_tiny_patch4_window7_224"}, {"mlp_ratio", 1e308}}, "mlp_ratio"},
+      {{{"architecture", "mobilevit_xxs"}, {"num_classes", 1000000000000LL}}, "larger than vitq accepts"},
+  };
+  for (const auto& [config, needle] : cases) {
+    TempDir dir;
+    expect_cli_error(run_vitq("info " + quoted(make_model(dir, config) / "config.json")), needle);
   }
 }
 

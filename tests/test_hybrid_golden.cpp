@@ -6,12 +6,10 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
-#include "test_util.h"
+#include "model_test_util.h"
 #include "vitq/data/dataset.h"
 #include "vitq/data/image.h"
 #include "vitq/data/transform.h"
-#include "vitq/models/model_loader.h"
-#include "vitq/util/npy.h"
 
 using namespace vitq;
 using namespace vitq::test;
@@ -31,12 +29,7 @@ const Reference kReferences[] = {
     {"swin_tiny_patch4_window7_224-w32", false},
 };
 
-fs::path ref_dir(const Reference& r) { return shared_dir() / "models" / r.dir; }
-
-at::Tensor npy_tensor(const fs::path& p) {
-  auto a = load_npy(p.string());
-  return at::from_blob(a.data.data(), a.shape, at::kFloat).clone();
-}
+fs::path ref_dir(const Reference& r) { return shared_model(r.dir); }
 
 class HybridGolden : public ::testing::TestWithParam<Reference> {};
 

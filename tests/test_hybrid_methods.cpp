@@ -91,6 +91,30 @@ TEST_P(HybridMethods, PlanRunsAndReloads) {
 INSTANTIATE_TEST_SUITE_P(Shared, HybridMethods,
                          ::testing::Combine(::testing::ValuesIn(kModels), ::testing::ValuesIn(kMethods)), param_name);
 
+// The attention matmuls are found in every family: q·kᵀ and attn·v pairs with their canonical names, also where
+// EfficientFormerV2 mixes the heads with a conv between the softmax and attn·v (its input is then not
+// post-softmax, so no method may treat it as a [0, 1] probability).
+TEST(HybridRoles, AttentionMatmulsPaired) {
+  for (const char* model : kModels) {
+    const Graph& g = loaded(model).graph;
+    int qk = 0, av = 0;
+    for (const auto& n : g.nodes) {
+      if (n.op != OpKind::MatMul || !is_quantizable(g, n)) continue;
+      const bool is_av = n.roles & kAttnV;
+      EXPECT_NE(n.roles & (kAttnQK | kAttnV), 0u) << n.name;
+      EXPECT_NE(n.name.find(is_av ? "matmul_av" : "matmul_qk"), std::string::npos) << n.name;
+      EXPECT_EQ(n.name.find("matmul_qk_"), std::string::npos) << "renamed duplicate: " << n.name;
+      (is_av ? av : qk) += 1;
+    }
+    EXPECT_EQ(qk, av) << model;
+    std::printf("%s: %d q·kᵀ / attn·v pairs\n", model, qk);
+  }
+  const Graph& ef2 = loaded("efficientformerv2_s0").graph;
+  const Node* av = ef2.find_node("stages.2.blocks.4.token_mixer.matmul_av");
+  ASSERT_NE(av, nullptr);
+  EXPECT_FALSE(ef2.values[static_cast<size_t>(av->inputs[0])].roles & kPostSoftmax);
+}
+
 // The user's path through the CLI on each family: quantize -> eval --plan --report.
 TEST(HybridCli, QuantizeEvalReport) {
   for (const char* model : kModels) {

@@ -86,11 +86,19 @@ at::Tensor resize(const Node& n, const std::vector<at::Tensor>& in) {
       auto t = in[2].to(at::kCPU).to(at::kDouble).contiguous();
       scales.assign(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
     }
-    if (scales.size() == 4) scales = {scales[2], scales[3]};
+    if (scales.size() == 4) {
+      if (scales[0] != 1.0 || scales[1] != 1.0) fail("node {}: Resize may scale only H and W", n.name);
+      scales = {scales[2], scales[3]};
+    }
     if (scales.size() != 2) fail("node {}: Resize needs output sizes or scales", n.name);
+    for (double sc : scales)
+      if (!(sc > 0.0 && sc <= 64.0)) fail("node {}: Resize scale {} is outside (0, 64]", n.name, sc);
     sizes = {static_cast<int64_t>(std::floor(x.size(2) * scales[0])), static_cast<int64_t>(std::floor(x.size(3) * scales[1]))};
   }
-  if (sizes.size() == 4) sizes = {sizes[2], sizes[3]};
+  if (sizes.size() == 4) {
+    if (sizes[0] != x.size(0) || sizes[1] != x.size(1)) fail("node {}: Resize may change only H and W", n.name);
+    sizes = {sizes[2], sizes[3]};
+  }
   if (sizes.size() != 2 || sizes[0] <= 0 || sizes[1] <= 0) fail("node {}: bad Resize output size", n.name);
   const std::string mode = n.gets("mode", "linear");
   const std::string coord = n.gets("coordinate_transformation_mode", "half_pixel");
@@ -171,7 +179,7 @@ std::vector<at::Tensor> run_node(const Node& n, const std::vector<at::Tensor>& i
       return {at::clamp(arg(0) * n.getf("alpha", 0.2) + n.getf("beta", 0.5), 0.0, 1.0)};
     case OpKind::AvgPool: {
       auto k = n.getints("kernel_shape");
-      auto strides = n.getints("strides", k);
+      auto strides = n.getints("strides", {1, 1});  // ONNX AveragePool's default
       auto pads = n.getints("pads", {0, 0, 0, 0});
       if (k.size() != 2 || strides.size() != 2 || pads.size() != 4) fail("node {}: AvgPool needs 2-D kernel, strides and 4 pads", n.name);
       if (pads[0] != pads[2] || pads[1] != pads[3]) fail("node {}: AvgPool with asymmetric pads is not supported", n.name);

@@ -96,9 +96,9 @@ struct ShapeSpec {
 
 struct ModelMeta {
   std::string name;         // architecture, e.g. deit_tiny_patch16_224
-  std::string family;       // vit | mobilevit | mobilevitv2 | efficientformer | efficientformerv2 | swin | onnx
-  // Parameters as the source model counts them (timm's nn.Parameters, before BatchNorm folding); 0 = unknown,
-  // then Graph::num_parameters() counts the graph's float constants.
+  std::string family;       // vit | mobilevit | mobilevitv2 | efficientformer | efficientformerv2 | swin; "" for ONNX
+  // Parameters as the source model counts them (timm's nn.Parameters, before BatchNorm folding); 0 = unknown
+  // (ONNX), then Graph::num_parameters() counts the graph's float constants (after torch folded BatchNorm).
   int64_t declared_parameters = 0;
   std::string source;       // file it was loaded from
   std::string format;       // "safetensors" | "onnx"

@@ -558,7 +558,17 @@ void annotate_roles(Graph& g) {
   std::set<std::string> used_names;
   for (auto& n : g.nodes) {
     if (n.op == OpKind::MatMul && is_quantizable(g, n)) {
-      bool av = g.values[static_cast<size_t>(n.inputs[0])].roles & kPostSoftmax;
+      // attn·v: the first input is the softmax output, or computed from it without another matmul within three
+      // nodes (EfficientFormerV2's talking-head conv between the softmax and attn·v)
+      bool av = false;
+      for (int v = n.inputs[0], hops = 0; v >= 0 && hops < 4 && !av; ++hops) {
+        const int p = g.values[static_cast<size_t>(v)].producer;
+        if (p < 0) break;
+        const Node& q = g.nodes[static_cast<size_t>(p)];
+        av = q.op == OpKind::Softmax;
+        if (q.op == OpKind::MatMul || q.op == OpKind::Linear || q.inputs.empty()) break;
+        v = q.inputs[0];
+      }
       n.roles |= av ? kAttnV : kAttnQK;
       std::string scope = scope_of(n.name);
       n.name = (scope.empty() ? "" : scope + ".") + (av ? "matmul_av" : "matmul_qk");

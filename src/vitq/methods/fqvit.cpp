@@ -88,6 +88,14 @@ bool reads_into(const Graph& g, const std::vector<std::vector<int>>& consumers, 
   return false;
 }
 
+// Softmax n is read by an attention matmul (attn·v) alone: the Log-Int-Softmax case. MobileViTv2's separable
+// attention softmax (read by a Mul) and EfficientFormerV2's (read by a talking-head conv) are not.
+bool feeds_attn_v(const Graph& g, const std::vector<std::vector<int>>& consumers, const Node& n) {
+  const auto& cs = consumers[static_cast<size_t>(n.outputs[0])];
+  return cs.size() == 1 && g.nodes[static_cast<size_t>(cs[0])].op == OpKind::MatMul &&
+         (g.nodes[static_cast<size_t>(cs[0])].roles & kAttnV);
+}
+
 QuantPlan run_fqvit(const Graph& g, const at::Tensor& calib, const MethodOptions& o) {
   at::InferenceMode guard;
   const bool paper = o.convention == "paper";
@@ -105,7 +113,8 @@ QuantPlan run_fqvit(const Graph& g, const at::Tensor& calib, const MethodOptions
     for (const auto& n : g.nodes) {
       if (po.keep_fp.count(n.name)) continue;
       if (n.op == OpKind::LayerNorm && is_quant_point(g, n, 0)) plan.points.push_back({n.name, 0, false, ptf_spec(abits), {}});
-      if (n.op == OpKind::Softmax && is_quant_point(g, n, 0)) plan.points.push_back({n.name, 0, false, uint_spec(8), {}});
+      if (n.op == OpKind::Softmax && is_quant_point(g, n, 0) && feeds_attn_v(g, consumers, n))
+        plan.points.push_back({n.name, 0, false, uint_spec(8), {}});
       // GELU and residual adds only in the LayerNorm-based (transformer) parts: a GELU feeding a Linear, an add
       // on a stream a LayerNorm reads. Convolution stages of hybrids (BatchNorm folded, GroupNorm) stay FP there.
       if (n.op == OpKind::Gelu && is_quant_point(g, n, 0) && reads_into(g, consumers, n, OpKind::Linear))
@@ -117,7 +126,8 @@ QuantPlan run_fqvit(const Graph& g, const at::Tensor& calib, const MethodOptions
   }
   for (auto& p : plan.points) {
     const Node& n = *g.find_node(p.node);
-    if (n.op == OpKind::MatMul && (n.roles & kAttnV) && p.slot == 0) {
+    if (n.op == OpKind::MatMul && (n.roles & kAttnV) && p.slot == 0 &&
+        (g.values[static_cast<size_t>(n.inputs[0])].roles & kPostSoftmax)) {
       if (o.attn_bits == 8) {
         p.spec = uint_spec(8);
         p.params = int_softmax_uniform_params(8);
@@ -170,7 +180,7 @@ QuantPlan run_fqvit(const Graph& g, const at::Tensor& calib, const MethodOptions
       }
       if (n.op == OpKind::Softmax) {
         const auto& cs = consumers[static_cast<size_t>(n.outputs[0])];
-        if (cs.size() == 1)
+        if (cs.size() == 1 && feeds_attn_v(g, consumers, n))
           if (const QuantPoint* out = plan.find(g.nodes[static_cast<size_t>(cs[0])].name, 0))
             plan.int_ops.push_back({n.name, "softmax", out->spec, out->params});
       }

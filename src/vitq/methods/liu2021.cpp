@@ -68,10 +68,9 @@ at::Tensor quantized_output(const Node& n, std::vector<at::Tensor> args, const Q
   return run_node(n, args, batch)[0];
 }
 
-// Nuclear norm of a layer's output, averaged over (up to 4) images and heads.
+// Nuclear norm of a layer's output (the rows of up to 4 images), averaged over images and heads.
 double nuclear_norm(const Node& n, const at::Tensor& out) {
-  const int64_t images = std::min<int64_t>(4, out.size(0));
-  auto o = out.narrow(0, 0, images);
+  const auto& o = out;
   at::Tensor mats;
   if (n.op == OpKind::Conv2d) mats = o.flatten(2);                        // [b, C, HW]
   else if (o.dim() == 4) mats = o.flatten(0, 1);                           // [b*H, N, M]
@@ -82,7 +81,7 @@ double nuclear_norm(const Node& n, const at::Tensor& out) {
 
 // Greedy bit allocation under the average-bits budget; returns bits per layer.
 std::map<std::string, int> allocate_bits(const Graph& g, const LayerTensors& t, const MethodOptions& o,
-                                         const std::vector<std::string>& layers) {
+                                         const std::vector<std::string>& layers, int64_t images) {
   const std::vector<int> choices = {4, 6, 8};
   if (o.avg_bits < choices.front() || o.avg_bits > choices.back())
     fail("--avg-bits must be between {} and {}, got {}", choices.front(), choices.back(), o.avg_bits);
@@ -101,10 +100,11 @@ std::map<std::string, int> allocate_bits(const Graph& g, const LayerTensors& t, 
     const int64_t batch = out.size(0);
     Layer l;
     l.name = name;
-    l.sens = nuclear_norm(n, out);
+    l.sens = nuclear_norm(n, search::first_rows(out, std::min<int64_t>(4, images), images));
     const bool matmul = n.op == OpKind::MatMul;
     l.wsize = matmul ? 0.0 : static_cast<double>(args[1].numel());
-    l.asize = static_cast<double>(args[0].numel() + (matmul ? args[1].numel() : 0)) / static_cast<double>(batch);
+    // activation elements per image (Swin's window rows and MobileViT's patch rows are several rows an image)
+    l.asize = static_cast<double>(args[0].numel() + (matmul ? args[1].numel() : 0)) / static_cast<double>(images);
     for (int bits : choices) {
       PlacementOptions po = o.placement;
       po.wbits = po.abits = bits;
@@ -167,7 +167,7 @@ QuantPlan run_liu2021(const Graph& g, const at::Tensor& calib, const MethodOptio
   for (const auto& n : g.nodes)
     if (is_quantizable(g, n) && !placement.keep_fp.count(n.name)) layers.push_back(n.name);
   if (o.mixed_precision) {
-    placement.layer_bits = allocate_bits(g, t, o, layers);
+    placement.layer_bits = allocate_bits(g, t, o, layers, calib.size(0));
     nlohmann::json bits = nlohmann::json::object();
     for (const auto& [name, b] : placement.layer_bits) bits[name] = b;
     plan.settings["mixed_precision"] = {{"avg_bits", o.avg_bits}, {"bits", bits}};

@@ -32,7 +32,11 @@ namespace {
 bool post_gelu(const Graph& g, const Node& n) {
   return n.op == OpKind::Linear && (g.values[static_cast<size_t>(n.inputs[0])].roles & kPostGelu);
 }
-bool post_softmax(const Node& n, int slot) { return n.op == OpKind::MatMul && (n.roles & kAttnV) && slot == 0; }
+// attn·v's first input when it is the softmax output itself (in [0, 1]; EfficientFormerV2 mixes heads in between)
+bool post_softmax(const Graph& g, const Node& n, int slot) {
+  return n.op == OpKind::MatMul && (n.roles & kAttnV) && slot == 0 &&
+         (g.values[static_cast<size_t>(n.inputs[0])].roles & kPostSoftmax);
+}
 // A Linear whose output is split into q, k and v: weight [3C, C], and its output reaches a Split (or a node
 // with three readers, as ONNX's Gathers) through reshapes / transposes.
 bool is_qkv(const Graph& g, const std::vector<std::vector<int>>& readers, const Node& n) {
@@ -114,10 +118,10 @@ QuantPlan run_ptq4vit(const Graph& g, const at::Tensor& calib, const MethodOptio
   if (paper) paper_placement(g, readers, plan.points);
   for (auto& p : plan.points) {
     const Node& n = *g.find_node(p.node);
-    if (post_softmax(n, p.slot) || (p.slot == 0 && post_gelu(g, n))) {
+    if (post_softmax(g, n, p.slot) || (p.slot == 0 && post_gelu(g, n))) {
       p.spec.kind = QuantKind::TwinUniform;
       p.spec.symmetric = true;
-      p.spec.is_signed = !post_softmax(n, p.slot);
+      p.spec.is_signed = !post_softmax(g, n, p.slot);
       p.spec.granularity = Granularity::PerTensor;
     }
   }

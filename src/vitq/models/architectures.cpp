@@ -32,10 +32,14 @@ PreprocessConfig family_preprocess(const nlohmann::json& config) {
   }
   if (config.is_object() && config.contains("img_size")) {
     const auto& s = config["img_size"];
-    if (s.is_number_integer()) p.input_height = p.input_width = s.get<int>();
-    else if (s.is_array() && s.size() == 2 && s[0].is_number_integer() && s[1].is_number_integer()) {
-      p.input_height = s[0].get<int>();
-      p.input_width = s[1].get<int>();
+    auto side = [](const nlohmann::json& v) {
+      return v.is_number_integer() && v.get<int64_t>() > 0 && v.get<int64_t>() <= kMaxInputSide ? static_cast<int>(v.get<int64_t>()) : 0;
+    };
+    // out-of-range or malformed sizes are left to the builders, which name them in their errors
+    if (s.is_number_integer() && side(s) > 0) p.input_height = p.input_width = side(s);
+    if (s.is_array() && s.size() == 2 && side(s[0]) > 0 && side(s[1]) > 0) {
+      p.input_height = side(s[0]);
+      p.input_width = side(s[1]);
     }
   }
   return p;

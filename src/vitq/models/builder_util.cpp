@@ -25,6 +25,16 @@ ModelBuilder::ModelBuilder(Graph& g, const WeightSource& w, std::string label)
 }
 
 int ModelBuilder::fetch(const std::string& name, const std::vector<int64_t>& shape, bool counted) {
+  int64_t numel = 1;
+  for (int64_t d : shape) {
+    if (d < 0 || (d > 0 && numel > kMaxTensorElements / d))
+      fail("{}: {} implies tensor {} of shape [{}], larger than vitq accepts", w_.path(), label_, name, fmt::join(shape, ", "));
+    numel *= d;
+  }
+  total_ += numel;
+  if (total_ > kMaxModelElements)
+    fail("{}: {} implies more than {} weight elements (at {}): not a model vitq can hold", w_.path(), label_,
+         kMaxModelElements, name);
   at::Tensor t;
   if (w_.has_file()) {
     const auto& f = *w_.file();
@@ -160,6 +170,10 @@ void ModelBuilder::finish(int output, const std::string& family, const std::stri
   g_.validate();
 }
 
+void check_range(double value, double lo, double hi, const std::string& key, const std::string& where) {
+  if (!(value >= lo && value <= hi)) fail("{}: {} is {}, outside [{}, {}]", where, key, value, lo, hi);
+}
+
 std::array<int64_t, 2> config_input_size(const nlohmann::json& j, const std::string& where, int64_t fallback) {
   std::optional<std::array<int64_t, 2>> from_img, from_cfg;
   try {
@@ -184,15 +198,17 @@ std::array<int64_t, 2> config_input_size(const nlohmann::json& j, const std::str
     fail("{}: img_size {}x{} contradicts pretrained_cfg.input_size {}x{}", where, (*from_img)[0], (*from_img)[1],
          (*from_cfg)[0], (*from_cfg)[1]);
   auto size = from_img ? *from_img : from_cfg ? *from_cfg : std::array<int64_t, 2>{fallback, fallback};
-  if (size[0] <= 0 || size[1] <= 0) fail("{}: the input size must be positive", where);
+  if (size[0] <= 0 || size[1] <= 0 || size[0] > kMaxInputSide || size[1] > kMaxInputSide)
+    fail("{}: input size {}x{} is outside [1, {}]", where, size[0], size[1], kMaxInputSide);
   return size;
 }
 
 void check_stages(const std::vector<int64_t>& embed_dims, const std::vector<int64_t>& depths,
                   const std::vector<bool>& downsamples, const std::string& where) {
   for (size_t i = 0; i < embed_dims.size() && i < depths.size(); ++i) {
-    if (embed_dims[i] <= 0 || depths[i] <= 0)
-      fail("{}: embed_dims and depths must be positive (stage {}: {}, {})", where, i, embed_dims[i], depths[i]);
+    if (embed_dims[i] < 2 || embed_dims[i] > kMaxWidth || depths[i] <= 0 || depths[i] > kMaxDepth)
+      fail("{}: embed_dims must lie in [2, {}] and depths in [1, {}] (stage {}: {}, {})", where, kMaxWidth, kMaxDepth, i,
+           embed_dims[i], depths[i]);
     if (i > 0 && i < downsamples.size() && !downsamples[i] && embed_dims[i] != embed_dims[i - 1])
       fail("{}: stage {} does not downsample (downsamples) but changes embed_dims {} -> {}", where, i,
            embed_dims[i - 1], embed_dims[i]);

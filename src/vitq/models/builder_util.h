@@ -88,14 +88,23 @@ class ModelBuilder {
   std::set<std::string> used_;
   std::set<std::string> bn_prefixes_;
   int64_t params_ = 0;
+  int64_t total_ = 0;  // elements of every tensor fetched
 };
 
+// Bounds on what a config may ask for, so that a typo cannot make vitq allocate or compute without end:
+// input sides, per-stage depths and widths, ratios, and the size of any one tensor and of all together.
+constexpr int64_t kMaxInputSide = 2048, kMaxDepth = 64, kMaxWidth = 16384;
+constexpr double kMaxRatio = 16.0;
+constexpr int64_t kMaxTensorElements = int64_t{1} << 31, kMaxModelElements = int64_t{4} << 30;
+// `value` must lie in [lo, hi]: else a one-line error naming `key`.
+void check_range(double value, double lo, double hi, const std::string& key, const std::string& where);
+
 // The input resolution a config asks for: `img_size` (a number or [H, W]) or pretrained_cfg.input_size
-// ([3, H, W]); both given and different is an error; neither: fallback x fallback.
+// ([3, H, W]); both given and different is an error; neither: fallback x fallback. Sides in [1, kMaxInputSide].
 std::array<int64_t, 2> config_input_size(const nlohmann::json& j, const std::string& where, int64_t fallback);
 
-// Four-stage hierarchies (EfficientFormer): widths and depths positive, and a stage that does not downsample
-// keeps its predecessor's width.
+// Four-stage hierarchies (EfficientFormer): widths in [2, kMaxWidth], depths in [1, kMaxDepth], and a stage
+// that does not downsample keeps its predecessor's width.
 void check_stages(const std::vector<int64_t>& embed_dims, const std::vector<int64_t>& depths,
                   const std::vector<bool>& downsamples, const std::string& where);
 

@@ -64,6 +64,8 @@ EfConfig parse(const nlohmann::json& j, const std::string& where) {
   check_stages(c.embed_dims, c.depths, c.downsamples, where);
   if (c.num_vit < 1 || c.num_vit > c.depths[3])
     fail("{}: num_vit {} must be between 1 and the last stage's depth {}", where, c.num_vit, c.depths[3]);
+  check_range(c.mlp_ratio, 0.0, kMaxRatio, "mlp_ratios", where);
+  check_range(static_cast<double>(c.pool_size), 1, 15, "pool_size", where);
   if (!(c.mlp_ratio > 0) || c.pool_size <= 0 || c.pool_size % 2 == 0)
     fail("{}: mlp_ratios must be positive and pool_size odd (got {}, {})", where, c.mlp_ratio, c.pool_size);
   if (c.num_classes <= 0) fail("{}: num_classes must be positive", where);

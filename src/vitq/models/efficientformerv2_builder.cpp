@@ -91,13 +91,13 @@ Ef2Config parse(const nlohmann::json& j, const std::string& where) {
   c.img_h = input[0];
   c.img_w = input[1];
   check_stages(c.embed_dims, c.depths, c.downsamples, where);
+  check_range(c.norm_eps, 1e-12, 1.0, "norm_eps", where);
   for (size_t i = 0; i < 4; ++i) {
     auto& r = ratios[i];
     if (r.size() == 1) r.assign(static_cast<size_t>(c.depths[i]), r[0]);
     if (r.size() != static_cast<size_t>(c.depths[i]))
       fail("{}: mlp_ratios of stage {} has {} entries but depths gives {} blocks", where, i, r.size(), c.depths[i]);
-    for (double v : r)
-      if (!(v > 0)) fail("{}: mlp_ratios must be positive", where);
+    for (double v : r) check_range(v, 1e-6, kMaxRatio, "mlp_ratios", where);
   }
   c.mlp_ratios = ratios;
   if (c.num_vit < 0) fail("{}: num_vit must not be negative", where);

@@ -63,6 +63,7 @@ struct MvitCfg {
 // v2: _mobilevitv2_cfg(multiplier)
 void v2_stages(MvitCfg& c, double m, const std::string& where) {
   if (!(m > 0.0)) fail("{}: width_multiplier must be positive", where);
+  check_range(m, 0.0, kMaxRatio, "width_multiplier", where);
   auto ch = [&](int64_t base) { return m == 1.0 ? base : static_cast<int64_t>(static_cast<double>(base) * m); };
   c.stages = {{1, ch(64), 1, 2.0}, {2, ch(128), 2, 2.0}, {1, ch(256), 2, 2.0, 0, 2}, {1, ch(384), 2, 2.0, 0, 4},
               {1, ch(512), 2, 2.0, 0, 3}};
@@ -120,34 +121,18 @@ MvitCfg parse_config(const nlohmann::json& j, const std::string& where) {
       fail("{}: global_pool '{}' is not supported (only avg)", where, j["global_pool"].get<std::string>());
     if (val("output_stride", int64_t{32}) != 32)
       fail("{}: output_stride must be 32 (dilated stages are not supported)", where);
-    // input size: pretrained_cfg.input_size [3, H, W], else img_size (int or [H, W]); both given must agree
-    std::optional<std::pair<int64_t, int64_t>> from_cfg, from_img;
-    key = "pretrained_cfg.input_size";
-    if (j.contains("pretrained_cfg") && j["pretrained_cfg"].contains("input_size")) {
-      auto s = j["pretrained_cfg"]["input_size"].get<std::vector<int64_t>>();
-      if (s.size() != 3) fail("{}: pretrained_cfg.input_size must be [3, H, W]", where);
-      from_cfg = {s[1], s[2]};
-    }
-    key = "img_size";
-    if (j.contains("img_size")) {
-      const auto& s = j["img_size"];
-      if (s.is_array()) {
-        auto v = s.get<std::vector<int64_t>>();
-        if (v.size() != 2) fail("{}: img_size must be a number or [H, W]", where);
-        from_img = {v[0], v[1]};
-      } else {
-        from_img = {s.get<int64_t>(), s.get<int64_t>()};
-      }
-    }
-    if (from_cfg && from_img && *from_cfg != *from_img)
-      fail("{}: img_size {}x{} contradicts pretrained_cfg.input_size {}x{}", where, from_img->first, from_img->second,
-           from_cfg->first, from_cfg->second);
-    if (auto s = from_cfg ? from_cfg : from_img) std::tie(c.img_h, c.img_w) = *s;
   } catch (const nlohmann::json::exception& e) {
     fail("{}: malformed config field {} ({})", where, key, first_line(e.what()));
   }
+  const auto input = config_input_size(j, where, 256);  // img_size or pretrained_cfg.input_size
+  c.img_h = input[0];
+  c.img_w = input[1];
   if (c.num_classes <= 0) fail("{}: num_classes must be positive", where);
   if (!(c.width_factor > 0.0)) fail("{}: width_factor must be positive", where);
+  check_range(c.width_factor, 0.0, kMaxRatio, "width_factor", where);
+  check_range(c.mlp_ratio, 0.0, kMaxRatio, "mlp_ratio", where);
+  check_range(static_cast<double>(c.patch), 1, 32, "patch_size", where);
+  check_range(static_cast<double>(c.num_heads), 1, 256, "num_heads", where);
   if (c.stem_chs <= 0 || c.num_features < 0) fail("{}: stem_chs must be positive and num_features non-negative", where);
   if (c.num_heads <= 0 || c.patch <= 0 || !(c.mlp_ratio > 0.0))
     fail("{}: num_heads, patch_size and mlp_ratio must be positive", where);

@@ -84,13 +84,20 @@ void onnx_inputs_to_attrs(Graph& g) {
       if (const_at(g, n, 1)) n.attrs["axes"] = ints_of(g.const_tensor(n.inputs[1]));
       else if (!absent(n, 1)) continue;  // computed axes: the executor reads them
       // no axes with noop_with_empty_axes: the identity
-      if (!n.has("axes") && n.geti("noop_with_empty_axes", 0) != 0) n.op = OpKind::Identity;
+      if (n.getints("axes").empty() && n.geti("noop_with_empty_axes", 0) != 0) {
+        n.op = OpKind::Identity;
+        n.attrs.erase("axes");
+      }
       n.attrs.erase("noop_with_empty_axes");
       n.inputs.resize(1);
     } else if (n.op == OpKind::Pad) {  // [x, pads, constant_value?]
       if (!const_at(g, n, 1) || !(absent(n, 2) || const_at(g, n, 2))) continue;
       n.attrs["pads"] = ints_of(g.const_tensor(n.inputs[1]));
-      if (!absent(n, 2)) n.attrs["value"] = g.const_tensor(n.inputs[2]).to(at::kDouble).item<double>();
+      if (!absent(n, 2)) {
+        const auto& v = g.const_tensor(n.inputs[2]);
+        if (v.numel() > 1) fail("node {}: Pad constant_value must be a scalar", n.name);
+        if (v.numel() == 1) n.attrs["value"] = v.to(at::kDouble).item<double>();
+      }
       n.inputs.resize(1);
     } else if (n.op == OpKind::Resize) {  // [x, roi, scales, sizes]; roi only matters for tf_crop_and_resize
       if (!(absent(n, 2) || const_at(g, n, 2)) || !(absent(n, 3) || const_at(g, n, 3))) continue;

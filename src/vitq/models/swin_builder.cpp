@@ -97,22 +97,14 @@ SwinConfig parse_swin_config(const nlohmann::json& j, const std::string& where) 
       c.mlp_ratio = r.is_number() ? std::vector<double>(L, r.get<double>()) : r.get<std::vector<double>>();
       if (c.mlp_ratio.size() != L) fail("{}: mlp_ratio needs {} entries, got {}", where, L, c.mlp_ratio.size());
     }
-    // input size: img_size, else pretrained_cfg.input_size [3, H, W], else the name's
-    bool has_img = j.contains("img_size");
-    if (has_img) c.img_size = pair_of(j["img_size"], "img_size", where);
-    if (j.contains("pretrained_cfg") && j["pretrained_cfg"].contains("input_size")) {
-      auto s = j["pretrained_cfg"]["input_size"].get<std::vector<int64_t>>();
-      if (s.size() != 3) fail("{}: pretrained_cfg.input_size must be [3, H, W]", where);
-      Pair in{s[1], s[2]};
-      if (has_img && in != c.img_size)
-        fail("{}: img_size {}x{} contradicts pretrained_cfg.input_size {}x{}", where, c.img_size[0], c.img_size[1],
-             in[0], in[1]);
-      c.img_size = in;
-    }
   } catch (const nlohmann::json::exception& e) {
     fail("{}: malformed config field ({})", where, first_line(e.what()));
   }
-  if (c.depths.empty()) fail("{}: depths must name at least one stage", where);
+  const auto input = config_input_size(j, where, c.img_size[0]);  // img_size, pretrained_cfg.input_size, the name's
+  c.img_size = {input[0], input[1]};
+  if (c.depths.empty() || c.depths.size() > 8) fail("{}: depths must name 1 to 8 stages", where);
+  check_range(static_cast<double>(c.embed_dim), 1, static_cast<double>(kMaxWidth >> (c.depths.size() - 1)), "embed_dim", where);
+  check_range(static_cast<double>(c.patch_size), 1, 64, "patch_size", where);
   if (c.num_classes <= 0) fail("{}: num_classes must be positive", where);
   if (c.embed_dim <= 0) fail("{}: embed_dim must be positive", where);
   if (c.patch_size <= 0 || c.img_size[0] <= 0 || c.img_size[1] <= 0 || c.img_size[0] % c.patch_size != 0 ||
@@ -120,14 +112,16 @@ SwinConfig parse_swin_config(const nlohmann::json& j, const std::string& where) 
     fail("{}: img_size {}x{} is not divisible by patch_size {}", where, c.img_size[0], c.img_size[1], c.patch_size);
   for (size_t i = 0; i < c.depths.size(); ++i) {
     const int64_t dim = c.embed_dim << i;
-    if (c.depths[i] <= 0) fail("{}: depths[{}] must be positive", where, i);
+    if (c.depths[i] <= 0 || c.depths[i] > kMaxDepth) fail("{}: depths[{}] must lie in [1, {}]", where, i, kMaxDepth);
     if (c.num_heads[i] <= 0) fail("{}: num_heads[{}] must be positive", where, i);
-    if (c.head_dim[i] < 0) fail("{}: head_dim[{}] must be positive", where, i);
+    if (c.head_dim[i] < 0 || c.head_dim[i] > 1024) fail("{}: head_dim[{}] must lie in [1, 1024]", where, i);
     if (c.head_dim[i] == 0 && dim % c.num_heads[i] != 0)
       fail("{}: non-divisible head count: stage {} has dim {} and num_heads {}", where, i, dim, c.num_heads[i]);
-    if (c.window_size[i][0] <= 0 || c.window_size[i][1] <= 0)
-      fail("{}: window_size of stage {} must be positive", where, i);
+    if (c.window_size[i][0] <= 0 || c.window_size[i][1] <= 0 || c.window_size[i][0] > 64 || c.window_size[i][1] > 64)
+      fail("{}: window_size of stage {} must lie in [1, 64]", where, i);
     if (!(c.mlp_ratio[i] > 0.0)) fail("{}: mlp_ratio must be positive", where);
+    check_range(c.mlp_ratio[i], 0.0, kMaxRatio, "mlp_ratio", where);
+    check_range(static_cast<double>(c.num_heads[i]), 1, 1024, "num_heads", where);
   }
   return c;
 }
@@ -200,11 +194,12 @@ int swin_block(ModelBuilder& b, const std::string& p, int x, int64_t C, Pair res
   for (size_t k = 0; k < 3; ++k)
     qkv[k] = b.node(OpKind::Squeeze, fmt::format("{}.{}", a, "qkv"[k]), {split[k]},
                     {{"axes", std::vector<int64_t>{0}}});
-  // timm scales q (by head_dim ** -0.5) before q·kᵀ
+  // timm scales q (by head_dim ** -0.5) before q·kᵀ; we scale the product, as every vitq attention does (and the
+  // ONNX importer arranges): q·kᵀ then reads q itself, the same up to float rounding (~1e-7 relative)
   const double scale = std::pow(static_cast<double>(D), -0.5);
-  int q = b.node(OpKind::Mul, a + ".scale", {qkv[0], b.scalar(a + ".scale_value", scale)});
   int kt = b.transpose(a + ".k_transpose", qkv[1], {0, 1, 3, 2});
-  int sc = b.node(OpKind::MatMul, a + ".matmul_qk", {q, kt});  // [B*nW,heads,N,N]
+  int sc = b.node(OpKind::MatMul, a + ".matmul_qk", {qkv[0], kt});  // [B*nW,heads,N,N]
+  sc = b.node(OpKind::Mul, a + ".scale", {sc, b.scalar(a + ".scale_value", scale)});
   // relative position bias: table[(2wh-1)(2ww-1), heads] gathered by index [N,N] -> [N,N,heads] -> [heads,N,N]
   int table = b.param(a + ".relative_position_bias_table", {(2 * w[0] - 1) * (2 * w[1] - 1), heads});
   int index = b.computed_buffer(a + ".relative_position_index", relative_position_index(w));
