@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cstdlib>
 #include <nlohmann/json.hpp>
 #include <optional>
 
@@ -145,6 +146,13 @@ int ModelBuilder::transpose(const std::string& name, int x, std::vector<int64_t>
   return node(OpKind::Transpose, name, {x}, {{"perm", perm}});
 }
 
+int ModelBuilder::layer_scale_2d(const std::string& name, int x, int64_t channels) {
+  int g = param(name + ".gamma", {channels});
+  g = node(OpKind::Reshape, name + ".view", {g},
+           {{"shape", std::vector<int64_t>{channels, 1, 1}}, {"batch_mult", std::vector<int64_t>{0, 0, 0}}});
+  return node(OpKind::Mul, name, {x, g});
+}
+
 int ModelBuilder::distilled_head(int x, int x_dist, int64_t dim, int64_t num_classes) {
   int logits = linear("head", x, dim, num_classes);
   int dist = linear("head_dist", x_dist < 0 ? x : x_dist, dim, num_classes);
@@ -168,6 +176,16 @@ void ModelBuilder::finish(int output, const std::string& family, const std::stri
   fold_batch_norm(g_);
   annotate_roles(g_);
   g_.validate();
+}
+
+at::Tensor attention_bias_index(int64_t r0, int64_t r1, int64_t step) {
+  const int64_t q0 = (r0 + step - 1) / step, q1 = (r1 + step - 1) / step, nq = q0 * q1, nk = r0 * r1;
+  auto t = at::empty({nq, nk}, at::kLong);
+  auto* p = t.data_ptr<int64_t>();
+  for (int64_t i = 0; i < nq; ++i)
+    for (int64_t k = 0; k < nk; ++k)
+      p[i * nk + k] = std::abs(step * (i / q1) - k / r1) * r1 + std::abs(step * (i % q1) - k % r1);
+  return t;
 }
 
 void check_range(double value, double lo, double hi, const std::string& key, const std::string& where) {

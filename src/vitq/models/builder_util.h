@@ -72,6 +72,9 @@ class ModelBuilder {
   int reshape(const std::string& name, int x, std::vector<int64_t> dims);
   int transpose(const std::string& name, int x, std::vector<int64_t> perm);
 
+  // Layer scale on a [B,C,H,W] x: x * gamma, the [C] parameter `name`.gamma viewed as [C,1,1].
+  int layer_scale_2d(const std::string& name, int x, int64_t channels);
+
   // timm's distillation head in eval mode: (head(x) + head_dist(x_dist)) / 2 (x_dist < 0: the same x).
   int distilled_head(int x, int x_dist, int64_t dim, int64_t num_classes);
 
@@ -107,6 +110,10 @@ std::array<int64_t, 2> config_input_size(const nlohmann::json& j, const std::str
 // that does not downsample keeps its predecessor's width.
 void check_stages(const std::vector<int64_t>& embed_dims, const std::vector<int64_t>& depths,
                   const std::vector<bool>& downsamples, const std::string& where);
+
+// LeViT-style attention-bias index (EfficientFormer V1/V2's attention_bias_idxs): queries on the grid
+// (step*i, step*j) of an r0 x r1 key grid; int64 [Nq, Nk] with entries |dy| * r1 + |dx|.
+at::Tensor attention_bias_index(int64_t r0, int64_t r1, int64_t step);
 
 // Reads an integer list that may be given as one number (broadcast to `n` entries) or as a list of `n`.
 std::vector<int64_t> int_list(const nlohmann::json& j, const std::string& key, std::vector<int64_t> fallback,

@@ -72,26 +72,8 @@ EfConfig parse(const nlohmann::json& j, const std::string& where) {
   return c;
 }
 
-// timm's attention_bias_idxs for an r0 x r1 grid: [N,N], |dy| * r1 + |dx| between tokens i and j (row-major).
-at::Tensor bias_idxs(int64_t r0, int64_t r1) {
-  const int64_t n = r0 * r1;
-  auto t = at::empty({n, n}, at::kLong);
-  auto* p = t.data_ptr<int64_t>();
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t k = 0; k < n; ++k) p[i * n + k] = std::abs(i / r1 - k / r1) * r1 + std::abs(i % r1 - k % r1);
-  return t;
-}
-
 // Conv 3x3 stride 2 pad 1 output size.
 int64_t half(int64_t r) { return (r + 1) / 2; }
-
-// x * gamma for a [B,C,H,W] x: the [C] parameter viewed as [C,1,1] (a batch-independent Reshape).
-int layer_scale_2d(ModelBuilder& b, const std::string& name, int x, int64_t c) {
-  int g = b.param(name + ".gamma", {c});
-  g = b.node(OpKind::Reshape, name + ".view", {g},
-             {{"shape", std::vector<int64_t>{c, 1, 1}}, {"batch_mult", std::vector<int64_t>{0, 0, 0}}});
-  return b.node(OpKind::Mul, name, {x, g});
-}
 
 // timm's Attention (key_dim 32, 8 heads, attn_ratio 4, resolution 7) on [B,N,C] tokens.
 int attention(ModelBuilder& b, const std::string& a, int x, int64_t dim, int64_t r0, int64_t r1) {
@@ -105,7 +87,7 @@ int attention(ModelBuilder& b, const std::string& a, int x, int64_t dim, int64_t
   int s = b.node(OpKind::MatMul, a + ".matmul_qk", {qkv[0], kt});                 // [B,H,N,N]
   s = b.node(OpKind::Mul, a + ".scale", {s, b.scalar(a + ".scale_value", 1.0 / std::sqrt(double(kd)))});
   int ab = b.param(a + ".attention_biases", {H, N});
-  int idx = b.computed_buffer(a + ".attention_bias_idxs", bias_idxs(r0, r1));
+  int idx = b.computed_buffer(a + ".attention_bias_idxs", attention_bias_index(r0, r1, 1));
   int bias = b.node(OpKind::Gather, a + ".bias_gather", {ab, idx}, {{"axis", int64_t{1}}});  // [H,N,N]
   s = b.node(OpKind::Add, a + ".add_bias", {s, bias});
   s = b.node(OpKind::Softmax, a + ".softmax", {s}, {{"axis", int64_t{-1}}});
@@ -173,12 +155,12 @@ Graph build_efficientformer(const nlohmann::json& config, const WeightSource& we
                         {"pads", std::vector<int64_t>{pp, pp, pp, pp}}, {"count_include_pad", int64_t{0}},
                         {"ceil_mode", int64_t{0}}});
         h = b.node(OpKind::Sub, p + ".token_mixer", {h, x});
-        x = b.node(OpKind::Add, p + ".add_mixer", {x, layer_scale_2d(b, p + ".ls1", h, dim)});
+        x = b.node(OpKind::Add, p + ".add_mixer", {x, b.layer_scale_2d(p + ".ls1", h, dim)});
         h = b.conv(p + ".mlp.fc1", x, dim, hidden, 1);
         h = b.act("gelu", p + ".mlp.act", b.batch_norm(p + ".mlp.norm1", h, hidden));
         h = b.conv(p + ".mlp.fc2", h, hidden, dim, 1);
         h = b.batch_norm(p + ".mlp.norm2", h, dim);
-        x = b.node(OpKind::Add, p + ".add_mlp", {x, layer_scale_2d(b, p + ".ls2", h, dim)});
+        x = b.node(OpKind::Add, p + ".add_mlp", {x, b.layer_scale_2d(p + ".ls2", h, dim)});
         if (nv > 0 && nv == remain) flat();
       }
     }

@@ -109,17 +109,6 @@ Ef2Config parse(const nlohmann::json& j, const std::string& where) {
 // Output size of a 3x3 stride-2 pad-1 conv (and of timm's ceil(r / 2)).
 int64_t half(int64_t r) { return (r + 1) / 2; }
 
-// timm's attention_bias_idxs: queries on the grid (step*i, step*j) of an r0 x r1 key grid; [Nq,Nk] with entries
-// |dy| * r1 + |dx|.
-at::Tensor bias_idxs(int64_t r0, int64_t r1, int64_t step) {
-  const int64_t q0 = (r0 + step - 1) / step, q1 = (r1 + step - 1) / step, nq = q0 * q1, nk = r0 * r1;
-  auto t = at::empty({nq, nk}, at::kLong);
-  auto* p = t.data_ptr<int64_t>();
-  for (int64_t i = 0; i < nq; ++i)
-    for (int64_t k = 0; k < nk; ++k)
-      p[i * nk + k] = std::abs(step * (i / q1) - k / r1) * r1 + std::abs(step * (i % q1) - k % r1);
-  return t;
-}
 
 struct Builder {
   ModelBuilder& b;
@@ -137,10 +126,7 @@ struct Builder {
   // x * gamma for [B,C,H,W]: the [C] parameter viewed as [C,1,1] (a batch-independent Reshape)
   int layer_scale(const std::string& name, int x, int64_t ch) {
     if (!c.layer_scale) return x;
-    int g = b.param(name + ".gamma", {ch});
-    g = b.node(OpKind::Reshape, name + ".view", {g},
-               {{"shape", std::vector<int64_t>{ch, 1, 1}}, {"batch_mult", std::vector<int64_t>{0, 0, 0}}});
-    return b.node(OpKind::Mul, name, {x, g});
+    return b.layer_scale_2d(name, x, ch);
   }
 
   // [B,H*d,r0,r1] -> [B,H,d,N] (-> [B,H,N,d] when `transposed`)
@@ -176,7 +162,7 @@ struct Builder {
     int v = conv_norm(a + ".v", x, dim, dh, 1);                                         // [B,dh,r0,r1]
     int v_local = conv_norm(a + ".v_local", v, dh, dh, 3, 1, dh);
     v = heads(a + ".v", v, H, d, N, true);                                              // [B,H,N,d]
-    int s = scores(a, q, k, H, kd, N, bias_idxs(r0, r1, 1));                            // [B,H,N,N]
+    int s = scores(a, q, k, H, kd, N, attention_bias_index(r0, r1, 1));                            // [B,H,N,N]
     s = b.conv(a + ".talking_head1", s, H, H, 1);
     s = b.node(OpKind::Softmax, a + ".softmax", {s}, {{"axis", int64_t{-1}}});
     s = b.conv(a + ".talking_head2", s, H, H, 1);
@@ -208,7 +194,7 @@ struct Builder {
     int v = conv_norm(a + ".v", x, dim, dh, 1);                                            // [B,dh,r0,r1]
     int v_local = conv_norm(a + ".v_local", v, dh, dh, 3, 2, dh);                          // [B,dh,h0,h1]
     v = heads(a + ".v", v, H, d, N, true);                                                 // [B,H,N,d]
-    int s = scores(a, q, k, H, kd, N, bias_idxs(r0, r1, 2));                               // [B,H,N2,N]
+    int s = scores(a, q, k, H, kd, N, attention_bias_index(r0, r1, 2));                               // [B,H,N2,N]
     s = b.node(OpKind::Softmax, a + ".softmax", {s}, {{"axis", int64_t{-1}}});
     int o = b.node(OpKind::MatMul, a + ".matmul_av", {s, v});                             // [B,H,N2,d]
     o = b.transpose(a + ".merge_heads", o, {0, 1, 3, 2});
