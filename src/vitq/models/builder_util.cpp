@@ -146,6 +146,30 @@ int ModelBuilder::transpose(const std::string& name, int x, std::vector<int64_t>
   return node(OpKind::Transpose, name, {x}, {{"perm", perm}});
 }
 
+std::array<int, 3> ModelBuilder::split_heads(const std::string& a, int qkv, int64_t rows, int64_t tokens, int64_t heads,
+                                             int64_t dim) {
+  int h = reshape(a + ".reshape_qkv", qkv, {rows, tokens, 3, heads, dim});
+  h = transpose(a + ".permute_qkv", h, {2, 0, 3, 1, 4});
+  auto split = multi(OpKind::Split, a + ".split_qkv", {h}, 3, {{"axis", int64_t{0}}, {"split", std::vector<int64_t>{1, 1, 1}}});
+  std::array<int, 3> out{};
+  for (size_t k = 0; k < 3; ++k)
+    out[k] = node(OpKind::Squeeze, fmt::format("{}.{}", a, "qkv"[k]), {split[k]}, {{"axes", std::vector<int64_t>{0}}});
+  return out;
+}
+
+int ModelBuilder::attention_scores(const std::string& a, int q, int k, double scale) {
+  int kt = transpose(a + ".k_transpose", k, {0, 1, 3, 2});
+  int s = node(OpKind::MatMul, a + ".matmul_qk", {q, kt});
+  return node(OpKind::Mul, a + ".scale", {s, this->scalar(a + ".scale_value", scale)});
+}
+
+int ModelBuilder::attention_output(const std::string& a, int scores, int v, int64_t rows, int64_t tokens, int64_t width) {
+  int s = node(OpKind::Softmax, a + ".softmax", {scores}, {{"axis", int64_t{-1}}});
+  int o = node(OpKind::MatMul, a + ".matmul_av", {s, v});
+  o = transpose(a + ".merge_heads", o, {0, 2, 1, 3});
+  return reshape(a + ".reshape_out", o, {rows, tokens, width});
+}
+
 int ModelBuilder::layer_scale_2d(const std::string& name, int x, int64_t channels) {
   int g = param(name + ".gamma", {channels});
   g = node(OpKind::Reshape, name + ".view", {g},

@@ -72,6 +72,16 @@ class ModelBuilder {
   int reshape(const std::string& name, int x, std::vector<int64_t> dims);
   int transpose(const std::string& name, int x, std::vector<int64_t> perm);
 
+  // Multi-head attention in the one form every builder uses, so that methods find q·kᵀ and attn·v by structure
+  // (`<a>.matmul_qk`, `<a>.matmul_av`). `rows` is the batch multiple of the token tensors (1; Swin's windows or
+  // MobileViT's patches per image), `tokens` N, `heads` H of `dim` D each.
+  // qkv [B*rows,N,3HD] -> [B*rows,N,3,H,D] -> [3,B*rows,H,N,D] -> q, k, v [B*rows,H,N,D]
+  std::array<int, 3> split_heads(const std::string& a, int qkv, int64_t rows, int64_t tokens, int64_t heads, int64_t dim);
+  // q·kᵀ, then times `scale`: [B*rows,H,N,N]
+  int attention_scores(const std::string& a, int q, int k, double scale);
+  // softmax(scores)·v with the heads merged back: [B*rows,N,width]
+  int attention_output(const std::string& a, int scores, int v, int64_t rows, int64_t tokens, int64_t width);
+
   // Layer scale on a [B,C,H,W] x: x * gamma, the [C] parameter `name`.gamma viewed as [C,1,1].
   int layer_scale_2d(const std::string& name, int x, int64_t channels);
 

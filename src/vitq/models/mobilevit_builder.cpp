@@ -212,20 +212,9 @@ class MvitBuilder {
     // [B*P,N,D] -> qkv [B*P,N,3D] -> [B*P,N,3,H,Dh] -> [3,B*P,H,N,Dh] -> q,k,v [B*P,H,N,Dh]
     int h = b_.layer_norm(p + ".norm1", x, D, 1e-5);
     h = b_.linear(a + ".qkv", h, D, 3 * D);
-    h = b_.reshape(a + ".reshape_qkv", h, {P, N, 3, Hh, Dh});
-    h = b_.transpose(a + ".permute_qkv", h, {2, 0, 3, 1, 4});
-    auto split = b_.multi(OpKind::Split, a + ".split_qkv", {h}, 3,
-                          {{"axis", int64_t{0}}, {"split", std::vector<int64_t>{1, 1, 1}}});
-    std::array<int, 3> qkv{};
-    for (size_t k = 0; k < 3; ++k)
-      qkv[k] = b_.node(OpKind::Squeeze, fmt::format("{}.{}", a, "qkv"[k]), {split[k]}, {{"axes", std::vector<int64_t>{0}}});
-    int kt = b_.transpose(a + ".k_transpose", qkv[1], {0, 1, 3, 2});
-    int s = b_.node(OpKind::MatMul, a + ".matmul_qk", {qkv[0], kt});                                  // [B*P,H,N,N]
-    s = b_.node(OpKind::Mul, a + ".scale", {s, b_.scalar(a + ".scale_value", 1.0 / std::sqrt(static_cast<double>(Dh)))});
-    s = b_.node(OpKind::Softmax, a + ".softmax", {s}, {{"axis", int64_t{-1}}});
-    int o = b_.node(OpKind::MatMul, a + ".matmul_av", {s, qkv[2]});                                   // [B*P,H,N,Dh]
-    o = b_.transpose(a + ".merge_heads", o, {0, 2, 1, 3});
-    o = b_.reshape(a + ".reshape_out", o, {P, N, D});
+    auto qkv = b_.split_heads(a, h, P, N, Hh, Dh);
+    int sc = b_.attention_scores(a, qkv[0], qkv[1], 1.0 / std::sqrt(static_cast<double>(Dh)));  // [B*P,H,N,N]
+    int o = b_.attention_output(a, sc, qkv[2], P, N, D);                                           // [B*P,N,D]
     o = b_.linear(a + ".proj", o, D, D);
     x = b_.node(OpKind::Add, p + ".add_attn", {x, o});
     // MLP

@@ -186,20 +186,10 @@ int swin_block(ModelBuilder& b, const std::string& p, int x, int64_t C, Pair res
 
   // window attention: qkv [B*nW,N,3A] -> [B*nW,N,3,heads,D] -> [3,B*nW,heads,N,D] -> q,k,v [B*nW,heads,N,D]
   h = b.linear(a + ".qkv", h, C, 3 * A, qkv_bias);
-  h = b.reshape(a + ".reshape_qkv", h, {W, N, 3, heads, D});
-  h = b.transpose(a + ".permute_qkv", h, {2, 0, 3, 1, 4});
-  auto split = b.multi(OpKind::Split, a + ".split_qkv", {h}, 3,
-                       {{"axis", int64_t{0}}, {"split", std::vector<int64_t>{1, 1, 1}}});
-  std::array<int, 3> qkv{};
-  for (size_t k = 0; k < 3; ++k)
-    qkv[k] = b.node(OpKind::Squeeze, fmt::format("{}.{}", a, "qkv"[k]), {split[k]},
-                    {{"axes", std::vector<int64_t>{0}}});
+  auto qkv = b.split_heads(a, h, W, N, heads, D);
   // timm scales q (by head_dim ** -0.5) before q·kᵀ; we scale the product, as every vitq attention does (and the
   // ONNX importer arranges): q·kᵀ then reads q itself, the same up to float rounding (~1e-7 relative)
-  const double scale = std::pow(static_cast<double>(D), -0.5);
-  int kt = b.transpose(a + ".k_transpose", qkv[1], {0, 1, 3, 2});
-  int sc = b.node(OpKind::MatMul, a + ".matmul_qk", {qkv[0], kt});  // [B*nW,heads,N,N]
-  sc = b.node(OpKind::Mul, a + ".scale", {sc, b.scalar(a + ".scale_value", scale)});
+  int sc = b.attention_scores(a, qkv[0], qkv[1], std::pow(static_cast<double>(D), -0.5));  // [B*nW,heads,N,N]
   // relative position bias: table[(2wh-1)(2ww-1), heads] gathered by index [N,N] -> [N,N,heads] -> [heads,N,N]
   int table = b.param(a + ".relative_position_bias_table", {(2 * w[0] - 1) * (2 * w[1] - 1), heads});
   int index = b.computed_buffer(a + ".relative_position_index", relative_position_index(w));
@@ -213,10 +203,7 @@ int swin_block(ModelBuilder& b, const std::string& p, int x, int64_t C, Pair res
     sc = b.node(OpKind::Add, a + ".add_mask", {sc, mask});
     sc = b.reshape(a + ".mask_unview", sc, {W, heads, N, N});
   }
-  sc = b.node(OpKind::Softmax, a + ".softmax", {sc}, {{"axis", int64_t{-1}}});
-  int o = b.node(OpKind::MatMul, a + ".matmul_av", {sc, qkv[2]});  // [B*nW,heads,N,D]
-  o = b.transpose(a + ".merge_heads", o, {0, 2, 1, 3});
-  o = b.reshape(a + ".reshape_out", o, {W, N, A});
+  int o = b.attention_output(a, sc, qkv[2], W, N, A);  // [B*nW,N,A]
   o = b.linear(a + ".proj", o, A, C);
 
   // window reverse: [B*nW,N,C] -> [B,Hp/wh,Wp/ww,wh,ww,C] -> [B,Hp/wh,wh,Wp/ww,ww,C] -> [B,Hp,Wp,C]

@@ -96,21 +96,9 @@ Graph build_vit(const VitConfig& c, const WeightSource& w) {
     // attention: [B,N,C] -> qkv [B,N,3C] -> [B,N,3,H,D] -> [3,B,H,N,D] -> q,k,v [B,H,N,D]
     int h = b.layer_norm(p + ".norm1", x, C, c.layer_norm_eps);
     h = b.linear(a + ".qkv", h, C, 3 * C, c.qkv_bias);
-    h = b.reshape(a + ".reshape_qkv", h, {1, tokens, 3, H, D});
-    h = b.node(OpKind::Transpose, a + ".permute_qkv", {h}, {{"perm", std::vector<int64_t>{2, 0, 3, 1, 4}}});
-    auto split = b.multi(OpKind::Split, a + ".split_qkv", {h}, 3,
-                         {{"axis", int64_t{0}}, {"split", std::vector<int64_t>{1, 1, 1}}});
-    std::array<int, 3> qkv{};
-    for (int k = 0; k < 3; ++k)
-      qkv[static_cast<size_t>(k)] = b.node(OpKind::Squeeze, fmt::format("{}.{}", a, "qkv"[k]), {split[static_cast<size_t>(k)]},
-                                           {{"axes", std::vector<int64_t>{0}}});
-    int kt = b.node(OpKind::Transpose, a + ".k_transpose", {qkv[1]}, {{"perm", std::vector<int64_t>{0, 1, 3, 2}}});
-    int s = b.node(OpKind::MatMul, a + ".matmul_qk", {qkv[0], kt});                   // [B,H,N,N]
-    s = b.node(OpKind::Mul, a + ".scale", {s, b.scalar(a + ".scale_value", scale)});
-    s = b.node(OpKind::Softmax, a + ".softmax", {s}, {{"axis", int64_t{-1}}});
-    int o = b.node(OpKind::MatMul, a + ".matmul_av", {s, qkv[2]});                   // [B,H,N,D]
-    o = b.node(OpKind::Transpose, a + ".merge_heads", {o}, {{"perm", std::vector<int64_t>{0, 2, 1, 3}}});
-    o = b.reshape(a + ".reshape_out", o, {1, tokens, C});
+    auto qkv = b.split_heads(a, h, 1, tokens, H, D);
+    int sc = b.attention_scores(a, qkv[0], qkv[1], scale);                             // [B,H,N,N]
+    int o = b.attention_output(a, sc, qkv[2], 1, tokens, C);                          // [B,N,C]
     o = b.linear(a + ".proj", o, C, C);
     x = b.node(OpKind::Add, p + ".add_attn", {x, o});
     // MLP
