@@ -26,6 +26,11 @@ struct QuantArgs {
   uint64_t seed = 0;
   double avg_bits = 0, percentile = 99.99;
   bool mixed_precision = false, no_ranking = false, no_bias_correction = false, quiet = false;
+  // reconstruction (recon/recon.h)
+  std::string reconstruct, recon_loss = "fisher", device = "cpu", start_plan;
+  int recon_iters = 300, recon_batch = 8, recon_images = 0;
+  double recon_lr_round = 2e-2, recon_lr_scale = 2e-3, qdrop = 0;
+  bool no_joint_bridges = false;
 };
 int run_quantize(const QuantArgs& args);
 

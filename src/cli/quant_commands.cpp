@@ -46,7 +46,9 @@ std::string apply_method_variant(const std::string& spec, MethodOptions& o) {
       o.mixed_precision = true;
       if (o.avg_bits == 0) o.avg_bits = o.placement.wbits;
     } else if (v == "attn8") o.attn_bits = 8;
-    else fail("unknown method variant '+{}' in '{}' (norank, nobc, cosine, mp, attn8)", v, spec);
+    else if (v == "recon") {
+      if (o.reconstruct.empty() || o.reconstruct == "none") o.reconstruct = "block";
+    } else fail("unknown method variant '+{}' in '{}' (norank, nobc, cosine, mp, attn8, recon)", v, spec);
   }
   find_method(parts[0]);
   return parts[0];
@@ -92,26 +94,57 @@ MethodOptions method_options(const QuantArgs& a) {
   o.avg_bits = a.avg_bits;
   o.observer.percentile = a.percentile;
   if (o.mixed_precision && o.avg_bits == 0) fail("--mixed-precision needs --avg-bits");
+  o.reconstruct = a.reconstruct;
+  o.recon.iters = a.recon_iters;
+  o.recon.batch = a.recon_batch;
+  o.recon.images = a.recon_images;
+  o.recon.lr_round = a.recon_lr_round;
+  o.recon.lr_scale = a.recon_lr_scale;
+  o.recon.loss = a.recon_loss;
+  o.recon.qdrop = a.qdrop;
+  o.recon.device = a.device;
+  o.recon.seed = a.seed;
+  o.recon.progress = !a.quiet;
+  o.joint_bridges = !a.no_joint_bridges;
+  if (!a.reconstruct.empty() && a.reconstruct != "none" && a.reconstruct != "layer" && a.reconstruct != "block")
+    fail("--reconstruct must be none, layer or block, got '{}'", a.reconstruct);
+  recon::ReconOptions check = o.recon;
+  if (a.reconstruct == "layer") check.mode = "layer";
+  check.validate();
   return o;
 }
 
 int run_quantize(const QuantArgs& a) {
   const int threads = set_threads(a.threads);
   MethodOptions o = method_options(a);
-  const std::string method = apply_method_variant(a.method, o);
+  const std::string method = a.start_plan.empty() ? apply_method_variant(a.method, o) : std::string();
+  if (!a.start_plan.empty() && o.reconstruct != "layer" && o.reconstruct != "block")
+    fail("--start-plan reconstructs a plan: give --reconstruct layer or block");
   Graph g = load_model(a.model);
+  QuantPlan start;
+  if (!a.start_plan.empty()) start = load_plan(a.start_plan, g);  // checked against this model before any work
   auto t0 = std::chrono::steady_clock::now();
   at::Tensor calib = load_calibration(g, open_dataset(a.calib), a.calib_size, a.seed, !a.quiet);
   const double load_s = seconds_since(t0);
   auto t1 = std::chrono::steady_clock::now();
-  QuantPlan plan = run_method(g, calib, method, o);
+  QuantPlan plan;
+  if (a.start_plan.empty()) {
+    plan = run_method(g, calib, method, o);
+    plan.method = a.method;
+  } else {
+    plan = std::move(start);
+    reconstruct_plan(g, calib, plan, o.reconstruct, o);
+    plan.method += "+recon";
+    plan.settings["start_plan"] = a.start_plan;
+    check_plan(plan, g, "reconstructed plan");
+  }
   const double search_s = seconds_since(t1);
-  plan.method = a.method;
   plan.settings["calib"] = a.calib;
   plan.settings["threads"] = threads;
   plan.settings["search_seconds"] = search_s;
   save_plan(plan, a.out);
-  fmt::print("method    {} on {} ({} quantizers), W{}A{}\n", a.method, g.meta.name, plan.points.size(), a.wbits, a.abits);
+  fmt::print("method    {} on {} ({} quantizers), W{}A{}\n", plan.method, g.meta.name, plan.points.size(),
+             plan.settings.value("wbits", a.wbits), plan.settings.value("abits", a.abits));
   fmt::print("calib     {} images from {} (seed {}), loaded in {:.1f} s\n", calib.size(0), a.calib, a.seed, load_s);
   fmt::print("search    {:.1f} s ({} threads)\n", search_s, threads);
   fmt::print("wrote     {}\n", a.out);

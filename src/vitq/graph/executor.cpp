@@ -356,20 +356,7 @@ std::vector<at::Tensor> Executor::execute(const at::Tensor& input, const ExecHoo
   std::vector<at::Tensor> args;
   for (size_t i = 0; i < graph_.nodes.size(); ++i) {
     const Node& n = graph_.nodes[i];
-    args.clear();
-    for (size_t s = 0; s < n.inputs.size(); ++s) {
-      int v = n.inputs[s];
-      at::Tensor t = v >= 0 ? vals[static_cast<size_t>(v)] : at::Tensor();
-      if (hooks && hooks->transform_input && t.defined() && t.is_floating_point())
-        t = hooks->transform_input(n, s, t);
-      args.push_back(std::move(t));
-    }
-    std::vector<at::Tensor> outs;
-    if (hooks && hooks->replace) outs = hooks->replace(n, args);
-    if (outs.empty()) outs = run_node(n, args, batch);
-    if (outs.size() != n.outputs.size()) fail("node {}: produced {} outputs, expected {}", n.name, outs.size(), n.outputs.size());
-    if (hooks && hooks->on_output) hooks->on_output(n, outs);
-    for (size_t k = 0; k < outs.size(); ++k) vals[static_cast<size_t>(n.outputs[k])] = std::move(outs[k]);
+    run_one(i, vals, args, batch, hooks);
     if (!keep_all)  // free activations nobody reads any more
       for (int v : n.inputs)
         if (v >= 0 && v != graph_.output && last_use_[static_cast<size_t>(v)] == static_cast<int>(i) &&
@@ -377,6 +364,36 @@ std::vector<at::Tensor> Executor::execute(const at::Tensor& input, const ExecHoo
           vals[static_cast<size_t>(v)].reset();
   }
   return vals;
+}
+
+void Executor::run_one(size_t i, std::vector<at::Tensor>& vals, std::vector<at::Tensor>& args, int64_t batch,
+                       const ExecHooks* hooks) const {
+  const Node& n = graph_.nodes[i];
+  args.clear();
+  for (size_t s = 0; s < n.inputs.size(); ++s) {
+    int v = n.inputs[s];
+    at::Tensor t = v >= 0 ? vals[static_cast<size_t>(v)] : at::Tensor();
+    if (hooks && hooks->transform_input && t.defined() && t.is_floating_point()) t = hooks->transform_input(n, s, t);
+    args.push_back(std::move(t));
+  }
+  std::vector<at::Tensor> outs;
+  if (hooks && hooks->replace) outs = hooks->replace(n, args);
+  if (outs.empty()) outs = run_node(n, args, batch);
+  if (outs.size() != n.outputs.size()) fail("node {}: produced {} outputs, expected {}", n.name, outs.size(), n.outputs.size());
+  if (hooks && hooks->on_output) hooks->on_output(n, outs);
+  for (size_t k = 0; k < outs.size(); ++k) vals[static_cast<size_t>(n.outputs[k])] = std::move(outs[k]);
+}
+
+void Executor::run_range(std::vector<at::Tensor>& vals, size_t begin, size_t end, int64_t batch, const ExecHooks* hooks) const {
+  if (vals.size() != graph_.values.size()) fail("run_range: {} values given, the graph has {}", vals.size(), graph_.values.size());
+  if (begin > end || end > graph_.nodes.size()) fail("run_range: nodes [{}, {}) outside the graph's {}", begin, end, graph_.nodes.size());
+  std::vector<at::Tensor> args;
+  for (size_t i = begin; i < end; ++i) {
+    for (int v : graph_.nodes[i].inputs)
+      if (v >= 0 && !vals[static_cast<size_t>(v)].defined())
+        fail("run_range: node {} reads {}, which was not given", graph_.nodes[i].name, graph_.values[static_cast<size_t>(v)].name);
+    run_one(i, vals, args, batch, hooks);
+  }
 }
 
 at::Tensor Executor::run(const at::Tensor& input, const ExecHooks* hooks) const {

@@ -31,10 +31,21 @@ class Executor {
   // Like run, but returns every value (activations and constants), indexed by value id. For tests and passes.
   std::vector<at::Tensor> run_all(const at::Tensor& input, const ExecHooks* hooks = nullptr) const;
 
+  // Runs nodes [begin, end) on `vals` (indexed by value id, holding at least the values those nodes read; start
+  // from constants()), writing their outputs into it. `batch`: images in the batch (batch-relative reshapes).
+  // Frees nothing. For running a model piece by piece (reconstruction of one block at a time).
+  void run_range(std::vector<at::Tensor>& vals, size_t begin, size_t end, int64_t batch, const ExecHooks* hooks = nullptr) const;
+  // Graph constants on the device, indexed by value id (undefined for activations).
+  const std::vector<at::Tensor>& constants() const { return consts_; }
+  // value id -> index of the last node reading it (-1: nobody)
+  const std::vector<int>& last_use() const { return last_use_; }
+
   c10::Device device() const { return device_; }
   const Graph& graph() const { return graph_; }
 
  private:
+  void run_one(size_t i, std::vector<at::Tensor>& vals, std::vector<at::Tensor>& args, int64_t batch,
+               const ExecHooks* hooks) const;
   std::vector<at::Tensor> execute(const at::Tensor& input, const ExecHooks* hooks, bool keep_all) const;
 
   const Graph& graph_;

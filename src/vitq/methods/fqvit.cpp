@@ -112,16 +112,16 @@ QuantPlan run_fqvit(const Graph& g, const at::Tensor& calib, const MethodOptions
   if (paper) {
     for (const auto& n : g.nodes) {
       if (po.keep_fp.count(n.name)) continue;
-      if (n.op == OpKind::LayerNorm && is_quant_point(g, n, 0)) plan.points.push_back({n.name, 0, false, ptf_spec(abits), {}});
+      if (n.op == OpKind::LayerNorm && is_quant_point(g, n, 0)) plan.points.push_back({n.name, 0, false, ptf_spec(abits), {}, {}});
       if (n.op == OpKind::Softmax && is_quant_point(g, n, 0) && feeds_attn_v(g, consumers, n))
-        plan.points.push_back({n.name, 0, false, uint_spec(8), {}});
+        plan.points.push_back({n.name, 0, false, uint_spec(8), {}, {}});
       // GELU and residual adds only in the LayerNorm-based (transformer) parts: a GELU feeding a Linear, an add
       // on a stream a LayerNorm reads. Convolution stages of hybrids (BatchNorm folded, GroupNorm) stay FP there.
       if (n.op == OpKind::Gelu && is_quant_point(g, n, 0) && reads_into(g, consumers, n, OpKind::Linear))
-        plan.points.push_back({n.name, 0, false, uint_spec(abits), {}});
+        plan.points.push_back({n.name, 0, false, uint_spec(abits), {}, {}});
       if (n.op == OpKind::Add && is_quant_point(g, n, 0) &&
           (reads_into(g, consumers, n, OpKind::LayerNorm, 0) || reads_into(g, consumers, n, OpKind::LayerNorm, 1)))
-        for (int s = 0; s < 2; ++s) plan.points.push_back({n.name, s, false, uint_spec(abits), {}});
+        for (int s = 0; s < 2; ++s) plan.points.push_back({n.name, s, false, uint_spec(abits), {}, {}});
     }
   }
   for (auto& p : plan.points) {

@@ -10,6 +10,7 @@
 #include "vitq/quant/calibration.h"
 #include "vitq/quant/observer.h"
 #include "vitq/quant/plan.h"
+#include "vitq/recon/recon.h"
 
 namespace vitq {
 
@@ -37,6 +38,12 @@ struct MethodOptions {
   int rounds = 0;
   // fqvit: bits of the softmax output; 4 or fewer = Log-Int-Softmax (log2 codes), 8 = uniform 8-bit codes
   int attn_bits = 4;
+  // Reconstruction after the method (recon/recon.h): "" = the method's default (qhyvit: block, others: none),
+  // "none", "layer" or "block". `recon` holds its other options (its mode is set from this).
+  std::string reconstruct;
+  recon::ReconOptions recon;
+  // qhyvit: reconstruct each bridge block as one block (Q-HyViT); off = bridge layers as `reconstruct` says
+  bool joint_bridges = true;
 };
 
 // The FP layer tensors: options.fp_layers when set, else captured into `storage`.
@@ -48,6 +55,7 @@ using MethodFn = std::function<QuantPlan(const Graph&, const at::Tensor& calib, 
 struct MethodInfo {
   std::string name, citation, summary;
   MethodFn run;
+  bool reconstructs = false;  // runs the reconstruction itself (qhyvit); otherwise run_method adds it on request
 };
 
 const std::vector<MethodInfo>& method_registry();
@@ -64,5 +72,11 @@ MethodInfo method_liu2021();
 MethodInfo method_easyquant();
 MethodInfo method_fqvit();
 MethodInfo method_ptq4vit();
+MethodInfo method_qhyvit();
+
+// The reconstruction stage any plan can go through (`+recon`): blocks as `mode` says ("layer" / "block"),
+// bridge blocks joint when given. Prints one line per block when options.progress.
+void reconstruct_plan(const Graph& graph, const at::Tensor& calib, QuantPlan& plan, const std::string& mode,
+                      const MethodOptions& options, const std::vector<BridgeBlock>& joint = {});
 
 }  // namespace vitq

@@ -8,7 +8,7 @@ namespace vitq {
 const std::vector<MethodInfo>& method_registry() {
   static const std::vector<MethodInfo> methods = {baseline_minmax(), baseline_percentile(), baseline_omse(),
                                                   method_liu2021(), method_easyquant(), method_fqvit(),
-                                                  method_ptq4vit()};
+                                                  method_ptq4vit(), method_qhyvit()};
   return methods;
 }
 
@@ -27,6 +27,16 @@ const LayerTensors& fp_layer_tensors(const Graph& g, const at::Tensor& calib, co
   return storage;
 }
 
+void reconstruct_plan(const Graph& g, const at::Tensor& calib, QuantPlan& plan, const std::string& mode, const MethodOptions& o,
+                      const std::vector<BridgeBlock>& joint) {
+  recon::ReconOptions ro = o.recon;
+  ro.mode = mode;
+  ro.progress = o.progress;
+  ro.seed = o.seed;
+  auto blocks = recon::plan_blocks(g, plan, mode, joint);
+  recon::reconstruct(g, calib, plan, blocks, ro);
+}
+
 QuantPlan run_method(const Graph& g, const at::Tensor& calib, const std::string& name, const MethodOptions& o) {
   const MethodInfo& m = find_method(name);
   if (o.placement.wbits < 2 || o.placement.wbits > 8) fail("--wbits must be between 2 and 8, got {}", o.placement.wbits);
@@ -37,7 +47,16 @@ QuantPlan run_method(const Graph& g, const at::Tensor& calib, const std::string&
   if (o.rounds < 0 || o.rounds > 10) fail("--rounds must be between 1 and 10 (0: the paper's), got {}", o.rounds);
   if (o.attn_bits != 8 && (o.attn_bits < 2 || o.attn_bits > 4))
     fail("--attn-bits must be 2-4 (log2 softmax codes) or 8 (uniform), got {}", o.attn_bits);
+  if (!o.reconstruct.empty() && o.reconstruct != "none" && o.reconstruct != "layer" && o.reconstruct != "block")
+    fail("--reconstruct must be none, layer or block, got '{}'", o.reconstruct);
+  const bool recon_after = !m.reconstructs && (o.reconstruct == "layer" || o.reconstruct == "block");
+  if (recon_after || m.reconstructs) {
+    recon::ReconOptions ro = o.recon;
+    if (recon_after) ro.mode = o.reconstruct;
+    ro.validate();  // before the search, not after it
+  }
   QuantPlan plan = m.run(g, calib, o);
+  if (recon_after) reconstruct_plan(g, calib, plan, o.reconstruct, o);
   plan.model = g.meta.name;
   plan.method = name;
   plan.settings["wbits"] = o.placement.wbits;

@@ -34,7 +34,7 @@ QuantizedModel::QuantizedModel(const Graph& g, const QuantPlan& plan, c10::Devic
     acts.resize(n.inputs.size(), nullptr);
     if (p.weight) {
       const auto& w = g.const_tensor(n.inputs[static_cast<size_t>(p.slot)]);
-      consts[static_cast<size_t>(p.slot)] = fake_quant(w, p.spec, p.params).to(device);
+      consts[static_cast<size_t>(p.slot)] = quantize_point(p, w).to(device);
     } else {
       acts[static_cast<size_t>(p.slot)] = &p;
     }
@@ -103,6 +103,18 @@ double cosine(const at::Tensor& a, const at::Tensor& b) {
   return den == 0.0 ? (x.equal(y) ? 1.0 : 0.0) : (x * y).sum().item<double>() / den;
 }
 
+std::string point_label(const QuantPoint& p) {
+  std::string s = fmt::format("{}{}", p.weight ? "W" : "A", p.spec.bits);
+  if (p.spec.kind == QuantKind::TwinUniform) return s + "twin";
+  if (p.spec.kind == QuantKind::Log2) return s + "log2";
+  if (p.spec.kind == QuantKind::PowerOfTwoFactor) return s + "ptf";
+  const char* g = p.spec.granularity == Granularity::PerTensor ? "t" : p.spec.granularity == Granularity::PerChannel ? "c"
+                  : p.spec.granularity == Granularity::PerHead ? "h" : "g";
+  s += fmt::format("{}{}", g, p.spec.symmetric ? "s" : "a");
+  if (p.codes.defined()) s += "+ar";
+  return s;
+}
+
 std::vector<LayerReport> layer_report(const Graph& g, const QuantPlan& plan, const at::Tensor& images) {
   at::InferenceMode guard;
   Executor fp(g);
@@ -137,8 +149,8 @@ std::vector<LayerReport> layer_report(const Graph& g, const QuantPlan& plan, con
     std::vector<at::Tensor> args = fp_inputs[n.name];
     for (size_t slot = 0; slot < args.size(); ++slot) {
       if (const QuantPoint* p = plan.find(n.name, static_cast<int>(slot))) {
-        args[slot] = fake_quant(args[slot], p->spec, p->params);
-        r.quantizers += fmt::format("{}{}{}", r.quantizers.empty() ? "" : " ", p->weight ? "W" : "A", p->spec.bits);
+        args[slot] = quantize_point(*p, args[slot]);
+        r.quantizers += fmt::format("{}{}", r.quantizers.empty() ? "" : " ", point_label(*p));
       }
     }
     if (auto it = plan.bias.find(n.name); it != plan.bias.end() && args.size() > 2) args[2] = it->second;

@@ -20,6 +20,8 @@ class QuantizedModel {
   QuantizedModel& operator=(const QuantizedModel&) = delete;
   at::Tensor run(const at::Tensor& input, const ExecHooks* observe = nullptr) const;
   const Graph& graph() const { return exec_.graph(); }
+  // The hooks that apply the plan (for running the model piece by piece with Executor::run_range).
+  const ExecHooks& hooks() const { return hooks_; }
 
  private:
   Executor exec_;
@@ -33,11 +35,15 @@ class QuantizedModel {
 // Runs a LayerNorm / Softmax node in integers: `args` are its inputs with slot 0 already quantized by `in`.
 at::Tensor run_int_op(const IntOp& op, const QuantPoint& in, const std::vector<at::Tensor>& args);
 
+// A point in a few characters, for tables: "W4cs+ar" = weight, 4 bits, per-channel (t tensor, c channel, h head,
+// g group), symmetric (a: asymmetric), rounding learned; "A4twin", "A4log2", "A8ptf" for the other kinds.
+std::string point_label(const QuantPoint& p);
+
 // Per quantized layer: SQNR and cosine of its output against FP, two ways:
 //   isolated     only this layer quantized, fed its FP input (what the layer itself costs);
 //   accumulated  the whole plan applied (what reaches this layer, errors of earlier layers included).
 struct LayerReport {
-  std::string node, op, quantizers;  // e.g. "W4 A4"
+  std::string node, op, quantizers;  // e.g. "A4ta W4cs+ar" (point_label of each input)
   double sqnr_isolated = 0, cosine_isolated = 0, sqnr_accumulated = 0, cosine_accumulated = 0;
 };
 std::vector<LayerReport> layer_report(const Graph& graph, const QuantPlan& plan, const at::Tensor& images);

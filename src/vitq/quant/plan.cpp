@@ -19,6 +19,22 @@ const QuantPoint* QuantPlan::find(const std::string& node, int slot) const {
   return const_cast<QuantPlan*>(this)->find(node, slot);
 }
 
+at::Tensor full_scale(const QuantPoint& p, const at::Tensor& x) {
+  if (p.spec.granularity == Granularity::PerGroup) return p.params.scale.repeat_interleave(p.spec.group_size, 1).expand(x.sizes());
+  return p.params.scale.expand(x.sizes());
+}
+at::Tensor full_zero_point(const QuantPoint& p, const at::Tensor& x) {
+  if (p.spec.granularity == Granularity::PerGroup)
+    return p.params.zero_point.repeat_interleave(p.spec.group_size, 1).expand(x.sizes());
+  return p.params.zero_point.expand(x.sizes());
+}
+
+at::Tensor quantize_point(const QuantPoint& p, const at::Tensor& x) {
+  if (!p.codes.defined()) return fake_quant(x, p.spec, p.params);
+  const auto dev = x.device();
+  return ((p.codes.to(dev) - full_zero_point(p, x).to(dev)) * full_scale(p, x).to(dev)).to(x.scalar_type());
+}
+
 std::vector<QuantPoint> default_placement(const Graph& g, const PlacementOptions& o) {
   std::vector<QuantPoint> points;
   for (const auto& n : g.nodes) {
@@ -31,19 +47,19 @@ std::vector<QuantPoint> default_placement(const Graph& g, const PlacementOptions
     act.symmetric = o.act_symmetric;
     act.is_signed = o.act_symmetric;
     if (n.op == OpKind::MatMul) {
-      for (int slot = 0; slot < 2; ++slot) points.push_back({n.name, slot, false, act, {}});
+      for (int slot = 0; slot < 2; ++slot) points.push_back({n.name, slot, false, act, {}, {}});
       continue;
     }
     QuantSpec in = act;
     if (n.inputs[0] == g.input) in.bits = 8;  // the image: 8 bits in every paper's convention
-    points.push_back({n.name, 0, false, in, {}});
+    points.push_back({n.name, 0, false, in, {}, {}});
     QuantSpec w;
     w.bits = wbits;
     w.symmetric = true;
     w.is_signed = true;
     w.granularity = o.weight_granularity;
     w.axis = 0;
-    points.push_back({n.name, 1, true, w, {}});
+    points.push_back({n.name, 1, true, w, {}, {}});
   }
   for (auto& p : points) p.spec.validate();
   auto is_layer = [&](const std::string& name) {
@@ -84,6 +100,72 @@ at::Tensor tensor_from_json(const nlohmann::json& j) {
   for (float v : data)
     if (!std::isfinite(v)) throw std::runtime_error("non-finite value");
   return at::tensor(data).reshape(shape);
+}
+
+const char* kBase64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+std::string base64_encode(const std::vector<uint8_t>& in) {
+  std::string out;
+  out.reserve((in.size() + 2) / 3 * 4);
+  for (size_t i = 0; i < in.size(); i += 3) {
+    uint32_t v = static_cast<uint32_t>(in[i]) << 16;
+    if (i + 1 < in.size()) v |= static_cast<uint32_t>(in[i + 1]) << 8;
+    if (i + 2 < in.size()) v |= in[i + 2];
+    out += kBase64[(v >> 18) & 63];
+    out += kBase64[(v >> 12) & 63];
+    out += i + 1 < in.size() ? kBase64[(v >> 6) & 63] : '=';
+    out += i + 2 < in.size() ? kBase64[v & 63] : '=';
+  }
+  return out;
+}
+std::vector<uint8_t> base64_decode(const std::string& in) {
+  int8_t map[256];
+  std::fill(std::begin(map), std::end(map), int8_t{-1});
+  for (int i = 0; i < 64; ++i) map[static_cast<unsigned char>(kBase64[i])] = static_cast<int8_t>(i);
+  if (in.size() % 4 != 0) throw std::runtime_error("base64 text of a length that is not a multiple of 4");
+  std::vector<uint8_t> out;
+  out.reserve(in.size() / 4 * 3);
+  for (size_t i = 0; i < in.size(); i += 4) {
+    uint32_t v = 0;
+    int pad = 0;
+    for (size_t k = 0; k < 4; ++k) {
+      const char c = in[i + k];
+      if (c == '=' && i + 4 == in.size() && k >= 2) {
+        ++pad;
+        v <<= 6;
+        continue;
+      }
+      if (pad || map[static_cast<unsigned char>(c)] < 0) throw std::runtime_error("invalid base64 text");
+      v = (v << 6) | static_cast<uint32_t>(map[static_cast<unsigned char>(c)]);
+    }
+    out.push_back(static_cast<uint8_t>(v >> 16));
+    if (pad < 2) out.push_back(static_cast<uint8_t>(v >> 8));
+    if (pad < 1) out.push_back(static_cast<uint8_t>(v));
+  }
+  return out;
+}
+// Integer codes (2..8 bits: they fit a signed or an unsigned byte) as base64 bytes.
+nlohmann::json codes_to_json(const at::Tensor& codes, const QuantSpec& spec) {
+  auto c = codes.detach().to(at::kCPU).to(at::kFloat).contiguous();
+  std::vector<uint8_t> bytes(static_cast<size_t>(c.numel()));
+  const float* d = c.data_ptr<float>();
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<uint8_t>(static_cast<int>(d[i]) & 0xff);
+  return {{"shape", c.sizes().vec()}, {"encoding", spec.is_signed ? "int8-base64" : "uint8-base64"}, {"data", base64_encode(bytes)}};
+}
+at::Tensor codes_from_json(const nlohmann::json& j) {
+  auto shape = j.at("shape").get<std::vector<int64_t>>();
+  const auto enc = j.at("encoding").get<std::string>();
+  if (enc != "int8-base64" && enc != "uint8-base64") throw std::runtime_error("unknown code encoding '" + enc + "'");
+  auto bytes = base64_decode(j.at("data").get<std::string>());
+  int64_t n = 1;
+  for (auto d : shape) {
+    if (d < 0 || d > (int64_t{1} << 31)) throw std::runtime_error("bad code tensor shape");
+    n *= d;
+  }
+  if (n != static_cast<int64_t>(bytes.size())) throw std::runtime_error("weight codes do not match their shape");
+  std::vector<float> v(bytes.size());
+  for (size_t i = 0; i < v.size(); ++i)
+    v[i] = enc == "int8-base64" ? static_cast<float>(static_cast<int8_t>(bytes[i])) : static_cast<float>(bytes[i]);
+  return at::tensor(v).reshape(shape);
 }
 
 nlohmann::json spec_to_json(const QuantSpec& s) {
@@ -132,6 +214,7 @@ nlohmann::json plan_to_json(const QuantPlan& p) {
   for (const auto& q : p.points) {
     nlohmann::json e = {{"node", q.node}, {"slot", q.slot}, {"weight", q.weight}, {"spec", spec_to_json(q.spec)}};
     params_to_json(q.params, e);
+    if (q.codes.defined()) e["codes"] = codes_to_json(q.codes, q.spec);
     j["points"].push_back(e);
   }
   j["integer_ops"] = nlohmann::json::array();
@@ -150,8 +233,8 @@ QuantPlan plan_from_json(const nlohmann::json& j, const std::string& where) {
   try {
     if (j.value("format", std::string()) != "vitq-quant-plan") fail("{}: not a vitq quantization plan", where);
     int version = j.at("version").get<int>();
-    if (version != QuantPlan::kVersion && version != 1)
-      fail("{}: plan format version {} is not supported (this vitq reads versions 1 and {})", where, version,
+    if (version < 1 || version > QuantPlan::kVersion)
+      fail("{}: plan format version {} is not supported (this vitq reads versions 1 to {})", where, version,
            QuantPlan::kVersion);
     p.model = j.at("model").get<std::string>();
     p.method = j.value("method", std::string());
@@ -163,6 +246,10 @@ QuantPlan plan_from_json(const nlohmann::json& j, const std::string& where) {
       q.weight = e.at("weight").get<bool>();
       q.spec = spec_from_json(e.at("spec"));
       q.params = params_from_json(e, q.spec, fmt::format("{}: {} slot {}", where, q.node, q.slot));
+      if (e.contains("codes")) {
+        if (version < 3) fail("{}: {} slot {}: weight codes need plan format version 3", where, q.node, q.slot);
+        q.codes = codes_from_json(e["codes"]);
+      }
       p.points.push_back(std::move(q));
     }
     for (const auto& e : j.value("integer_ops", nlohmann::json::array())) {
@@ -188,6 +275,25 @@ void save_plan(const QuantPlan& plan, const std::string& path) {
   if (!out) fail("cannot write plan {}", path);
   out << plan_to_json(plan).dump(1) << "\n";
 }
+
+namespace {
+// Learned codes: integers on the grid, shaped like the weight, each the floor or the ceiling of w / s + zp.
+void check_codes(const QuantPoint& q, const at::Tensor& w, const std::string& what) {
+  if (q.spec.kind != QuantKind::Uniform) fail("{}: weight codes need a uniform quantizer, not {}", what, q.spec.describe());
+  if (q.codes.sizes() != w.sizes())
+    fail("{}: weight codes of shape [{}] for a weight of shape [{}]", what, fmt::join(q.codes.sizes(), ", "), fmt::join(w.sizes(), ", "));
+  const double lo = static_cast<double>(q.spec.qmin()), hi = static_cast<double>(q.spec.qmax());
+  auto c = q.codes.to(at::kDouble);
+  if (!at::equal(c, at::round(c)) || c.min().item<double>() < lo || c.max().item<double>() > hi)
+    fail("{}: weight codes must be integers in [{}, {}]", what, q.spec.qmin(), q.spec.qmax());
+  auto v = w.to(at::kDouble) / full_scale(q, w).to(at::kDouble) + full_zero_point(q, w).to(at::kDouble);
+  auto floor_v = at::clamp(at::floor(v - 1e-3), lo, hi), ceil_v = at::clamp(at::ceil(v + 1e-3), lo, hi);
+  auto off = (c < floor_v) | (c > ceil_v);
+  if (off.any().item<bool>())
+    fail("{}: {} weight codes are neither the floor nor the ceiling of weight / scale (codes from another model or "
+         "scale?)", what, off.sum().item<int64_t>());
+}
+}  // namespace
 
 void check_plan(const QuantPlan& p, const Graph& g, const std::string& where) {
   if (p.model != g.meta.name)
@@ -226,6 +332,9 @@ void check_plan(const QuantPlan& p, const Graph& g, const std::string& where) {
       if (q.params.scale.sizes().vec() != expected || q.params.zero_point.sizes().vec() != expected)
         fail("{}: the scales of {} have shape [{}], its weight [{}] needs [{}]", where, q.node,
              fmt::join(q.params.scale.sizes(), ", "), fmt::join(w.sizes(), ", "), fmt::join(expected, ", "));
+      if (q.codes.defined()) check_codes(q, w, fmt::format("{}: {} slot {}", where, q.node, q.slot));
+    } else if (q.codes.defined()) {
+      fail("{}: {} slot {} has weight codes but is an activation", where, q.node, q.slot);
     }
   }
   std::set<std::string> seen;

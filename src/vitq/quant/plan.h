@@ -25,7 +25,17 @@ struct QuantPoint {
   bool weight = false;  // a constant (weight) rather than an activation
   QuantSpec spec;
   QuantParams params;   // undefined until calibrated
+  // Weights only, when rounding was learned (AdaRound): the integer code of every weight element (a float tensor
+  // of integers in [qmin, qmax], shaped like the weight); the weight is (codes - zero_point) * scale. Each code
+  // is the floor or the ceiling of w / scale + zero_point (clamped to the grid), checked when a plan is loaded.
+  at::Tensor codes;
 };
+
+// x quantized as point p says: from p.codes when the rounding was learned, else fake_quant(x, p.spec, p.params).
+at::Tensor quantize_point(const QuantPoint& p, const at::Tensor& x);
+// The scale and zero point of p spread to the full shape of its (weight) tensor x.
+at::Tensor full_scale(const QuantPoint& p, const at::Tensor& x);
+at::Tensor full_zero_point(const QuantPoint& p, const at::Tensor& x);
 
 // A LayerNorm or Softmax node computed in integers (integer_ops.h) from the codes of its input quantizer (the
 // point on slot 0: PowerOfTwoFactor for LayerNorm, per-tensor uniform for Softmax), producing codes of
@@ -38,8 +48,9 @@ struct IntOp {
 };
 
 struct QuantPlan {
-  // 2: quantizer kinds (twin uniform, log2, PTF), scale2, integer ops. Version 1 plans (uniform only) load.
-  static constexpr int kVersion = 2;
+  // 2: quantizer kinds (twin uniform, log2, PTF), scale2, integer ops. 3: learned weight codes (AdaRound).
+  // Versions 1 and 2 load.
+  static constexpr int kVersion = 3;
   std::string model;      // Graph::meta.name
   std::string method;
   nlohmann::json settings = nlohmann::json::object();  // bits, calibration set, size, seed, method options

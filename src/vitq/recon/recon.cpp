@@ -1,0 +1,693 @@
+#include "vitq/recon/recon.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/grad_mode.h>
+#include <torch/optim/adam.h>
+
+#include <chrono>
+#include <cmath>
+#include <map>
+#include <random>
+#include <set>
+
+#include "vitq/quant/fake_quant.h"
+#include "vitq/recon/learnable.h"
+#include "vitq/util/error.h"
+
+namespace vitq::recon {
+
+// ---------------------------------------------------------------------------------------------- options
+void ReconOptions::validate() const {
+  if (mode != "layer" && mode != "block") fail("--reconstruct must be layer or block, got '{}'", mode);
+  if (iters < 1 || iters > 1000000) fail("--recon-iters must be between 1 and 1000000, got {}", iters);
+  if (batch < 1 || batch > 4096) fail("--recon-batch must be between 1 and 4096, got {}", batch);
+  if (images < 0) fail("--recon-images must be 0 (all) or positive, got {}", images);
+  for (auto [name, v] : {std::pair{"--recon-lr-round", lr_round}, {"--recon-lr-scale", lr_scale}, {"--recon-lr-zero-point", lr_zero_point}})
+    if (!(v >= 0) || !std::isfinite(v) || v > 10) fail("{} must be a finite learning rate in [0, 10], got {}", name, v);
+  if (!(round_weight >= 0) || !std::isfinite(round_weight)) fail("rounding regulariser weight must be finite and >= 0");
+  if (!(warmup >= 0 && warmup < 1)) fail("recon warm-up must be in [0, 1), got {}", warmup);
+  if (!(beta_start >= beta_end && beta_end > 0) || !std::isfinite(beta_start)) fail("AdaRound's β must go from a larger to a smaller positive value");
+  if (loss != "fisher" && loss != "mse") fail("--recon-loss must be fisher or mse, got '{}'", loss);
+  if (!(qdrop >= 0 && qdrop < 1)) fail("--qdrop must be a probability in [0, 1), got {}", qdrop);
+  if (!learn_rounding && !learn_steps) fail("reconstruction with nothing to learn (rounding and steps both off)");
+  bool cuda = false;
+  try {
+    c10::Device d(device);
+    if (!d.is_cpu() && !d.is_cuda()) throw std::runtime_error("other device");
+    cuda = d.is_cuda();
+  } catch (const std::exception&) {
+    fail("--device must be cpu or cuda[:N], got '{}'", device);
+  }
+  if (cuda && !at::hasCUDA()) fail("--device {}: this vitq's libtorch has no CUDA support or no GPU is visible", device);
+}
+
+nlohmann::json ReconOptions::to_json() const {
+  return {{"mode", mode}, {"iters", iters}, {"batch", batch}, {"images", images}, {"lr_round", lr_round}, {"lr_scale", lr_scale},
+          {"lr_zero_point", lr_zero_point}, {"round_weight", round_weight}, {"warmup", warmup}, {"beta", {beta_start, beta_end}},
+          {"loss", loss}, {"qdrop", qdrop}, {"learn_rounding", learn_rounding}, {"learn_steps", learn_steps}, {"seed", seed},
+          {"device", device}};
+}
+
+// ---------------------------------------------------------------------------------------------- blocks
+namespace {
+
+// Values computed from constants alone (a gathered position bias): the same for every image.
+std::vector<bool> static_values(const Graph& g) {
+  std::vector<bool> s(g.values.size(), false);
+  for (size_t v = 0; v < g.values.size(); ++v) s[v] = g.is_const(static_cast<int>(v));
+  for (const auto& n : g.nodes) {
+    bool all = !n.inputs.empty();
+    for (int u : n.inputs) all = all && (u < 0 || s[static_cast<size_t>(u)]);
+    for (int v : n.outputs) s[static_cast<size_t>(v)] = all;
+  }
+  return s;
+}
+
+std::vector<int> last_use(const Graph& g) {
+  std::vector<int> last(g.values.size(), -1);
+  for (size_t i = 0; i < g.nodes.size(); ++i)
+    for (int v : g.nodes[i].inputs)
+      if (v >= 0) last[static_cast<size_t>(v)] = static_cast<int>(i);
+  return last;
+}
+
+// live[p]: per-image activation values alive between node p - 1 and node p (made before p, read at p or later)
+std::vector<int> live_counts(const Graph& g) {
+  const auto stat = static_values(g);
+  const auto last = last_use(g);
+  std::vector<int> diff(g.nodes.size() + 2, 0);
+  for (size_t v = 0; v < g.values.size(); ++v) {
+    if (stat[v] || last[v] < 0) continue;
+    const int from = g.values[v].producer + 1;  // the image: producer -1, alive from position 0
+    diff[static_cast<size_t>(from)] += 1;
+    diff[static_cast<size_t>(last[v]) + 1] -= 1;
+  }
+  std::vector<int> live(g.nodes.size() + 1, 0);
+  int run = 0;
+  for (size_t p = 0; p <= g.nodes.size(); ++p) live[p] = run += diff[p];
+  return live;
+}
+
+// "blocks.3.attn.qkv" -> "blocks.3"; "stages.2.1.conv_kxk.conv" -> "stages.2.1"; "head" -> "head"
+std::string scope_key(const std::string& name) {
+  size_t end = std::string::npos;
+  size_t start = 0;
+  while (start <= name.size()) {
+    size_t dot = name.find('.', start);
+    const size_t stop = dot == std::string::npos ? name.size() : dot;
+    const std::string part = name.substr(start, stop - start);
+    if (!part.empty() && part.find_first_not_of("0123456789") == std::string::npos) end = stop;
+    if (dot == std::string::npos) break;
+    start = dot + 1;
+  }
+  return end == std::string::npos ? name : name.substr(0, end);
+}
+
+std::map<std::string, size_t> node_index(const Graph& g) {
+  std::map<std::string, size_t> idx;
+  for (size_t i = 0; i < g.nodes.size(); ++i) idx.emplace(g.nodes[i].name, i);
+  return idx;
+}
+
+}  // namespace
+
+Block make_block(const Graph& g, size_t begin, size_t end, const std::string& name) {
+  if (begin >= end || end > g.nodes.size()) fail("block {}: empty or out-of-range node range [{}, {})", name, begin, end);
+  const auto stat = static_values(g);
+  const auto last = last_use(g);
+  Block b;
+  b.name = name;
+  b.begin = begin;
+  b.end = end;
+  std::set<int> seen;
+  for (size_t i = begin; i < end; ++i) {
+    for (int v : g.nodes[i].inputs) {
+      if (v < 0 || g.is_const(v) || !seen.insert(v).second) continue;
+      if (g.values[static_cast<size_t>(v)].producer < static_cast<int>(begin)) b.inputs.push_back(v);
+    }
+  }
+  for (size_t i = begin; i < end; ++i)
+    for (int v : g.nodes[i].outputs)
+      if (!stat[static_cast<size_t>(v)] && (v == g.output || last[static_cast<size_t>(v)] >= static_cast<int>(end))) b.outputs.push_back(v);
+  if (b.outputs.empty()) fail("block {}: nothing it computes is read after it", name);
+  return b;
+}
+
+Block bridge_block(const Graph& g, const BridgeBlock& bridge) {
+  const auto idx = node_index(g);
+  size_t lo = g.nodes.size(), hi = 0;
+  for (const auto& l : bridge.layers) {
+    auto it = idx.find(l);
+    if (it == idx.end()) fail("bridge block {}: layer {} is not in the model", bridge.name, l);
+    lo = std::min(lo, it->second);
+    hi = std::max(hi, it->second + 1);
+  }
+  if (lo >= hi) fail("bridge block {} has no layers", bridge.name);
+  return make_block(g, lo, hi, "bridge " + bridge.name);
+}
+
+std::vector<Block> plan_blocks(const Graph& g, const QuantPlan& plan, const std::string& mode, const std::vector<BridgeBlock>& joint) {
+  if (mode != "layer" && mode != "block") fail("reconstruction mode must be layer or block, got '{}'", mode);
+  std::set<std::string> planned;
+  for (const auto& p : plan.points) planned.insert(p.node);
+  struct Unit {
+    size_t begin, end;
+    std::string name;
+    bool fixed;  // a bridge block: not widened
+  };
+  std::vector<Unit> units;
+  const auto idx = node_index(g);
+  for (const auto& br : joint) {
+    bool any = false;
+    for (const auto& l : br.layers) any = any || planned.count(l);
+    if (!any) continue;
+    Block b = bridge_block(g, br);
+    units.push_back({b.begin, b.end, b.name, true});
+  }
+  std::sort(units.begin(), units.end(), [](const Unit& a, const Unit& b) { return a.begin < b.begin; });
+  for (size_t k = 1; k < units.size();) {  // overlapping bridge blocks become one
+    if (units[k].begin < units[k - 1].end) {
+      units[k - 1].end = std::max(units[k - 1].end, units[k].end);
+      units[k - 1].name += " + " + units[k].name.substr(7);
+      units.erase(units.begin() + static_cast<long>(k));
+    } else {
+      ++k;
+    }
+  }
+  auto in_bridge = [&](size_t i) {
+    for (const auto& u : units)
+      if (i >= u.begin && i < u.end) return true;
+    return false;
+  };
+  std::vector<Unit> runs;
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    const Node& n = g.nodes[i];
+    if (!is_quantizable(g, n) || !planned.count(n.name) || in_bridge(i)) continue;
+    const std::string key = mode == "layer" ? n.name : scope_key(n.name);
+    bool extend = !runs.empty() && mode == "block" && runs.back().name == key;
+    if (extend)  // no bridge block in between
+      for (size_t j = runs.back().end; j < i && extend; ++j) extend = !in_bridge(j);
+    if (extend) runs.back().end = i + 1;
+    else runs.push_back({i, i + 1, key, false});
+  }
+  units.insert(units.end(), runs.begin(), runs.end());
+  std::sort(units.begin(), units.end(), [](const Unit& a, const Unit& b) { return a.begin < b.begin; });
+  if (mode == "block") {  // widen to the nearest single-tensor cuts that stay clear of the neighbours
+    const auto live = live_counts(g);
+    for (size_t k = 0; k < units.size(); ++k) {
+      if (units[k].fixed) continue;
+      const size_t floor_begin = k == 0 ? 0 : units[k - 1].end;
+      const size_t ceil_end = k + 1 == units.size() ? g.nodes.size() : units[k + 1].begin;
+      size_t b = units[k].begin;
+      while (b > floor_begin && live[b] > 1) --b;
+      if (live[b] <= 1) units[k].begin = b;
+      size_t e = units[k].end;
+      while (e < ceil_end && live[e] > 1) ++e;
+      if (live[e] <= 1) units[k].end = e;
+    }
+  }
+  std::vector<Block> blocks;
+  for (const auto& u : units) blocks.push_back(make_block(g, u.begin, u.end, u.name));
+  return blocks;
+}
+
+// ---------------------------------------------------------------------------------------------- fisher
+std::map<int, at::Tensor> fisher_gradients(const Graph& g, const at::Tensor& images, uint64_t seed, const std::vector<int>& values) {
+  c10::InferenceMode not_inference(false);
+  at::AutoGradMode grad_on(true);
+  Executor ex(g);
+  const std::set<int> want(values.begin(), values.end());
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> uniform(0.0, 1.0);
+  std::map<int, std::vector<at::Tensor>> grads;
+  const int64_t chunk = 4;
+  for (int64_t b = 0; b < images.size(0); b += chunk) {
+    std::map<int, at::Tensor> outs;
+    ExecHooks h;
+    h.on_output = [&](const Node& n, const std::vector<at::Tensor>& o) {
+      for (size_t k = 0; k < o.size(); ++k)
+        if (want.count(n.outputs[k]) && o[k].requires_grad()) {
+          o[k].retain_grad();
+          outs[n.outputs[k]] = o[k];
+        }
+    };
+    auto x = images.narrow(0, b, std::min(chunk, images.size(0) - b)).clone().set_requires_grad(true);
+    auto logp = at::log_softmax(ex.run(x, &h), -1);
+    auto p = logp.detach().exp().to(at::kDouble).cumsum(-1).contiguous();
+    std::vector<int64_t> labels;
+    for (int64_t i = 0; i < p.size(0); ++i) {
+      const double u = uniform(rng) * p[i][-1].item<double>();
+      labels.push_back(std::min<int64_t>(at::searchsorted(p[i], at::scalar_tensor(u, at::kDouble)).item<int64_t>(), p.size(1) - 1));
+    }
+    auto loss = -logp.gather(1, at::tensor(labels).unsqueeze(1)).sum();
+    loss.backward();
+    for (auto& [v, o] : outs) grads[v].push_back(o.grad().defined() ? o.grad().detach().clone() : at::zeros_like(o).detach());
+  }
+  std::map<int, at::Tensor> out;
+  for (auto& [v, list] : grads) out[v] = at::cat(list);
+  for (int v : values)
+    if (!out.count(v)) fail("fisher gradients: value {} is not computed from the image", g.values[static_cast<size_t>(v)].name);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------- one block
+namespace {
+
+// Rows of t that belong to images `idx` of `images` (t is [images·k, ...]).
+at::Tensor rows_of(const at::Tensor& t, const at::Tensor& idx, int64_t images) {
+  if (t.dim() == 0 || t.size(0) % images != 0)
+    fail("a block tensor of {} rows is not a whole number of rows per image ({} images)", t.dim() ? t.size(0) : 0, images);
+  const int64_t k = t.size(0) / images;
+  std::vector<int64_t> shape = t.sizes().vec();
+  std::vector<int64_t> grouped = {images, k};
+  grouped.insert(grouped.end(), shape.begin() + 1, shape.end());
+  auto sel = t.reshape(grouped).index_select(0, idx.to(t.device()));
+  shape[0] = idx.numel() * k;
+  return sel.reshape(shape);
+}
+
+struct Trainable {
+  QuantPoint* point = nullptr;
+  size_t node = 0;
+  // weights (AdaRound)
+  at::Tensor w_floor, v, scale_full, zp_full;
+  // activations (LSQ)
+  at::Tensor log_scale, zero_point;
+  bool learned = false;
+};
+
+class BlockTrainer {
+ public:
+  BlockTrainer(const Executor& ex, QuantPlan& plan, const Block& b, const ReconOptions& o)
+      : ex_(ex), g_(ex.graph()), plan_(plan), b_(b), o_(o), dev_(ex.device()) {
+    std::map<std::string, size_t> in_block;
+    for (size_t i = b.begin; i < b.end; ++i) in_block.emplace(g_.nodes[i].name, i);
+    for (auto& p : plan.points) {
+      auto it = in_block.find(p.node);
+      if (it == in_block.end()) continue;
+      Trainable t;
+      t.point = &p;
+      t.node = it->second;
+      const Node& n = g_.nodes[it->second];
+      if (p.weight) {
+        const at::Tensor w = g_.const_tensor(n.inputs[static_cast<size_t>(p.slot)]).to(dev_, at::kFloat);
+        t.scale_full = full_scale(p, w).to(dev_).contiguous();
+        t.zp_full = full_zero_point(p, w).to(dev_).contiguous();
+        if (o.learn_rounding && p.spec.kind == QuantKind::Uniform) {
+          auto ws = w / t.scale_full;
+          t.w_floor = at::floor(ws);
+          t.v = rect_sigmoid_inverse(ws - t.w_floor).set_requires_grad(true);
+          t.learned = true;
+        }
+      } else if (o.learn_steps && p.spec.kind == QuantKind::Uniform) {
+        t.log_scale = at::log(p.params.scale.to(dev_, at::kFloat)).clone().set_requires_grad(true);
+        if (!p.spec.symmetric) t.zero_point = p.params.zero_point.to(dev_, at::kFloat).clone().set_requires_grad(true);
+        t.learned = true;
+      }
+      points_.push_back(std::move(t));
+    }
+    for (auto& t : points_) {
+      const auto key = std::make_pair(t.node, static_cast<size_t>(t.point->slot));
+      by_edge_[key] = &t;
+      if (!t.point->weight && !t.learned) {
+        const auto& pp = t.point->params;
+        fixed_params_[key] = {pp.scale.to(dev_), pp.zero_point.to(dev_), pp.scale2.defined() ? pp.scale2.to(dev_) : at::Tensor()};
+      }
+      if (t.point->weight && !t.learned) {
+        const Node& n = g_.nodes[t.node];
+        fixed_weights_[key] = quantize_point(*t.point, g_.const_tensor(n.inputs[static_cast<size_t>(t.point->slot)]).to(dev_, at::kFloat));
+      }
+    }
+    for (const auto& [node, bias] : plan.bias) {
+      auto it = in_block.find(node);
+      if (it != in_block.end()) bias_[it->second] = bias.to(dev_, at::kFloat);
+    }
+    for (const auto& op : plan.int_ops) {
+      auto it = in_block.find(op.node);
+      if (it != in_block.end()) int_ops_[it->second] = &op;
+    }
+  }
+
+  int points() const { return static_cast<int>(points_.size()); }
+  int learned() const {
+    int k = 0;
+    for (const auto& t : points_) k += t.learned;
+    return k;
+  }
+  std::vector<at::Tensor> params() const {
+    std::vector<at::Tensor> ps;
+    for (const auto& t : points_) {
+      if (t.v.defined()) ps.push_back(t.v);
+      if (t.log_scale.defined()) ps.push_back(t.log_scale);
+      if (t.zero_point.defined()) ps.push_back(t.zero_point);
+    }
+    return ps;
+  }
+  std::vector<torch::optim::OptimizerParamGroup> groups() const {
+    std::vector<at::Tensor> round, scale, zp;
+    for (const auto& t : points_) {
+      if (t.v.defined()) round.push_back(t.v);
+      if (t.log_scale.defined()) scale.push_back(t.log_scale);
+      if (t.zero_point.defined()) zp.push_back(t.zero_point);
+    }
+    std::vector<torch::optim::OptimizerParamGroup> gs;
+    auto add = [&](std::vector<at::Tensor> ts, double lr) {
+      if (!ts.empty()) gs.emplace_back(std::move(ts), std::make_unique<torch::optim::AdamOptions>(lr));
+    };
+    add(round, o_.lr_round);
+    add(scale, o_.lr_scale);
+    add(zp, o_.lr_zero_point);
+    return gs;
+  }
+  at::Tensor regularizer(double beta) const {
+    at::Tensor r = at::zeros({}, at::TensorOptions().device(dev_));
+    for (const auto& t : points_)
+      if (t.v.defined()) r = r + rounding_regularizer(t.v, beta);
+    return r;
+  }
+
+  // Block outputs for the given inputs (rows of `n_images` images). `hard`: learned rounding at floor/ceil;
+  // `gen`: QDrop's random source (null: no QDrop).
+  std::vector<at::Tensor> forward(const std::vector<at::Tensor>& inputs, int64_t n_images, bool hard, at::Generator* gen) {
+    std::map<size_t, at::Tensor> weights;
+    for (auto& t : points_)
+      if (t.v.defined())
+        weights[t.node * 64 + static_cast<size_t>(t.point->slot)] =
+            adaround_weight(t.w_floor, t.v, t.scale_full, t.zp_full, t.point->spec, hard);
+    ExecHooks h;
+    h.transform_input = [&](const Node& n, size_t slot, const at::Tensor& x) -> at::Tensor {
+      const size_t i = static_cast<size_t>(&n - g_.nodes.data());
+      if (slot == 2) {
+        auto bi = bias_.find(i);
+        if (bi != bias_.end()) return bi->second;
+      }
+      auto it = by_edge_.find({i, slot});
+      if (it == by_edge_.end()) return x;
+      Trainable& t = *it->second;
+      if (t.point->weight) {
+        if (t.v.defined()) return weights.at(i * 64 + slot);
+        return fixed_weights_.at({i, slot});
+      }
+      at::Tensor q;
+      if (t.log_scale.defined()) q = lsq_fake_quant(x, t.point->spec, at::exp(t.log_scale), t.zero_point);
+      else q = fake_quant(x, t.point->spec, fixed_params_.at({i, slot}));
+      if (gen && o_.qdrop > 0) {
+        auto keep_fp = at::rand(x.sizes(), *gen, at::TensorOptions().dtype(at::kFloat)).to(x.device()) < o_.qdrop;
+        q = at::where(keep_fp, x, q);
+      }
+      return q;
+    };
+    h.replace = [&](const Node& n, const std::vector<at::Tensor>& args) -> std::vector<at::Tensor> {
+      const size_t i = static_cast<size_t>(&n - g_.nodes.data());
+      auto it = int_ops_.find(i);
+      if (it == int_ops_.end()) return {};
+      QuantPoint in = *by_edge_.at({i, 0})->point;  // integer ops read a fixed (PTF / uniform) input quantizer
+      auto fp = run_node(n, args, n_images)[0];
+      auto q = run_int_op(*it->second, in, args);
+      return {fp + (q - fp).detach()};  // straight-through
+    };
+    std::vector<at::Tensor> vals = ex_.constants();
+    for (size_t k = 0; k < b_.inputs.size(); ++k) vals[static_cast<size_t>(b_.inputs[k])] = inputs[k];
+    // values of constants alone that the block reads (made before it, e.g. a gathered bias) are recomputed here
+    ex_.run_range(vals, b_.begin, b_.end, n_images, &h);
+    std::vector<at::Tensor> outs;
+    for (int v : b_.outputs) outs.push_back(vals[static_cast<size_t>(v)]);
+    return outs;
+  }
+
+  // Writes the learned parameters into the plan; returns how many zero points had to be clamped onto the grid.
+  int64_t write_back() {
+    int64_t clamped = 0;
+    for (auto& t : points_) {
+      QuantPoint& p = *t.point;
+      if (t.v.defined()) p.codes = adaround_codes(t.w_floor, t.v.detach(), t.zp_full, p.spec).cpu();
+      if (t.log_scale.defined()) {
+        auto s = at::clamp_min(at::exp(t.log_scale.detach()), 1e-8).cpu().reshape(p.params.scale.sizes());
+        p.params.scale = s;
+        if (t.zero_point.defined()) {
+          auto z = at::round(t.zero_point.detach()).cpu();
+          const double lo = static_cast<double>(p.spec.qmin()), hi = static_cast<double>(p.spec.qmax());
+          clamped += ((z < lo) | (z > hi)).sum().item<int64_t>();
+          p.params.zero_point = at::clamp(z, lo, hi).reshape(p.params.scale.sizes());
+        }
+      }
+    }
+    return clamped;
+  }
+
+ private:
+  const Executor& ex_;
+  const Graph& g_;
+  QuantPlan& plan_;
+  const Block& b_;
+  const ReconOptions& o_;
+  c10::Device dev_;
+  std::vector<Trainable> points_;
+  std::map<std::pair<size_t, size_t>, Trainable*> by_edge_;
+  std::map<std::pair<size_t, size_t>, QuantParams> fixed_params_;
+  std::map<std::pair<size_t, size_t>, at::Tensor> fixed_weights_;
+  std::map<size_t, at::Tensor> bias_;
+  std::map<size_t, const IntOp*> int_ops_;
+};
+
+// Σ w·(out − target)² over all outputs, divided by the number of images.
+at::Tensor block_loss(const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& targets, const std::vector<at::Tensor>& weights,
+                      int64_t n_images) {
+  at::Tensor loss;
+  for (size_t k = 0; k < outs.size(); ++k) {
+    auto d = (outs[k] - targets[k]).pow(2);
+    if (!weights.empty()) d = d * weights[k];
+    auto s = d.sum();
+    loss = loss.defined() ? loss + s : s;
+  }
+  return loss / static_cast<double>(n_images);
+}
+
+}  // namespace
+
+BlockResult reconstruct_block(const Executor& ex, QuantPlan& plan, const Block& b, const std::vector<at::Tensor>& inputs,
+                              const std::vector<at::Tensor>& targets, const std::vector<at::Tensor>& weights, int64_t images,
+                              const ReconOptions& o) {
+  o.validate();
+  const auto t0 = std::chrono::steady_clock::now();
+  if (inputs.size() != b.inputs.size() || targets.size() != b.outputs.size() || (!weights.empty() && weights.size() != targets.size()))
+    fail("block {}: {} inputs and {} targets given, it reads {} and makes {}", b.name, inputs.size(), targets.size(), b.inputs.size(),
+         b.outputs.size());
+  if (images < 1) fail("block {}: no images to reconstruct on", b.name);
+  c10::InferenceMode not_inference(false);
+  at::AutoGradMode grad_on(true);
+  BlockTrainer tr(ex, plan, b, o);
+  BlockResult r;
+  r.name = b.name;
+  r.points = tr.points();
+  r.learned = tr.learned();
+  if (r.points == 0) fail("block {} has no quantization points to reconstruct", b.name);
+  const auto dev = ex.device();
+  auto to_dev = [&](const std::vector<at::Tensor>& ts) {
+    std::vector<at::Tensor> out;
+    for (const auto& t : ts) out.push_back(t.to(dev, at::kFloat));
+    return out;
+  };
+  const auto x_all = to_dev(inputs), y_all = to_dev(targets), w_all = to_dev(weights);
+  const auto stat = static_values(ex.graph());
+  auto select = [&](const std::vector<at::Tensor>& ts, const std::vector<int>& ids, const at::Tensor& idx) {
+    std::vector<at::Tensor> out;
+    for (size_t k = 0; k < ts.size(); ++k) out.push_back(stat[static_cast<size_t>(ids[k])] ? ts[k] : rows_of(ts[k], idx, images));
+    return out;
+  };
+  // loss on all images with hard rounding, in chunks of the batch size
+  auto full_loss = [&]() {
+    at::NoGradGuard no_grad;
+    double total = 0;
+    for (int64_t s = 0; s < images; s += o.batch) {
+      const int64_t n = std::min<int64_t>(o.batch, images - s);
+      auto idx = at::arange(s, s + n, at::kLong);
+      auto outs = tr.forward(select(x_all, b.inputs, idx), n, true, nullptr);
+      total += block_loss(outs, select(y_all, b.outputs, idx), w_all.empty() ? w_all : select(w_all, b.outputs, idx), 1).item<double>();
+    }
+    return total / static_cast<double>(images);
+  };
+  r.loss_start = full_loss();
+  if (!std::isfinite(r.loss_start))
+    fail("block {}: the reconstruction loss is not finite before any step (NaN or Inf in the block's inputs or FP outputs)", b.name);
+  if (r.learned == 0) {
+    r.loss_end = r.loss_start;
+    r.kept_start = true;
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return r;
+  }
+  std::vector<at::Tensor> params = tr.params();
+  std::vector<at::Tensor> start;
+  for (const auto& p : params) start.push_back(p.detach().clone());
+  std::vector<at::Tensor> last_good = start;
+  torch::optim::Adam adam(tr.groups());
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(o.seed);
+  const int warm = static_cast<int>(o.warmup * o.iters);
+  for (int it = 0; it < o.iters; ++it) {
+    at::Tensor idx = images <= o.batch ? at::arange(images, at::kLong) : at::randperm(images, gen, at::kLong).narrow(0, 0, o.batch);
+    const int64_t n = idx.numel();
+    auto outs = tr.forward(select(x_all, b.inputs, idx), n, false, o.qdrop > 0 ? &gen : nullptr);
+    auto loss = block_loss(outs, select(y_all, b.outputs, idx), w_all.empty() ? w_all : select(w_all, b.outputs, idx), n);
+    if (it >= warm && o.round_weight > 0) {
+      const double rel = o.iters > warm ? static_cast<double>(it - warm) / static_cast<double>(o.iters - warm) : 1.0;
+      const double beta = o.beta_end + (o.beta_start - o.beta_end) * std::max(0.0, 1.0 - rel);
+      loss = loss + o.round_weight * tr.regularizer(beta);
+    }
+    const double lv = loss.item<double>();
+    bool finite = std::isfinite(lv);
+    for (const auto& p : params) finite = finite && at::isfinite(p).all().item<bool>();
+    if (!finite) {
+      for (size_t k = 0; k < params.size(); ++k) {
+        at::NoGradGuard no_grad;
+        params[k].copy_(last_good[k]);
+      }
+      r.stopped_nonfinite = true;
+      fmt::print(stderr, "warning: block {}: the reconstruction loss became {} at step {}; stopped, the last finite parameters kept\n",
+                 b.name, lv, it);
+      break;
+    }
+    for (size_t k = 0; k < params.size(); ++k) last_good[k] = params[k].detach().clone();
+    adam.zero_grad();
+    loss.backward();
+    adam.step();
+    r.steps = it + 1;
+    if (o.on_step) o.on_step(b.name, it, params);
+  }
+  r.loss_end = full_loss();
+  if (!std::isfinite(r.loss_end) || r.loss_end >= r.loss_start) {
+    at::NoGradGuard no_grad;
+    for (size_t k = 0; k < params.size(); ++k) params[k].copy_(start[k]);
+    r.kept_start = true;
+    r.loss_end = r.loss_start;
+  } else {
+    r.zero_points_clamped = tr.write_back();
+  }
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------- pipeline
+namespace {
+
+// The values of a model over a batch of images, advanced node by node (frees what no later node reads).
+class Stream {
+ public:
+  Stream(const Executor& ex, const at::Tensor& images) : ex_(ex), vals_(ex.constants()), images_(images.size(0)) {
+    vals_[static_cast<size_t>(ex.graph().input)] = images.to(ex.device(), at::kFloat);
+  }
+  void advance(size_t to, const ExecHooks* hooks) {
+    if (to <= cursor_) return;
+    ex_.run_range(vals_, cursor_, to, images_, hooks);
+    cursor_ = to;
+    const auto& last = ex_.last_use();
+    const Graph& g = ex_.graph();
+    for (size_t v = 0; v < vals_.size(); ++v)
+      if (vals_[v].defined() && !g.is_const(static_cast<int>(v)) && static_cast<int>(v) != g.output && last[v] < static_cast<int>(to))
+        vals_[v].reset();
+  }
+  const at::Tensor& value(int v) const {
+    const auto& t = vals_[static_cast<size_t>(v)];
+    if (!t.defined()) fail("reconstruction: value {} is not available at node {}", ex_.graph().values[static_cast<size_t>(v)].name, cursor_);
+    return t;
+  }
+
+ private:
+  const Executor& ex_;
+  std::vector<at::Tensor> vals_;
+  int64_t images_;
+  size_t cursor_ = 0;
+};
+
+// Fisher weights of a block: squared gradients normalised to mean 1 over the block's outputs.
+std::vector<at::Tensor> fisher_weights(const std::map<int, at::Tensor>& grads, const Block& b) {
+  std::vector<at::Tensor> w;
+  double sum = 0;
+  int64_t count = 0;
+  for (int v : b.outputs) {
+    auto g2 = grads.at(v).pow(2);
+    sum += g2.sum().item<double>();
+    count += g2.numel();
+    w.push_back(g2);
+  }
+  const double mean = count ? sum / static_cast<double>(count) : 0;
+  if (!(mean > 0) || !std::isfinite(mean)) {
+    for (auto& t : w) t = at::ones_like(t);
+    return w;
+  }
+  for (auto& t : w) t = t / mean;
+  return w;
+}
+
+}  // namespace
+
+std::vector<BlockResult> reconstruct(const Graph& g, const at::Tensor& calib, QuantPlan& plan, const std::vector<Block>& blocks,
+                                     const ReconOptions& o) {
+  o.validate();
+  if (blocks.empty()) fail("reconstruction: the plan quantizes no layer, there is nothing to reconstruct");
+  const c10::Device dev(o.device);
+  const int64_t n = o.images > 0 ? std::min<int64_t>(o.images, calib.size(0)) : calib.size(0);
+  const at::Tensor images = calib.narrow(0, 0, n);
+  for (const auto& p : plan.points)
+    if (!p.params.scale.defined()) fail("reconstruction: {} slot {} has no parameters (plan not calibrated)", p.node, p.slot);
+  std::map<int, at::Tensor> grads;
+  if (o.loss == "fisher") {
+    std::vector<int> outs;
+    for (const auto& b : blocks) outs.insert(outs.end(), b.outputs.begin(), b.outputs.end());
+    if (o.progress) fmt::print(stderr, "recon: Fisher weights from one backward pass of the FP model on {} images\n", n);
+    grads = fisher_gradients(g, images, o.seed, outs);
+  }
+  at::InferenceMode guard;
+  Executor ex(g, dev);
+  Stream fp(ex, images), q(ex, images);
+  std::vector<BlockResult> results;
+  nlohmann::json rows = nlohmann::json::array();
+  int64_t clamped = 0;
+  for (size_t k = 0; k < blocks.size(); ++k) {
+    const Block& b = blocks[k];
+    {
+      QuantizedModel qm(g, plan, dev);
+      q.advance(b.begin, &qm.hooks());
+    }
+    fp.advance(b.end, nullptr);
+    std::vector<at::Tensor> x, y, w;
+    for (int v : b.inputs) x.push_back(q.value(v));
+    for (int v : b.outputs) y.push_back(fp.value(v));
+    if (o.loss == "fisher") w = fisher_weights(grads, b);
+    ReconOptions bo = o;
+    bo.seed = o.seed + k;
+    bool any = false;  // a block whose layers all stay FP is skipped
+    for (const auto& p : plan.points)
+      for (size_t i = b.begin; i < b.end && !any; ++i) any = p.node == g.nodes[i].name;
+    if (!any) continue;
+    BlockResult r = reconstruct_block(ex, plan, b, x, y, w, n, bo);
+    clamped += r.zero_points_clamped;
+    if (o.progress)
+      fmt::print(stderr, "recon {:>3}/{} {:<30} {:>3} points  loss {:.5g} -> {:.5g}{}  {:.1f} s\n", k + 1, blocks.size(), b.name,
+                 r.points, r.loss_start, r.loss_end, r.kept_start ? " (start kept)" : "", r.seconds);
+    rows.push_back({{"block", b.name}, {"points", r.points}, {"learned", r.learned}, {"loss_start", r.loss_start},
+                    {"loss_end", r.loss_end}, {"steps", r.steps}, {"kept_start", r.kept_start},
+                    {"stopped_nonfinite", r.stopped_nonfinite}, {"seconds", r.seconds}});
+    results.push_back(r);
+  }
+  nlohmann::json rec = o.to_json();
+  rec["images"] = n;
+  rec["blocks"] = rows;
+  rec["zero_points_clamped"] = clamped;
+  plan.settings["reconstruction"] = rec;
+  return results;
+}
+
+double block_output_mse(const Graph& g, const at::Tensor& images, const QuantPlan& plan, const Block& b) {
+  at::InferenceMode guard;
+  Executor ex(g);
+  Stream fp(ex, images), q(ex, images);
+  QuantizedModel qm(g, plan);
+  q.advance(b.end, &qm.hooks());
+  fp.advance(b.end, nullptr);
+  double total = 0;
+  for (int v : b.outputs) total += (q.value(v) - fp.value(v)).to(at::kDouble).pow(2).sum().item<double>();
+  return total / static_cast<double>(images.size(0));
+}
+
+}  // namespace vitq::recon

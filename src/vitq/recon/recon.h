@@ -1,0 +1,111 @@
+// The reconstruction engine: optimises the quantizers of one block of a model at a time so that the block's
+// quantized output matches its FP output on calibration images (BRECQ, QDrop, AdaRound, LSQ — see
+// docs/decisions.md, "Reconstruction").
+//
+// A block is a range of nodes [begin, end) in graph order — one layer, one transformer block, a bridge block,
+// a convolution stage — with the activation values it reads from before the range (its inputs) and the values
+// it produces that are read after it (its outputs). Inside a block, with libtorch autograd and Adam:
+//   - the weight rounding of every uniform weight quantizer is learned (AdaRound, learnable.h) and written back
+//     into the plan as integer codes (QuantPoint::codes), so the plan stays what an integer runtime executes;
+//   - the step (and zero point, when asymmetric) of every uniform activation quantizer is learned (LSQ; the step
+//     as exp(θ) so that one learning rate suits steps of any size); zero points stay on the integer grid;
+//   - other quantizers (twin uniform, log2, power-of-two factor) and integer LayerNorm / softmax are applied as
+//     the plan says and not trained (integer ops pass gradients straight through);
+//   - QDrop (optional): each element of each activation quantizer's input keeps its unquantized value with
+//     probability `qdrop` during training;
+//   - loss: Σ (Ô − O)² over a block's outputs per image (mse), or weighted by the squared gradient of
+//     −log p_FP(y) at O with y drawn from the FP prediction (fisher, the diagonal Fisher / Hessian weighting
+//     PTQ4ViT's metric uses; one backward pass of the FP model serves every block), plus AdaRound's rounding
+//     regulariser after a warm-up.
+// Blocks are reconstructed in order, each on the inputs the quantized model (with the blocks before it already
+// reconstructed) produces, against the FP model's outputs. A block whose final loss (hard rounding, all
+// images) is not below its starting loss keeps its starting parameters.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "vitq/graph/executor.h"
+#include "vitq/quant/plan.h"
+
+namespace vitq::recon {
+
+struct ReconOptions {
+  std::string mode = "block";   // how the pipeline cuts the model: "layer" (each quantized layer) or "block"
+  int iters = 300;              // Adam steps per block
+  int batch = 8;                // images per step
+  int images = 0;               // calibration images used (0: all)
+  double lr_round = 2e-2;       // AdaRound's V
+  double lr_scale = 2e-3;       // log of activation steps
+  double lr_zero_point = 5e-2;  // activation zero points (in codes)
+  double round_weight = 0.01;   // λ of the rounding regulariser
+  double warmup = 0.2;          // fraction of the steps before the regulariser starts
+  double beta_start = 20, beta_end = 2;
+  std::string loss = "fisher";  // "fisher" | "mse"
+  double qdrop = 0.0;           // probability of keeping an activation unquantized during training (0: off)
+  bool learn_rounding = true, learn_steps = true;
+  uint64_t seed = 0;
+  std::string device = "cpu";   // "cpu" | "cuda" (| "cuda:N")
+  bool progress = true;
+  // Called after every step with the block's name, the step and the trainable tensors (tests poison them).
+  std::function<void(const std::string& block, int step, std::vector<at::Tensor>& params)> on_step;
+
+  void validate() const;  // one-line Error for nonsense values
+  nlohmann::json to_json() const;
+};
+
+struct Block {
+  std::string name;
+  size_t begin = 0, end = 0;   // node range
+  std::vector<int> inputs;     // value ids read in the range and made before it (the image, activations, and
+                               // values of constants alone such as a gathered bias, which are not per image)
+  std::vector<int> outputs;    // value ids made in the range and read after it (or the graph output)
+};
+// The block of nodes [begin, end): inputs and outputs found from the graph.
+Block make_block(const Graph& g, size_t begin, size_t end, const std::string& name);
+// The block that covers a bridge block's layers (from the first to the last, and what lies between).
+Block bridge_block(const Graph& g, const BridgeBlock& bridge);
+// The blocks the pipeline reconstructs for `plan`, in graph order, covering every quantized layer once:
+//   mode "layer": one block per quantized layer (Linear, Conv2d, attention MatMul);
+//   mode "block": layers grouped by the module they belong to (the name up to its last index, e.g.
+//     "blocks.3", "stages.2.1.transformer.0"), each group widened to the nearest points where a single tensor
+//     carries the whole state (the residual stream between transformer blocks);
+//   `joint`: these bridge blocks become one block each (Q-HyViT); the rest as `mode` says.
+std::vector<Block> plan_blocks(const Graph& g, const QuantPlan& plan, const std::string& mode,
+                               const std::vector<BridgeBlock>& joint = {});
+
+struct BlockResult {
+  std::string name;
+  int points = 0, learned = 0;    // quantization points in the block, of which trained
+  double loss_start = 0, loss_end = 0;  // on all images, hard rounding, per image
+  int steps = 0;                  // steps taken
+  bool kept_start = false;        // final loss not lower: the starting parameters stay
+  bool stopped_nonfinite = false; // the loss went NaN / Inf: stopped, last finite parameters kept
+  int64_t zero_points_clamped = 0;
+  double seconds = 0;
+};
+
+// Reconstructs one block: `inputs` are the values of block.inputs and `targets` the FP values of
+// block.outputs, on `images` images (rows grouped per image); `weights` (same shapes as targets, or empty for
+// the plain MSE) weigh the squared error. Writes the learned parameters into `plan`.
+BlockResult reconstruct_block(const Executor& ex, QuantPlan& plan, const Block& block, const std::vector<at::Tensor>& inputs,
+                              const std::vector<at::Tensor>& targets, const std::vector<at::Tensor>& weights,
+                              int64_t images, const ReconOptions& options);
+
+// The whole pipeline over `blocks` (plan_blocks), on the calibration images. Records what it did in
+// plan.settings["reconstruction"].
+std::vector<BlockResult> reconstruct(const Graph& g, const at::Tensor& calib, QuantPlan& plan, const std::vector<Block>& blocks,
+                                     const ReconOptions& options);
+
+// Per-image mean of Σ (Ô − O)² over the block's outputs, the block fed the quantized model's own inputs (for
+// measuring a plan against another).
+double block_output_mse(const Graph& g, const at::Tensor& images, const QuantPlan& plan, const Block& block);
+
+// ∂(−log p_FP(y))/∂v on the FP model for each value v in `values`, y drawn (seeded) from the FP prediction of
+// each image; images run in chunks of 4. Values that do not reach the logits get zeros.
+std::map<int, at::Tensor> fisher_gradients(const Graph& g, const at::Tensor& images, uint64_t seed, const std::vector<int>& values);
+
+}  // namespace vitq::recon

@@ -1,0 +1,349 @@
+// The reconstruction engine (recon/): the trainable quantizers' gradients against finite differences, AdaRound's
+// codes, the engine on a tiny model (loss lowered, deterministic, errors), the blocks it cuts DeiT-Tiny into,
+// and learned codes in plans.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <gtest/gtest.h>
+
+#include "test_util.h"
+#include "vitq/graph/passes.h"
+#include "vitq/methods/method.h"
+#include "vitq/models/model_loader.h"
+#include "vitq/quant/fake_quant.h"
+#include "vitq/recon/learnable.h"
+#include "vitq/recon/recon.h"
+#include "vitq/util/error.h"
+
+using namespace vitq;
+using namespace vitq::test;
+
+namespace {
+
+at::Tensor randn(std::vector<int64_t> shape, uint64_t seed, double scale = 1.0) {
+  at::manual_seed(seed);
+  return at::randn(shape) * scale;
+}
+
+// image [B, 3, 4, 4] -> conv 1x1 (3->8) -> tokens [B, 16, 8] -> LN -> fc1 (8->16) -> GELU -> fc2 (16->8) -> add
+// -> LN -> mean over tokens -> head (8->5)
+Graph tiny_vit() {
+  Graph g;
+  g.meta.name = "tiny_vit";
+  g.input = g.add_value("input");
+  auto c = [&](const std::string& n, at::Tensor t) { return g.add_const(n, std::move(t)); };
+  int x = g.out(g.add_node(OpKind::Conv2d, "patch_embed.proj",
+                           {g.input, c("patch_embed.proj.weight", randn({8, 3, 1, 1}, 1, 0.5)), c("patch_embed.proj.bias", randn({8}, 2, 0.1))}));
+  x = g.out(g.add_node(OpKind::Reshape, "tokens", {x}, 1, {{"shape", std::vector<int64_t>{1, 8, 16}}, {"batch_mult", std::vector<int64_t>{1, 0, 0}}}));
+  x = g.out(g.add_node(OpKind::Transpose, "tokens_t", {x}, 1, {{"perm", std::vector<int64_t>{0, 2, 1}}}));
+  int h = g.out(g.add_node(OpKind::LayerNorm, "blocks.0.norm", {x, c("blocks.0.norm.weight", at::ones({8})), c("blocks.0.norm.bias", at::zeros({8}))}, 1,
+                           {{"axis", int64_t{-1}}, {"epsilon", 1e-5}}));
+  h = g.out(g.add_node(OpKind::Linear, "blocks.0.mlp.fc1", {h, c("blocks.0.mlp.fc1.weight", randn({16, 8}, 3, 0.4)), c("blocks.0.mlp.fc1.bias", randn({16}, 4, 0.1))}));
+  h = g.out(g.add_node(OpKind::Gelu, "blocks.0.mlp.act", {h}));
+  h = g.out(g.add_node(OpKind::Linear, "blocks.0.mlp.fc2", {h, c("blocks.0.mlp.fc2.weight", randn({8, 16}, 5, 0.3)), c("blocks.0.mlp.fc2.bias", randn({8}, 6, 0.1))}));
+  x = g.out(g.add_node(OpKind::Add, "blocks.0.add", {x, h}));
+  x = g.out(g.add_node(OpKind::LayerNorm, "norm", {x, c("norm.weight", at::ones({8})), c("norm.bias", at::zeros({8}))}, 1,
+                       {{"axis", int64_t{-1}}, {"epsilon", 1e-5}}));
+  x = g.out(g.add_node(OpKind::ReduceMean, "pool", {x}, 1, {{"axes", std::vector<int64_t>{1}}, {"keepdims", int64_t{0}}}));
+  g.output = g.out(g.add_node(OpKind::Linear, "head", {x, c("head.weight", randn({5, 8}, 7, 0.5)), c("head.bias", at::zeros({5}))}));
+  g.meta.preprocess.input_height = g.meta.preprocess.input_width = 4;
+  annotate_roles(g);
+  return g;
+}
+
+at::Tensor tiny_images(int64_t n = 16) { return randn({n, 3, 4, 4}, 11); }
+
+QuantPlan minmax_plan(const Graph& g, const at::Tensor& images, int bits) {
+  MethodOptions o;
+  o.progress = false;
+  o.placement.wbits = o.placement.abits = bits;
+  return run_method(g, images, "minmax", o);
+}
+
+recon::ReconOptions quick_recon(const std::string& mode = "layer") {
+  recon::ReconOptions o;
+  o.mode = mode;
+  o.iters = 60;
+  o.batch = 4;
+  o.loss = "mse";
+  o.progress = false;
+  o.lr_round = 5e-2;
+  o.lr_scale = 1e-2;
+  return o;
+}
+
+// Central difference of f at x along every element (double precision).
+at::Tensor numeric_grad(const std::function<at::Tensor(const at::Tensor&)>& f, const at::Tensor& x, double eps = 1e-6) {
+  auto g = at::zeros_like(x);
+  auto flat = x.reshape({-1});
+  auto gf = g.reshape({-1});
+  for (int64_t i = 0; i < flat.numel(); ++i) {
+    auto xp = flat.clone(), xm = flat.clone();
+    xp[i] += eps;
+    xm[i] -= eps;
+    gf[i] = (f(xp.reshape(x.sizes())).sum() - f(xm.reshape(x.sizes())).sum()).item<double>() / (2 * eps);
+  }
+  return g;
+}
+
+}  // namespace
+
+// LSQ: the gradient autograd gives through the straight-through round equals the derivative of the same map with
+// the rounding residual held fixed (round(v) = v + r0), checked by finite differences — for the step, the zero
+// point and the input, with elements inside the grid and clamped at both ends.
+TEST(ReconGradients, LsqStepZeroPointAndInputMatchFiniteDifferences) {
+  QuantSpec s;
+  s.bits = 4;
+  s.symmetric = false;
+  s.is_signed = false;
+  const double s0 = 0.13, z0 = 5.0;
+  auto x = (randn({60}, 21, 1.5)).to(at::kDouble);
+  {  // no code exactly on the grid's ends, where the clamp has its kink and finite differences are one-sided
+    auto code = at::round(x / s0) + z0;
+    x = x.masked_select((code != 0.0) & (code != 15.0)).narrow(0, 0, 40).contiguous();
+  }
+  auto r0 = (at::round(x / s0) - x / s0);  // frozen residual
+  auto surrogate = [&](const at::Tensor& xx, double sc, double zp) {
+    return (at::clamp(xx / sc + r0 + zp, 0.0, 15.0) - zp) * sc;
+  };
+  auto weights = randn({40}, 22).to(at::kDouble);  // a random linear read-out of the output
+  auto xs = x.clone().set_requires_grad(true);
+  auto sc = at::full({1}, s0, at::kDouble).set_requires_grad(true);
+  auto zp = at::full({1}, z0, at::kDouble).set_requires_grad(true);
+  (recon::lsq_fake_quant(xs, s, sc, zp) * weights).sum().backward();
+  const double eps = 1e-7;
+  const double ds = ((surrogate(x, s0 + eps, z0) - surrogate(x, s0 - eps, z0)) * weights).sum().item<double>() / (2 * eps);
+  EXPECT_NEAR(sc.grad().item<double>(), ds, 1e-6 * std::max(1.0, std::abs(ds)));
+  // the zero point is rounded straight-through too: d/dzp of the surrogate with zp continuous
+  const double dz = ((surrogate(x, s0, z0 + eps) - surrogate(x, s0, z0 - eps)) * weights).sum().item<double>() / (2 * eps);
+  EXPECT_NEAR(zp.grad().item<double>(), dz, 1e-6 * std::max(1.0, std::abs(dz)));
+  auto dx = numeric_grad([&](const at::Tensor& xx) { return surrogate(xx, s0, z0) * weights; }, x, 1e-7);
+  EXPECT_LE((xs.grad() - dx).abs().max().item<double>(), 1e-6);
+  // and the LSQ formula itself: round(v) - v inside, the clamped code minus zp outside
+  auto v = x / s0 + z0;
+  auto inside = (at::round(x / s0) + z0 >= 0) & (at::round(x / s0) + z0 <= 15);
+  ASSERT_TRUE(inside.any().item<bool>());
+  ASSERT_FALSE(inside.all().item<bool>());
+  auto per_elem = at::where(inside, at::round(x / s0) - x / s0, at::clamp(at::round(v), 0.0, 15.0) - z0);
+  EXPECT_NEAR(sc.grad().item<double>(), (per_elem * weights).sum().item<double>(), 1e-9);
+  // straight-through: 1 inside the grid, 0 where clamped
+  EXPECT_TRUE(at::equal(xs.grad(), at::where(inside, weights, at::zeros_like(weights))));
+}
+
+// AdaRound: the soft weight and the regulariser are smooth in V; their autograd gradients match finite
+// differences (V inside the rectified sigmoid's unclamped range).
+TEST(ReconGradients, AdaRoundWeightAndRegulariserMatchFiniteDifferences) {
+  QuantSpec s;
+  s.bits = 4;
+  auto w = randn({6, 5}, 31, 0.4).to(at::kDouble);
+  auto scale = at::full({6, 1}, 0.05, at::kDouble);
+  auto zp = at::zeros({6, 1}, at::kDouble);
+  auto w_floor = at::floor(w / scale);
+  at::manual_seed(32);
+  auto v0 = (at::rand({6, 5}) * 4.0 - 2.0).to(at::kDouble);
+  auto r = randn({6, 5}, 33).to(at::kDouble);
+  auto v = v0.clone().set_requires_grad(true);
+  (recon::adaround_weight(w_floor, v, scale, zp, s, false) * r).sum().backward();
+  auto num = numeric_grad([&](const at::Tensor& vv) { return recon::adaround_weight(w_floor, vv, scale, zp, s, false) * r; }, v0);
+  EXPECT_LE((v.grad() - num).abs().max().item<double>(), 1e-6);
+  for (double beta : {20.0, 6.0, 2.0}) {
+    auto v2 = v0.clone().set_requires_grad(true);
+    recon::rounding_regularizer(v2, beta).backward();
+    auto num2 = numeric_grad([&](const at::Tensor& vv) { return recon::rounding_regularizer(vv, beta); }, v0);
+    EXPECT_LE((v2.grad() - num2).abs().max().item<double>(), 1e-5 * std::max(1.0, num2.abs().max().item<double>())) << beta;
+  }
+  // h(V) inverts: the start is the weight itself (soft), and the hard weight rounds to nearest
+  auto frac = w / scale - w_floor;
+  auto vi = recon::rect_sigmoid_inverse(frac);
+  EXPECT_LE((recon::adaround_weight(w_floor, vi, scale, zp, s, false) - at::clamp(w, -7 * 0.05, 7 * 0.05)).abs().max().item<double>(), 1e-6);
+  auto hard = recon::adaround_weight(w_floor, vi, scale, zp, s, true);
+  auto nearest = at::clamp(at::round(w / scale), -7.0, 7.0) * scale;
+  EXPECT_LE((hard - nearest).abs().max().item<double>(), 1e-9);
+}
+
+// The engine on a tiny model at W4A4: every block's loss falls (or the start is kept), the learned codes are
+// the floor or the ceiling of w / s and within one step of round-to-nearest, the plan reloads with them and
+// runs them, and the same seed gives the same plan.
+TEST(Recon, LowersTheLossAndWritesFloorOrCeilCodes) {
+  at::set_num_threads(2);
+  const Graph g = tiny_vit();
+  const auto images = tiny_images();
+  QuantPlan start = minmax_plan(g, images, 4);
+  auto blocks = recon::plan_blocks(g, start, "layer");
+  ASSERT_EQ(blocks.size(), 4u);  // patch_embed.proj, fc1, fc2, head
+  std::vector<double> mse_before;
+  for (const auto& b : blocks) mse_before.push_back(recon::block_output_mse(g, images, start, b));
+  QuantPlan plan = start;
+  auto results = recon::reconstruct(g, images, plan, blocks, quick_recon());
+  ASSERT_EQ(results.size(), 4u);
+  int lowered = 0;
+  for (const auto& r : results) {
+    EXPECT_LE(r.loss_end, r.loss_start) << r.name;
+    EXPECT_FALSE(r.stopped_nonfinite);
+    lowered += r.loss_end < r.loss_start;
+  }
+  EXPECT_GE(lowered, 2);
+  // the first block sees the same inputs before and after: its MSE must be lower or equal
+  EXPECT_LE(recon::block_output_mse(g, images, plan, blocks[0]), mse_before[0]);
+  int with_codes = 0, moved = 0;
+  for (const auto& p : plan.points) {
+    if (!p.weight || !p.codes.defined()) continue;
+    ++with_codes;
+    const auto& w = g.const_tensor(g.find_node(p.node)->inputs[1]);
+    auto v = w / full_scale(p, w);
+    auto lo = at::clamp(at::floor(v), p.spec.qmin(), p.spec.qmax()), hi = at::clamp(at::ceil(v), p.spec.qmin(), p.spec.qmax());
+    EXPECT_TRUE(((p.codes == lo) | (p.codes == hi)).all().item<bool>()) << p.node;
+    auto nearest = at::clamp(at::round(v), p.spec.qmin(), p.spec.qmax());
+    EXPECT_LE((p.codes - nearest).abs().max().item<float>(), 1.0f) << p.node;
+    moved += (p.codes != nearest).sum().item<int64_t>();
+  }
+  EXPECT_GE(with_codes, 1);
+  EXPECT_GT(moved, 0);  // rounding was learned, not just round-to-nearest
+  EXPECT_TRUE(plan.settings.contains("reconstruction"));
+  TempDir tmp;
+  save_plan(plan, (tmp / "p.json").string());
+  QuantPlan back = load_plan((tmp / "p.json").string(), g);
+  at::InferenceMode guard;
+  auto a = QuantizedModel(g, plan).run(images), b = QuantizedModel(g, back).run(images);
+  EXPECT_LE((a - b).abs().max().item<float>(), 1e-6f);
+  // determinism: the same seed, the same plan
+  QuantPlan again = start;
+  recon::reconstruct(g, images, again, blocks, quick_recon());
+  for (size_t k = 0; k < plan.points.size(); ++k) {
+    EXPECT_TRUE(at::equal(plan.points[k].params.scale, again.points[k].params.scale)) << plan.points[k].node;
+    if (plan.points[k].codes.defined()) EXPECT_TRUE(at::equal(plan.points[k].codes, again.points[k].codes));
+  }
+}
+
+// QDrop and the Fisher loss run; block mode makes one block of the MLP (from the LayerNorm to the add).
+TEST(Recon, BlockModeQDropAndFisherLoss) {
+  at::set_num_threads(2);
+  const Graph g = tiny_vit();
+  const auto images = tiny_images();
+  QuantPlan plan = minmax_plan(g, images, 4);
+  auto blocks = recon::plan_blocks(g, plan, "block");
+  ASSERT_EQ(blocks.size(), 3u);
+  EXPECT_EQ(blocks[1].name, "blocks.0");
+  EXPECT_EQ(g.nodes[blocks[1].begin].name, "blocks.0.norm");
+  EXPECT_EQ(g.nodes[blocks[1].end - 1].name, "blocks.0.add");
+  auto o = quick_recon("block");
+  o.qdrop = 0.5;
+  o.loss = "fisher";
+  auto results = recon::reconstruct(g, images, plan, blocks, o);
+  for (const auto& r : results) EXPECT_LE(r.loss_end, r.loss_start) << r.name;
+  EXPECT_EQ(plan.settings["reconstruction"]["qdrop"].get<double>(), 0.5);
+}
+
+// DeiT-Tiny cut into blocks: patch embedding, the 12 transformer blocks (from norm1 to the second residual add),
+// the head; layer mode: one per quantized layer.
+TEST(Recon, DeitBlocksAreTransformerBlocks) {
+  Graph g = load_model(model_dir().string());
+  MethodOptions o;
+  QuantPlan plan;
+  plan.points = default_placement(g, o.placement);
+  auto blocks = recon::plan_blocks(g, plan, "block");
+  ASSERT_EQ(blocks.size(), 14u);
+  EXPECT_EQ(blocks[0].name, "patch_embed.proj");
+  EXPECT_EQ(blocks[13].name, "head");
+  for (int k = 1; k <= 12; ++k) {
+    const auto& b = blocks[static_cast<size_t>(k)];
+    EXPECT_EQ(b.name, fmt::format("blocks.{}", k - 1));
+    EXPECT_EQ(g.nodes[b.begin].op, OpKind::LayerNorm) << b.name;
+    EXPECT_EQ(g.nodes[b.end - 1].op, OpKind::Add) << b.name;
+    EXPECT_EQ(b.inputs.size(), 1u) << b.name;   // the residual stream in
+    EXPECT_EQ(b.outputs.size(), 1u) << b.name;  // and out
+  }
+  EXPECT_EQ(recon::plan_blocks(g, plan, "layer").size(), 74u);
+}
+
+// A loss that turns NaN mid-way stops the block with the last finite parameters; NaN in the inputs is an
+// error naming the block; a block without quantization points and nonsense options are errors.
+TEST(Recon, NonFiniteLossAndBadInput) {
+  at::set_num_threads(2);
+  const Graph g = tiny_vit();
+  const auto images = tiny_images();
+  QuantPlan plan = minmax_plan(g, images, 4);
+  auto blocks = recon::plan_blocks(g, plan, "layer");
+  auto o = quick_recon();
+  o.on_step = [](const std::string& block, int step, std::vector<at::Tensor>& params) {
+    if (block == "blocks.0.mlp.fc1" && step == 5) {
+      at::NoGradGuard no_grad;
+      params[0].fill_(std::nan(""));
+    }
+  };
+  QuantPlan p = plan;
+  auto results = recon::reconstruct(g, images, p, blocks, o);
+  bool stopped = false;
+  for (const auto& r : results)
+    if (r.name == "blocks.0.mlp.fc1") {
+      stopped = r.stopped_nonfinite;
+      EXPECT_EQ(r.steps, 6);
+    }
+  EXPECT_TRUE(stopped);
+  for (const auto& q : p.points) {
+    EXPECT_TRUE(at::isfinite(q.params.scale).all().item<bool>()) << q.node;
+    if (q.codes.defined()) EXPECT_TRUE(at::isfinite(q.codes).all().item<bool>()) << q.node;
+  }
+  check_plan(p, g, "after a NaN");
+
+  Executor ex(g);
+  const auto& b = blocks[1];
+  std::vector<at::Tensor> x = {at::full({16 * 16, 8}, std::nan(""))};
+  std::vector<at::Tensor> y = {at::zeros({16 * 16, 16})};
+  x[0] = at::full({16, 16, 8}, std::nan(""));
+  y[0] = at::zeros({16, 16, 16});
+  try {
+    recon::reconstruct_block(ex, plan, b, x, y, {}, 16, quick_recon());
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("blocks.0.mlp.fc1"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("not finite"), std::string::npos) << e.what();
+  }
+  QuantPlan none = plan;
+  none.points.clear();
+  x[0] = at::zeros({16, 16, 8});
+  try {
+    recon::reconstruct_block(ex, none, b, x, y, {}, 16, quick_recon());
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no quantization points"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(recon::reconstruct(g, images, none, recon::plan_blocks(g, none, "layer"), quick_recon()), Error);
+  auto bad = quick_recon();
+  bad.iters = 0;
+  EXPECT_THROW(bad.validate(), Error);
+  bad = quick_recon();
+  bad.qdrop = 1.0;
+  EXPECT_THROW(bad.validate(), Error);
+  bad = quick_recon();
+  bad.loss = "l1";
+  EXPECT_THROW(bad.validate(), Error);
+  bad = quick_recon();
+  bad.lr_round = std::nan("");
+  EXPECT_THROW(bad.validate(), Error);
+  if (!at::hasCUDA()) {
+    bad = quick_recon();
+    bad.device = "cuda";
+    EXPECT_THROW(bad.validate(), Error);
+  }
+}
+
+// Learned codes in a plan are checked at load: each must be the floor or the ceiling of w / s.
+TEST(Recon, TamperedCodesAreRejected) {
+  const Graph g = tiny_vit();
+  const auto images = tiny_images();
+  QuantPlan plan = minmax_plan(g, images, 4);
+  auto blocks = recon::plan_blocks(g, plan, "layer");
+  recon::reconstruct(g, images, plan, blocks, quick_recon());
+  QuantPoint* w = nullptr;
+  for (auto& p : plan.points)
+    if (p.codes.defined()) w = &p;
+  ASSERT_NE(w, nullptr);
+  check_plan(plan, g, "ok");
+  auto saved = w->codes.clone();
+  w->codes[0][0] = w->codes[0][0].item<float>() > 0 ? -7.0 : 7.0;  // far from w / s
+  EXPECT_THROW(check_plan(plan, g, "tampered"), Error);
+  w->codes = saved.narrow(0, 0, 1);
+  EXPECT_THROW(check_plan(plan, g, "wrong shape"), Error);
+  w->codes = saved + 0.5;
+  EXPECT_THROW(check_plan(plan, g, "not integers"), Error);
+}
