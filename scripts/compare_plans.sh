@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks that a change leaves the DeiT-Tiny plans of every method unchanged: builds BASE (a git revision) in a
 # temporary worktree, writes each method's W6A6 plan (short searches: 6 calibration images, 2 scored, 8 grid
-# points, 1 round) with the base and the current build, and compares them (the search time excepted).
+# points, 1 round) with the base and the current build, and compares them (the search time and the plan
+# format version excepted).
 # Usage: bash scripts/compare_plans.sh BASE_REV        (needs build/vitq and ../shared; about 4 minutes on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,8 +23,8 @@ for spec in minmax percentile omse liu2021 easyquant ptq4vit fqvit fqvit+attn8 "
     [ "$which" = base ] && bin="$WORK/base/build/vitq"
     "$bin" quantize "$M" --method "${args[@]}" --wbits 6 --abits 6 --calib "$C" --calib-size 6 --search-images 2 \
       --search-steps 8 --rounds 1 --out "$WORK/$which.json" >"$WORK/$which.log" 2>&1 || { cat "$WORK/$which.log"; exit 1; }
-    # the plan without its search time
-    grep -v '"search_seconds"' "$WORK/$which.json" > "$WORK/$which.cmp"
+    # the plan without its search time and format version (a new version reads the old ones)
+    grep -v '"search_seconds"\|"version"' "$WORK/$which.json" > "$WORK/$which.cmp"
   done
   if cmp -s "$WORK/base.cmp" "$WORK/head.cmp"; then echo "identical  $spec"; else echo "DIFFERENT  $spec"; status=1; fi
 done

@@ -292,8 +292,8 @@ class BlockTrainer {
       const Node& n = g_.nodes[it->second];
       if (p.weight) {
         const at::Tensor w = g_.const_tensor(n.inputs[static_cast<size_t>(p.slot)]).to(dev_, at::kFloat);
-        t.scale_full = full_scale(p, w).to(dev_).contiguous();
-        t.zp_full = full_zero_point(p, w).to(dev_).contiguous();
+        t.scale_full = full_scale(p, w).to(dev_).clone();
+        t.zp_full = full_zero_point(p, w).to(dev_).clone();
         if (o.learn_rounding && p.spec.kind == QuantKind::Uniform) {
           auto ws = w / t.scale_full;
           t.w_floor = at::floor(ws);
@@ -312,16 +312,18 @@ class BlockTrainer {
       by_edge_[key] = &t;
       if (!t.point->weight && !t.learned) {
         const auto& pp = t.point->params;
-        fixed_params_[key] = {pp.scale.to(dev_), pp.zero_point.to(dev_), pp.scale2.defined() ? pp.scale2.to(dev_) : at::Tensor()};
+        // clones: the plan's tensors may be inference tensors (made under InferenceMode), which autograd cannot save
+        fixed_params_[key] = {pp.scale.to(dev_).clone(), pp.zero_point.to(dev_).clone(),
+                              pp.scale2.defined() ? pp.scale2.to(dev_).clone() : at::Tensor()};
       }
       if (t.point->weight && !t.learned) {
         const Node& n = g_.nodes[t.node];
-        fixed_weights_[key] = quantize_point(*t.point, g_.const_tensor(n.inputs[static_cast<size_t>(t.point->slot)]).to(dev_, at::kFloat));
+        fixed_weights_[key] = quantize_point(*t.point, g_.const_tensor(n.inputs[static_cast<size_t>(t.point->slot)]).to(dev_, at::kFloat)).clone();
       }
     }
     for (const auto& [node, bias] : plan.bias) {
       auto it = in_block.find(node);
-      if (it != in_block.end()) bias_[it->second] = bias.to(dev_, at::kFloat);
+      if (it != in_block.end()) bias_[it->second] = bias.to(dev_, at::kFloat).clone();
     }
     for (const auto& op : plan.int_ops) {
       auto it = in_block.find(op.node);
@@ -404,7 +406,9 @@ class BlockTrainer {
       if (it == int_ops_.end()) return {};
       QuantPoint in = *by_edge_.at({i, 0})->point;  // integer ops read a fixed (PTF / uniform) input quantizer
       auto fp = run_node(n, args, n_images)[0];
-      auto q = run_int_op(*it->second, in, args);
+      std::vector<at::Tensor> plain;
+      for (const auto& a : args) plain.push_back(a.defined() ? a.detach() : a);
+      auto q = run_int_op(*it->second, in, plain);
       return {fp + (q - fp).detach()};  // straight-through
     };
     std::vector<at::Tensor> vals = ex_.constants();
@@ -486,7 +490,7 @@ BlockResult reconstruct_block(const Executor& ex, QuantPlan& plan, const Block& 
   const auto dev = ex.device();
   auto to_dev = [&](const std::vector<at::Tensor>& ts) {
     std::vector<at::Tensor> out;
-    for (const auto& t : ts) out.push_back(t.to(dev, at::kFloat));
+    for (const auto& t : ts) out.push_back(t.to(dev, at::kFloat).clone());  // normal tensors, not inference ones
     return out;
   };
   const auto x_all = to_dev(inputs), y_all = to_dev(targets), w_all = to_dev(weights);
@@ -637,8 +641,8 @@ std::vector<BlockResult> reconstruct(const Graph& g, const at::Tensor& calib, Qu
     if (o.progress) fmt::print(stderr, "recon: Fisher weights from one backward pass of the FP model on {} images\n", n);
     grads = fisher_gradients(g, images, o.seed, outs);
   }
+  Executor ex(g, dev);  // its constants are normal tensors (reconstruction trains through them)
   at::InferenceMode guard;
-  Executor ex(g, dev);
   Stream fp(ex, images), q(ex, images);
   std::vector<BlockResult> results;
   nlohmann::json rows = nlohmann::json::array();
