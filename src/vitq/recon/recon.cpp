@@ -394,10 +394,7 @@ class BlockTrainer {
       at::Tensor q;
       if (t.log_scale.defined()) q = lsq_fake_quant(x, t.point->spec, at::exp(t.log_scale), t.zero_point);
       else q = fake_quant(x, t.point->spec, fixed_params_.at({i, slot}));
-      if (gen && o_.qdrop > 0) {
-        auto keep_fp = at::rand(x.sizes(), *gen, at::TensorOptions().dtype(at::kFloat)).to(x.device()) < o_.qdrop;
-        q = at::where(keep_fp, x, q);
-      }
+      if (gen && o_.qdrop > 0) q = at::where(qdrop_mask(x, *gen), x, q);
       return q;
     };
     h.replace = [&](const Node& n, const std::vector<at::Tensor>& args) -> std::vector<at::Tensor> {
@@ -418,6 +415,20 @@ class BlockTrainer {
     std::vector<at::Tensor> outs;
     for (int v : b_.outputs) outs.push_back(vals[static_cast<size_t>(v)]);
     return outs;
+  }
+
+  // QDrop's mask (true: keep the unquantized value), each element with probability qdrop. Drawn as a window at a
+  // random offset of a pool of random bytes made once per block: one random number per element per step from
+  // the generator would cost more than the block's forward pass on 2 cores.
+  at::Tensor qdrop_mask(const at::Tensor& x, at::Generator& gen) {
+    const int64_t n = x.numel();
+    if (!pool_.defined() || pool_.numel() < 2 * n) {
+      const int64_t size = std::max<int64_t>(int64_t{1} << 22, 4 * n);
+      pool_ = at::randint(0, 256, {size}, gen, at::TensorOptions().dtype(at::kByte)).to(x.device());
+    }
+    const int64_t off = at::randint(0, pool_.numel() - n + 1, {1}, gen, at::TensorOptions().dtype(at::kLong)).item<int64_t>();
+    const int64_t threshold = std::lround(o_.qdrop * 256.0);
+    return pool_.narrow(0, off, n).view(x.sizes()) < threshold;
   }
 
   // Writes the learned parameters into the plan; returns how many zero points had to be clamped onto the grid.
@@ -453,6 +464,7 @@ class BlockTrainer {
   std::map<std::pair<size_t, size_t>, at::Tensor> fixed_weights_;
   std::map<size_t, at::Tensor> bias_;
   std::map<size_t, const IntOp*> int_ops_;
+  at::Tensor pool_;  // QDrop's random bytes
 };
 
 // Σ w·(out − target)² over all outputs, divided by the number of images.

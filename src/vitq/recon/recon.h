@@ -11,8 +11,8 @@
 //     as exp(θ) so that one learning rate suits steps of any size); zero points stay on the integer grid;
 //   - other quantizers (twin uniform, log2, power-of-two factor) and integer LayerNorm / softmax are applied as
 //     the plan says and not trained (integer ops pass gradients straight through);
-//   - QDrop (optional): each element of each activation quantizer's input keeps its unquantized value with
-//     probability `qdrop` during training;
+//   - QDrop (default 0.5, 0 = off): each element of each activation quantizer's input keeps its unquantized
+//     value with probability `qdrop` during training (in steps of 1/256);
 //   - loss: Σ (Ô − O)² over a block's outputs per image (mse), or weighted by the squared gradient of
 //     −log p_FP(y) at O with y drawn from the FP prediction (fisher, the diagonal Fisher / Hessian weighting
 //     PTQ4ViT's metric uses; one backward pass of the FP model serves every block), plus AdaRound's rounding
@@ -45,7 +45,7 @@ struct ReconOptions {
   double warmup = 0.2;          // fraction of the steps before the regulariser starts
   double beta_start = 20, beta_end = 2;
   std::string loss = "fisher";  // "fisher" | "mse"
-  double qdrop = 0.0;           // probability of keeping an activation unquantized during training (0: off)
+  double qdrop = 0.5;           // probability of keeping an activation unquantized during training (0: off)
   bool learn_rounding = true, learn_steps = true;
   uint64_t seed = 0;
   std::string device = "cpu";   // "cpu" | "cuda" (| "cuda:N")
