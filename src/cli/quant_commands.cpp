@@ -202,8 +202,10 @@ int run_compare(const CompareArgs& c) {
   std::string md = fmt::format(
       "# {}: PTQ methods compared\n\nModel {} ({}), calibration: {} images drawn with seed {} from {}, evaluation: {} "
       "images of {}. FP32 top-1 {:.2f}%. Convention: {}.\n"
-      "Reproduce: `{}`\n\n"
-      "| method | bits | top-1 | Δ vs FP32 | agreement | KL(FP‖Q) | search s |\n|---|---|---|---|---|---|---|\n",
+      "Reproduce: `{}`\n"
+      "Quantizers: each point's label and count (A: activation input, W: weight; bits; t/c/h = per tensor / channel / "
+      "head; s/a = symmetric / asymmetric; +ar = learned rounding; twin / log2 / ptf = non-uniform kinds).\n\n"
+      "| method | bits | top-1 | Δ vs FP32 | agreement | KL(FP‖Q) | search s | quantizers |\n|---|---|---|---|---|---|---|---|\n",
       g.meta.name, g.meta.name, g.meta.source, calib.size(0), c.q.seed, c.q.calib, fp.images, c.data, fp.top1_pct(),
       c.q.convention == "paper"
           ? "each method's own (its paper's quantizers and placement; see the README, Conventions)"
@@ -229,11 +231,12 @@ int run_compare(const CompareArgs& c) {
       qo.keep_logits = false;
       EvalResult r = evaluate(g, data, qo);
       const double delta = r.top1_pct() - fp.top1_pct();
-      md += fmt::format("| {} | W{}A{} | {:.2f} | {:+.2f} | {:.2f}% | {:.4f} | {:.1f} |\n", m, w, a, r.top1_pct(), delta,
-                        r.agreement_pct(), r.mean_kl(), search_s);
+      const std::string quantizers = plan_summary(plan);
+      md += fmt::format("| {} | W{}A{} | {:.2f} | {:+.2f} | {:.2f}% | {:.4f} | {:.1f} | {} |\n", m, w, a, r.top1_pct(), delta,
+                        r.agreement_pct(), r.mean_kl(), search_s, quantizers);
       rows.push_back({{"method", m}, {"convention", c.q.convention}, {"wbits", w}, {"abits", a}, {"top1", r.top1_pct()}, {"top5", r.top5_pct()},
                       {"delta_top1", delta}, {"agreement", r.agreement_pct()}, {"kl", r.mean_kl()},
-                      {"search_seconds", search_s}, {"settings", plan.settings}});
+                      {"search_seconds", search_s}, {"quantizers", quantizers}, {"settings", plan.settings}});
       fmt::print("{} W{}A{}: top-1 {:.2f}% ({:+.2f}), agreement {:.2f}%, KL {:.4f}, search {:.1f} s\n", m, w, a,
                  r.top1_pct(), delta, r.agreement_pct(), r.mean_kl(), search_s);
       std::ofstream(c.out + ".md") << md;  // written after every row: a long run keeps what it finished

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <map>
@@ -112,6 +113,17 @@ std::string point_label(const QuantPoint& p) {
                   : p.spec.granularity == Granularity::PerHead ? "h" : "g";
   s += fmt::format("{}{}", g, p.spec.symmetric ? "s" : "a");
   if (p.codes.defined()) s += "+ar";
+  return s;
+}
+
+std::string plan_summary(const QuantPlan& plan) {
+  std::map<std::string, int> counts;
+  for (const auto& p : plan.points) ++counts[point_label(p)];
+  std::vector<std::pair<int, std::string>> order;
+  for (const auto& [label, n] : counts) order.emplace_back(-n, label);
+  std::sort(order.begin(), order.end());
+  std::string s;
+  for (const auto& [n, label] : order) s += fmt::format("{}{}×{}", s.empty() ? "" : " ", label, -n);
   return s;
 }
 

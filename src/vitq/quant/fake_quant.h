@@ -38,6 +38,8 @@ at::Tensor run_int_op(const IntOp& op, const QuantPoint& in, const std::vector<a
 // A point in a few characters, for tables: "W4cs+ar" = weight, 4 bits, per-channel (t tensor, c channel, h head,
 // g group), symmetric (a: asymmetric), rounding learned; "A4twin", "A4log2", "A8ptf" for the other kinds.
 std::string point_label(const QuantPoint& p);
+// The plan's points counted by label, most frequent first: "A4ta×49 W4cs+ar×49 A4twin×24 …".
+std::string plan_summary(const QuantPlan& plan);
 
 // Per quantized layer: SQNR and cosine of its output against FP, two ways:
 //   isolated     only this layer quantized, fed its FP input (what the layer itself costs);
