@@ -347,3 +347,44 @@ TEST(Recon, TamperedCodesAreRejected) {
   w->codes = saved + 0.5;
   EXPECT_THROW(check_plan(plan, g, "not integers"), Error);
 }
+
+// Any method's plan goes through the engine (`+recon`): FQ-ViT's fully quantized plan, with its integer
+// LayerNorms (run straight-through during training) and PTF quantizers (kept as they are), reconstructs block
+// by block into a valid plan; its integer ops and non-uniform points are unchanged.
+TEST(Recon, FullyQuantizedPlanWithIntegerOps) {
+  at::set_num_threads(2);
+  const Graph g = tiny_vit();
+  const auto images = tiny_images();
+  MethodOptions o;
+  o.progress = false;
+  o.placement.wbits = o.placement.abits = 4;
+  o.reconstruct = "block";
+  o.recon = quick_recon("block");
+  QuantPlan plan = run_method(g, images, "fqvit", o);
+  ASSERT_FALSE(plan.int_ops.empty());
+  ASSERT_TRUE(plan.settings.contains("reconstruction"));
+  for (const auto& b : plan.settings["reconstruction"]["blocks"]) EXPECT_LE(b["loss_end"].get<double>(), b["loss_start"].get<double>());
+  MethodOptions plain = o;
+  plain.reconstruct = "none";
+  const QuantPlan before = run_method(g, images, "fqvit", plain);
+  ASSERT_EQ(before.points.size(), plan.points.size());
+  for (size_t k = 0; k < plan.points.size(); ++k)
+    if (plan.points[k].spec.kind == QuantKind::PowerOfTwoFactor)
+      EXPECT_TRUE(at::equal(plan.points[k].params.scale, before.points[k].params.scale)) << plan.points[k].node;
+  check_plan(plan, g, "fqvit+recon");
+  at::InferenceMode guard;
+  EXPECT_TRUE(at::isfinite(QuantizedModel(g, plan).run(images)).all().item<bool>());
+}
+
+// Codes need plan format 3: a version-2 plan that carries them is refused.
+TEST(Recon, CodesNeedFormatThree) {
+  const Graph g = tiny_vit();
+  const auto images = tiny_images();
+  QuantPlan plan = minmax_plan(g, images, 4);
+  recon::reconstruct(g, images, plan, recon::plan_blocks(g, plan, "layer"), quick_recon());
+  auto j = plan_to_json(plan);
+  EXPECT_EQ(j["version"], 3);
+  plan_from_json(j, "v3");
+  j["version"] = 2;
+  EXPECT_THROW(plan_from_json(j, "v2"), Error);
+}

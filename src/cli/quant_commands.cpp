@@ -146,7 +146,18 @@ int run_quantize(const QuantArgs& a) {
   fmt::print("method    {} on {} ({} quantizers), W{}A{}\n", plan.method, g.meta.name, plan.points.size(),
              plan.settings.value("wbits", a.wbits), plan.settings.value("abits", a.abits));
   fmt::print("calib     {} images from {} (seed {}), loaded in {:.1f} s\n", calib.size(0), a.calib, a.seed, load_s);
-  fmt::print("search    {:.1f} s ({} threads)\n", search_s, threads);
+  fmt::print("search    {:.1f} s ({} threads){}\n", search_s, threads,
+             plan.settings.contains("reconstruction") ? ", reconstruction included" : "");
+  if (plan.settings.contains("reconstruction")) {
+    const auto& r = plan.settings["reconstruction"];
+    double recon_s = 0;
+    for (const auto& b : r["blocks"]) recon_s += b["seconds"].get<double>();
+    fmt::print("recon     {} blocks ({} mode) in {:.1f} s: {} steps per block, batch {}, {} images, QDrop {}, {} loss, "
+               "device {}; {} zero points clamped\n",
+               r["blocks"].size(), r["mode"].get<std::string>(), recon_s, r["iters"].get<int>(), r["batch"].get<int>(),
+               r["images"].get<int64_t>(), r["qdrop"].get<double>(), r["loss"].get<std::string>(),
+               r["device"].get<std::string>(), r["zero_points_clamped"].get<int64_t>());
+  }
   fmt::print("wrote     {}\n", a.out);
   return 0;
 }

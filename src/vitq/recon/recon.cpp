@@ -318,7 +318,8 @@ class BlockTrainer {
       }
       if (t.point->weight && !t.learned) {
         const Node& n = g_.nodes[t.node];
-        fixed_weights_[key] = quantize_point(*t.point, g_.const_tensor(n.inputs[static_cast<size_t>(t.point->slot)]).to(dev_, at::kFloat)).clone();
+        // on the CPU, where the plan's parameters are, then moved
+        fixed_weights_[key] = quantize_point(*t.point, g_.const_tensor(n.inputs[static_cast<size_t>(t.point->slot)]).to(at::kFloat)).to(dev_).clone();
       }
     }
     for (const auto& [node, bias] : plan.bias) {
