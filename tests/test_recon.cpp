@@ -287,10 +287,8 @@ TEST(Recon, NonFiniteLossAndBadInput) {
 
   Executor ex(g);
   const auto& b = blocks[1];
-  std::vector<at::Tensor> x = {at::full({16 * 16, 8}, std::nan(""))};
-  std::vector<at::Tensor> y = {at::zeros({16 * 16, 16})};
-  x[0] = at::full({16, 16, 8}, std::nan(""));
-  y[0] = at::zeros({16, 16, 16});
+  std::vector<at::Tensor> x = {at::full({16, 16, 8}, std::nan(""))};  // fc1's input on 16 images, NaN
+  std::vector<at::Tensor> y = {at::zeros({16, 16, 16})};
   try {
     recon::reconstruct_block(ex, plan, b, x, y, {}, 16, quick_recon());
     FAIL() << "no error";
