@@ -39,3 +39,25 @@ for lib in libblas.so.3 liblapack.so.3; do
   fi
 done
 echo "setup: BLAS -> $(readlink -f /usr/lib/$arch/libblas.so.3)"
+
+# ONNX Runtime 1.30 (the independent check of exported models, and the baseline of `vitq bench`), from npm:
+# onnxruntime-node carries libonnxruntime.so.1 (its install step would download more, hence the skip), and
+# com.github.asus4.onnxruntime the C API headers. vitq loads the library at run time; without it the tests that
+# need it are skipped with a message.
+ORT_DIR="$(cd "$(dirname "$0")/.." && pwd)/.deps/ort"
+ORT_LIB="$ORT_DIR/node_modules/onnxruntime-node/bin/napi-v6/linux/x64/libonnxruntime.so.1"
+ORT_HDR="$ORT_DIR/node_modules/com.github.asus4.onnxruntime/Plugins/iOS~/onnxruntime.xcframework/ios-arm64/onnxruntime.framework/Headers/onnxruntime_c_api.h"
+if ! command -v npm >/dev/null; then  # Debian's npm only when none is installed (it conflicts with other Node.js)
+  echo "setup: installing nodejs npm"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs npm
+fi
+if [ -f "$ORT_LIB" ] && [ -f "$ORT_HDR" ]; then
+  echo "setup: ONNX Runtime present ($ORT_DIR)"
+else
+  echo "setup: installing ONNX Runtime 1.30.0 from npm into $ORT_DIR"
+  mkdir -p "$ORT_DIR"
+  (cd "$ORT_DIR" && ONNXRUNTIME_NODE_INSTALL=skip npm install --no-audit --no-fund --loglevel=error \
+     onnxruntime-node@1.30.0 com.github.asus4.onnxruntime@0.4.9 >/dev/null)
+  [ -f "$ORT_LIB" ] && [ -f "$ORT_HDR" ] || { echo "setup: ONNX Runtime install incomplete under $ORT_DIR" >&2; exit 1; }
+fi

@@ -41,6 +41,14 @@ struct CompareArgs {
 };
 int run_compare(const CompareArgs& args);
 
+struct ExportArgs {
+  std::string model, plan, format, out;
+  bool force = false;
+};
+int run_export(const ExportArgs& args);
+// The files a MODEL argument names (itself, and the model files inside it when it is a folder).
+std::vector<std::string> model_files(const std::string& model);
+
 void print_quant_eval(const EvalResult& r);
 nlohmann::json report_json(const std::vector<LayerReport>& report);
 

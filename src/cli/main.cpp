@@ -8,10 +8,13 @@
 #include <malloc.h>
 
 #include <cstdlib>
+#include <optional>
 #include <thread>
 
 #include "cli/commands.h"
 #include "vitq/data/dataset.h"
+#include "vitq/deploy/onnx_export.h"
+#include "vitq/deploy/ort_runtime.h"
 #include "vitq/eval/evaluate.h"
 #include "vitq/eval/model_stats.h"
 #include "vitq/models/model_loader.h"
@@ -84,6 +87,7 @@ int run_info(const std::string& model_path, const std::string& json_path) {
 struct EvalArgs {
   std::string model, data, json, device = "cpu", dump_logits, plan, report;
   size_t report_images = 32;
+  std::string runtime = "vitq", onnx;
   size_t limit = 0, batch = 32;
   int threads = 0, workers = 1;
   bool strict = false, quiet = false;
@@ -108,8 +112,31 @@ int run_eval(const EvalArgs& a) {
   } else if (!a.report.empty()) {
     fail("--report needs --plan");
   }
+  std::string runtime = !a.onnx.empty() && a.runtime == "vitq" ? "ort" : a.runtime;
+  std::optional<OrtModel> ort;
+  std::string runtime_line;
+  if (runtime == "ort") {
+    if (a.device != "cpu") fail("--runtime ort runs on the CPU (drop --device {})", a.device);
+    if (!a.onnx.empty()) {
+      ort.emplace(OrtModel::from_file(a.onnx, threads));
+      runtime_line = fmt::format("onnxruntime {} on {}", ort_available().version, a.onnx);
+    } else {
+#if VITQ_WITH_ONNX
+      ExportResult ex = export_onnx(g, opt.plan);
+      ort.emplace(OrtModel::from_bytes(ex.bytes, threads, opt.plan ? "the QDQ export" : "the FP32 export"));
+      runtime_line = fmt::format("onnxruntime {} on vitq's {} export (opset {}, in memory)", ort_available().version,
+                                 opt.plan ? "QDQ" : "FP32", ex.opset);
+#else
+      fail("--runtime ort needs the ONNX exporter: this vitq was built without libonnx");
+#endif
+    }
+    opt.runtime = [&ort](const at::Tensor& x) { return ort->run(x); };
+  } else if (runtime != "vitq") {
+    fail("unknown --runtime '{}' (vitq, ort)", runtime);
+  }
   EvalResult r = evaluate(g, data, opt);
   fmt::print("model     {} ({})\n", g.meta.name, g.meta.source);
+  if (ort) fmt::print("runtime   {}\n", runtime_line);
   fmt::print("data      {} ({} images evaluated{})\n", a.data, r.images,
              r.failed ? fmt::format(", {} unreadable and skipped", r.failed) : "");
   if (opt.plan) {
@@ -119,14 +146,23 @@ int run_eval(const EvalArgs& a) {
     fmt::print("top-1     {:.2f}%\n", r.top1_pct());
     fmt::print("top-5     {:.2f}%\n", r.top5_pct());
   }
+  if (ort)
+    fmt::print("vs vitq   top-1 agreement {:.2f}% with vitq's {} (its top-1 {:.2f}%), max |logit difference| {:.4g}\n",
+               r.vitq_agreement_pct(), opt.plan ? "fake-quant model" : "FP32 model", r.vitq_top1_pct(), r.max_logit_diff);
   fmt::print("speed     {:.1f} images/s end to end, {:.1f} images/s model only (batch {}, {} threads, {})\n",
-             r.images_per_second(), r.model_images_per_second(), a.batch, threads, a.device);
+             r.images_per_second(), r.model_images_per_second(), a.batch, threads, ort ? "onnxruntime" : a.device);
   if (!a.json.empty()) {
     nlohmann::json j = {{"model", g.meta.name}, {"source", g.meta.source}, {"data", a.data}, {"images", r.images},
                         {"failed", r.failed}, {"failures", r.failures}, {"top1", r.top1_pct()}, {"top5", r.top5_pct()},
                         {"images_per_second", r.images_per_second()},
                         {"model_images_per_second", r.model_images_per_second()}, {"batch", a.batch},
                         {"threads", threads}, {"device", a.device}};
+    if (ort) {
+      j["runtime"] = runtime_line;
+      j["vitq_agreement"] = r.vitq_agreement_pct();
+      j["vitq_top1"] = r.vitq_top1_pct();
+      j["max_logit_diff"] = r.max_logit_diff;
+    }
     if (opt.plan) {
       j["plan"] = a.plan;
       j["fp32_top1"] = r.fp_top1_pct();
@@ -192,6 +228,9 @@ int main(int argc, char** argv) {
   eval->add_flag("--quiet", ev.quiet, "no progress output");
   eval->add_option("--plan", ev.plan, "evaluate the model quantized by this plan (fake-quant), against FP32");
   eval->add_option("--report", ev.report, "with --plan: per-layer SQNR/cosine report as JSON (and a table)");
+  eval->add_option("--runtime", ev.runtime, "vitq (its executor; fake-quant with --plan) or ort (ONNX Runtime on vitq's ONNX export, compared with vitq)")
+      ->check(CLI::IsMember({"vitq", "ort"}));
+  eval->add_option("--onnx", ev.onnx, "with --runtime ort: run this ONNX file (e.g. from vitq export) instead of exporting in memory");
   eval->add_option("--report-images", ev.report_images, "images for the per-layer report")->check(CLI::Range(1, 256));
 
   QuantArgs qa;
@@ -245,6 +284,14 @@ int main(int argc, char** argv) {
   compare->add_option("--limit", ca.limit, "evaluate only the first N images");
   compare->add_option("--out", ca.out, "output path without extension (writes .md and .json)")->required();
 
+  ExportArgs xa;
+  auto* exp = app.add_subcommand("export", "write the model, quantized by a plan, as a standard ONNX file (QDQ)");
+  exp->add_option("MODEL", xa.model, "model directory, .safetensors or .onnx")->required();
+  exp->add_option("--plan", xa.plan, "quantization plan (from vitq quantize)");
+  exp->add_option("--format", xa.format, "onnx-qdq (QuantizeLinear/DequantizeLinear, int8 weights; default with --plan) or onnx (FP32)");
+  exp->add_option("--out", xa.out, "ONNX file to write")->required();
+  exp->add_flag("--force", xa.force, "overwrite --out if it exists");
+
   BenchOptions bo;
   bo.out_dir = std::string(VITQ_SOURCE_DIR) + "/bench/results";
   auto* bench = app.add_subcommand("bench", "FP32 throughput (model only and end to end) into bench/results/");
@@ -269,6 +316,7 @@ int main(int argc, char** argv) {
     if (*info) return run_info(info_model, info_json);
     if (*eval) return run_eval(ev);
     if (*bench) return run_bench(bo);
+    if (*exp) return run_export(xa);
     if (*quantize) return run_quantize(qa);
     if (*compare) {
       ca.command_line = "vitq";

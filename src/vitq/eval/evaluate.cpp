@@ -52,12 +52,25 @@ EvalResult evaluate(const Graph& graph, const Dataset& full, const EvalOptions& 
     const auto n = static_cast<int64_t>(batch->size());
     auto input = at::from_blob(batch->pixels.data(), {n, 3, pre.input_height, pre.input_width}, at::kFloat);
     const auto m0 = std::chrono::steady_clock::now();
-    at::Tensor logits = (quant ? quant->run(input) : exec.run(input)).to(at::kCPU).contiguous();
+    at::Tensor logits = (opt.runtime ? opt.runtime(input) : quant ? quant->run(input) : exec.run(input)).to(at::kCPU).contiguous();
     r.seconds_model += std::chrono::duration<double>(std::chrono::steady_clock::now() - m0).count();
     if (logits.dim() != 2 || logits.size(0) != n) fail("model output has shape [{}], expected [{}, classes]", fmt::join(logits.sizes(), ", "), n);
-    if (quant) {  // compare with FP on the same images
+    if (!at::isfinite(logits).all().item<bool>()) fail("the model produced non-finite logits (inf or NaN)");
+    at::Tensor own;  // vitq's own logits, when a runtime replaced it
+    if (opt.runtime) {
+      own = (quant ? quant->run(input) : exec.run(input)).to(at::kCPU);
+      if (own.sizes() != logits.sizes()) fail("the runtime's logits have shape [{}], vitq's [{}]", fmt::join(logits.sizes(), ", "), fmt::join(own.sizes(), ", "));
+      auto own_pred = own.argmax(1);
+      auto labels = at::tensor(std::vector<int64_t>(batch->labels.begin(), batch->labels.end()));
+      r.vitq_agree += static_cast<size_t>((own_pred == logits.argmax(1)).sum().item<int64_t>());
+      r.vitq_top1 += static_cast<size_t>((own_pred == labels).sum().item<int64_t>());
+      r.max_logit_diff = std::max(r.max_logit_diff, (own - logits).abs().max().item<double>());
+    }
+    if (quant || opt.runtime) {  // compare with FP on the same images
       at::Tensor fp;
-      if (opt.fp_logits) {
+      if (!quant) {
+        fp = own;
+      } else if (opt.fp_logits) {
         const size_t classes = static_cast<size_t>(logits.size(1)), offset = r.images * classes;
         if (opt.fp_logits->size() < offset + static_cast<size_t>(n) * classes) fail("FP logits do not cover the data set");
         fp = at::from_blob(const_cast<float*>(opt.fp_logits->data() + offset), {n, logits.size(1)}, at::kFloat);

@@ -1,5 +1,7 @@
 // FP32 (and, later, quantized) evaluation over a labelled image set: top-1/top-5 and throughput.
 #pragma once
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -22,6 +24,9 @@ struct EvalOptions {
   int workers = 1;           // decoding threads
   std::string device = "cpu";
   bool keep_logits = false;
+  // Runs the model instead of vitq's executor (ONNX Runtime, the integer runtime): its logits are scored, and
+  // compared with vitq's own (the fake-quant model under `plan`, else FP32) on the same images.
+  std::function<at::Tensor(const at::Tensor&)> runtime;
 };
 
 struct EvalResult {
@@ -35,6 +40,11 @@ struct EvalResult {
   double agreement_pct() const { return images ? 100.0 * static_cast<double>(agree) / static_cast<double>(images) : 0.0; }
   double mean_kl() const { return images ? kl_sum / static_cast<double>(images) : 0.0; }
   double fp_top1_pct() const { return images ? 100.0 * static_cast<double>(fp_top1) / static_cast<double>(images) : 0.0; }
+  // with a runtime: agreement of its top-1 with vitq's own model, that model's top-1, max |logit difference|
+  size_t vitq_agree = 0, vitq_top1 = 0;
+  double max_logit_diff = 0;
+  double vitq_agreement_pct() const { return images ? 100.0 * static_cast<double>(vitq_agree) / static_cast<double>(images) : 0.0; }
+  double vitq_top1_pct() const { return images ? 100.0 * static_cast<double>(vitq_top1) / static_cast<double>(images) : 0.0; }
   double seconds_total = 0, seconds_model = 0;
   std::vector<std::string> failures;
   std::vector<int64_t> labels, predictions;

@@ -1,0 +1,39 @@
+// Export of a Graph, FP32 or quantized by a plan, as a standard ONNX model (opset 17).
+//
+// Quantized edges become QuantizeLinear / DequantizeLinear pairs (QDQ), the form ONNX Runtime and TensorRT fuse
+// into integer kernels:
+//   - uniform and PTF activation quantizers: Q/DQ with int8 (signed) or uint8 (unsigned / asymmetric unsigned)
+//     zero points, per tensor or per axis (per channel / per head); below 8 bits the input is first clipped to
+//     the grid's range, (qmin − zp)·s … (qmax − zp)·s, since QDQ's types saturate at 8 bits;
+//   - weights: the integer codes (the plan's learned codes when present, else round(w / s) + zp) stored as int8 /
+//     uint8 initializers, followed by DequantizeLinear (per channel with the output-channel axis). Linear weights
+//     are stored transposed, [in, out], for MatMul; per-group weights dequantize through Reshape/Sub/Mul;
+//   - twin-uniform (PTQ4ViT) and log2 (FQ-ViT) quantizers, which QDQ cannot express, as the standard ops that
+//     compute the simulation's formula (Div, Round, Clip, Where, …): the same numbers, not integer kernels;
+//   - integer LayerNorm / Softmax (FQ-ViT's integer ops) are refused with an Error naming the layer: the
+//     standard ops would not reproduce their integer arithmetic.
+// Biases stay float32 (the simulation keeps them in float; int32 biases would move the numbers).
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "vitq/graph/graph.h"
+
+namespace vitq {
+
+struct QuantPlan;
+
+struct ExportResult {
+  std::string bytes;              // the serialized ModelProto
+  int opset = 17;
+  int qdq_activations = 0;        // Q/DQ pairs on activation edges
+  int int8_weights = 0;           // weights stored as 8-bit integer codes
+  int standard_op_quantizers = 0; // twin-uniform / log2 edges written as standard ops
+  int64_t weight_bytes = 0;       // bytes of all initializers
+};
+
+// `plan` null: the FP32 model. Checks the result with the ONNX checker. Error (one line) for a plan that does
+// not fit the graph, a quantizer or op that cannot be exported.
+ExportResult export_onnx(const Graph& graph, const QuantPlan* plan);
+
+}  // namespace vitq
