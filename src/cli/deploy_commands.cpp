@@ -29,6 +29,8 @@ int run_export(const ExportArgs& a) {
   std::vector<std::string> inputs = model_files(a.model);
   if (!a.plan.empty()) inputs.push_back(a.plan);
   check_not_an_input(a.out, inputs, "--out");
+  std::error_code ec;
+  if (fs::is_directory(a.out, ec)) fail("{}: is a directory, not a file to write", a.out);
   if (!a.force && fs::exists(fs::symlink_status(a.out))) fail("{}: exists (use --force to overwrite it)", a.out);
   Graph g = load_model(a.model);
   QuantPlan plan;

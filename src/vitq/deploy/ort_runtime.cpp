@@ -117,7 +117,12 @@ std::unique_ptr<OrtModel::Impl> make_session(const std::string& label, int threa
   } release{so};
   if (threads > 0) check(g_api->SetIntraOpNumThreads(so, threads), "setting threads");
   check(g_api->SetInterOpNumThreads(so, 1), "setting threads");
-  check(g_api->SetSessionGraphOptimizationLevel(so, ORT_ENABLE_ALL), "optimisation level");
+  GraphOptimizationLevel level = ORT_ENABLE_ALL;
+  if (const char* env = std::getenv("VITQ_ORT_OPT_LEVEL"); env && *env) {
+    const std::string v = env;
+    level = v == "0" ? ORT_DISABLE_ALL : v == "1" ? ORT_ENABLE_BASIC : v == "2" ? ORT_ENABLE_EXTENDED : ORT_ENABLE_ALL;
+  }
+  check(g_api->SetSessionGraphOptimizationLevel(so, level), "optimisation level");
   const std::string what = "loading " + label;
   if (path) check(g_api->CreateSession(m->env, path->c_str(), so, &m->session), what);
   else check(g_api->CreateSessionFromArray(m->env, bytes->data(), bytes->size(), so, &m->session), what);
