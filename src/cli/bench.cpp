@@ -1,6 +1,9 @@
 // `vitq bench`: FP32 throughput of a model, model only (random input, median of timed runs) and end to end
 // (decode + preprocess + model over real images), next to a baseline measured in the same run: the sgemm rate
 // of this machine's BLAS through libtorch, so a result reads as "fraction of what the hardware gives".
+// Then every engine that can run the model, in the same run: batch-1 latency and batch-B throughput (medians)
+// of vitq's executor, ONNX Runtime on the FP32 ONNX model (the model folder's model.onnx, else vitq's export),
+// and with --plan ONNX Runtime on vitq's QDQ export of the plan.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -9,14 +12,19 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "vitq/deploy/onnx_export.h"
+#include "vitq/deploy/ort_runtime.h"
 #include "vitq/eval/evaluate.h"
 #include "vitq/eval/model_stats.h"
 #include "vitq/graph/executor.h"
 #include "vitq/models/model_loader.h"
+#include "vitq/quant/plan.h"
 #include "vitq/util/error.h"
 
 namespace vitq::cli {
@@ -96,6 +104,51 @@ int run_bench(const BenchOptions& o) {
   std::string profile;
   for (auto& [t, op] : by_time) profile += fmt::format("| {} | {:.1f} ms |\n", op, t * 1e3);
 
+  // Engines side by side: batch-1 latency and batch-B throughput, each engine timed in its own block.
+  struct EngineResult {
+    std::string name, detail;
+    double latency_ms = 0, images_per_second = 0;
+  };
+  std::vector<EngineResult> engines;
+  auto measure = [&](const std::string& name, const std::string& detail, const std::function<void(const at::Tensor&)>& run) {
+    auto x1 = x.slice(0, 0, 1).contiguous();
+    auto lat = time_runs(3, std::max<size_t>(3 * o.iters, 10), [&] { run(x1); sync(); });
+    auto thr = time_runs(2, o.iters, [&] { run(x); sync(); });
+    engines.push_back({name, detail, median(lat) * 1e3, static_cast<double>(B) / median(thr)});
+    fmt::print(stderr, "bench: {}: {:.2f} ms at batch 1, {:.1f} images/s at batch {}\n", name, engines.back().latency_ms,
+               engines.back().images_per_second, B);
+  };
+  measure("vitq FP32", "libtorch executor", [&](const at::Tensor& in) { exec.run(in); });
+  std::string ort_note;
+  if (o.device == "cpu" && ort_available().ok) {
+    std::string fp_onnx = o.onnx;
+    if (fp_onnx.empty()) {
+      const std::filesystem::path src(g.meta.source);
+      if (src.extension() == ".onnx") fp_onnx = src.string();
+      else if (std::filesystem::exists(src.parent_path() / "model.onnx")) fp_onnx = (src.parent_path() / "model.onnx").string();
+    }
+#if VITQ_WITH_ONNX
+    std::optional<OrtModel> fp_model;
+    if (fp_onnx.empty()) fp_model.emplace(OrtModel::from_bytes(export_onnx(g, nullptr).bytes, threads, "vitq's FP32 export"));
+    else fp_model.emplace(OrtModel::from_file(fp_onnx, threads));
+    measure(fmt::format("ONNX Runtime {} FP32", ort_available().version), fp_onnx.empty() ? "vitq's FP32 export" : fp_onnx,
+            [&](const at::Tensor& in) { fp_model->run(in); });
+    if (!o.plan.empty()) {
+      QuantPlan plan = load_plan(o.plan, g);
+      ExportResult qdq = export_onnx(g, &plan);
+      OrtModel q_model = OrtModel::from_bytes(qdq.bytes, threads, "vitq's QDQ export");
+      measure(fmt::format("ONNX Runtime {} on vitq's QDQ export", ort_available().version),
+              fmt::format("{} W{}A{}", plan.method, plan.settings.value("wbits", 0), plan.settings.value("abits", 0)),
+              [&](const at::Tensor& in) { q_model.run(in); });
+    }
+#else
+    ort_note = "ONNX Runtime rows need the ONNX exporter (this vitq was built without libonnx)";
+#endif
+  } else {
+    ort_note = o.device != "cpu" ? "ONNX Runtime runs on the CPU only" : ort_available().why;
+  }
+  if (!ort_note.empty()) fmt::print(stderr, "bench: no ONNX Runtime rows: {}\n", ort_note);
+
   EvalOptions eo;
   eo.batch = o.batch;
   eo.limit = o.limit;
@@ -116,13 +169,20 @@ int run_bench(const BenchOptions& o) {
       {"end_to_end", {{"data", o.data}, {"images", r.images}, {"seconds", r.seconds_total},
                       {"images_per_second", r.images_per_second()}, {"top1", r.top1_pct()}, {"workers", o.workers}}},
       {"op_seconds", op_seconds}};
+  for (const auto& e : engines)
+    j["engines"].push_back({{"name", e.name}, {"detail", e.detail}, {"latency_batch1_ms", e.latency_ms},
+                            {"images_per_second", e.images_per_second}, {"batch", o.batch}});
+  if (!o.plan.empty()) j["plan"] = o.plan;
   std::filesystem::create_directories(o.out_dir);
   // Named after the model's folder (the shared reference models share timm's architecture names with the real
   // networks but are narrower), else its architecture.
   const std::filesystem::path mp(o.model);
   std::string label = (std::filesystem::is_directory(mp) ? mp.filename() : mp.parent_path().filename()).string();
   if (label.empty() || label == "." || label == "..") label = g.meta.name.empty() ? "model" : g.meta.name;
-  const std::string stem = fmt::format("{}/fp32_{}_{}_b{}_t{}", o.out_dir, label, o.device, o.batch, threads);
+  std::string plan_tag;
+  if (!o.plan.empty()) plan_tag = "_" + std::filesystem::path(o.plan).stem().string();
+  const std::string stem = fmt::format("{}/{}_{}{}_{}_b{}_t{}", o.out_dir, o.plan.empty() ? "fp32" : "engines", label, plan_tag,
+                                       o.device, o.batch, threads);
   std::ofstream(stem + ".json") << j.dump(2) << "\n";
   std::string md = fmt::format(
       "# FP32 throughput: {} ({}, {} threads, batch {})\n\n{}\n\n"
@@ -130,10 +190,15 @@ int run_bench(const BenchOptions& o) {
       "| baseline sgemm {}x{}x{} (same run) | {:.2f} ms | {:.0f} GFLOP/s |\n"
       "| model only ({} iterations) | {:.1f} ms/batch | {:.1f} images/s ({:.0f} GFLOP/s, {:.0f}% of sgemm) |\n"
       "| end to end: decode + preprocess + model, {} images | {:.1f} s total | {:.1f} images/s |\n"
-      "\nTime per op kind, one batch (profiled run):\n\n| op | time |\n|---|---|\n{}",
+      "\nTime per op kind, one batch of vitq FP32 (profiled run):\n\n| op | time |\n|---|---|\n{}",
       label == g.meta.name ? label : fmt::format("{} ({})", label, g.meta.name), o.device, threads, o.batch, date, rows, inner, cols, median(gemm_t) * 1e3, gemm_gflops, o.iters,
       median(model_t) * 1e3, model_ips, model_gflops, 100.0 * model_gflops / gemm_gflops, r.images, r.seconds_total,
       r.images_per_second(), profile);
+  md += fmt::format("\nEngines, same run, same threads ({}); each timed in its own block after warm-up, medians:\n\n"
+                    "| engine | model | latency, batch 1 | throughput, batch {} |\n|---|---|---|---|\n", threads, o.batch);
+  for (const auto& e : engines)
+    md += fmt::format("| {} | {} | {:.2f} ms | {:.1f} images/s |\n", e.name, e.detail, e.latency_ms, e.images_per_second);
+  if (!ort_note.empty()) md += fmt::format("\nNo ONNX Runtime rows: {}.\n", ort_note);
   std::ofstream(stem + ".md") << md;
   fmt::print("{}\nwrote {}.json and {}.md\n", md, stem, stem);
   return 0;

@@ -12,7 +12,7 @@ struct LayerReport;
 namespace vitq::cli {
 
 struct BenchOptions {
-  std::string model, data, out_dir, device = "cpu";
+  std::string model, data, out_dir, device = "cpu", plan, onnx;
   size_t batch = 32, iters = 10, limit = 512;
   int threads = 0, workers = 1;
 };

@@ -13,6 +13,7 @@
 
 #include "cli/commands.h"
 #include "vitq/data/dataset.h"
+#include "vitq/deploy/int8_runtime.h"
 #include "vitq/deploy/onnx_export.h"
 #include "vitq/deploy/ort_runtime.h"
 #include "vitq/eval/evaluate.h"
@@ -114,6 +115,7 @@ int run_eval(const EvalArgs& a) {
   }
   std::string runtime = !a.onnx.empty() && a.runtime == "vitq" ? "ort" : a.runtime;
   std::optional<OrtModel> ort;
+  std::optional<Int8Model> int8;
   std::string runtime_line;
   if (runtime == "ort") {
     if (a.device != "cpu") fail("--runtime ort runs on the CPU (drop --device {})", a.device);
@@ -131,12 +133,22 @@ int run_eval(const EvalArgs& a) {
 #endif
     }
     opt.runtime = [&ort](const at::Tensor& x) { return ort->run(x); };
+  } else if (runtime == "int8") {
+    if (!opt.plan) fail("--runtime int8 needs --plan (the quantization to run in integers)");
+    if (a.device != "cpu") fail("--runtime int8 runs on the CPU (drop --device {})", a.device);
+    int8.emplace(g, plan);
+    const auto& s = int8->stats();
+    runtime_line = fmt::format("vitq int8 (oneDNN): {} Linear and {} MatMul layers as int8 GEMMs ({} twin-uniform, {} log2 inputs); "
+                               "{} quantized layers simulated{}",
+                               s.native_linear, s.native_matmul, s.twin_inputs, s.log2_inputs, s.fallbacks.size(),
+                               s.fallbacks.empty() ? "" : " (" + s.fallbacks.front() + (s.fallbacks.size() > 1 ? ", …)" : ")"));
+    opt.runtime = [&int8](const at::Tensor& x) { return int8->run(x); };
   } else if (runtime != "vitq") {
-    fail("unknown --runtime '{}' (vitq, ort)", runtime);
+    fail("unknown --runtime '{}' (vitq, ort, int8)", runtime);
   }
   EvalResult r = evaluate(g, data, opt);
   fmt::print("model     {} ({})\n", g.meta.name, g.meta.source);
-  if (ort) fmt::print("runtime   {}\n", runtime_line);
+  if (ort || int8) fmt::print("runtime   {}\n", runtime_line);
   fmt::print("data      {} ({} images evaluated{})\n", a.data, r.images,
              r.failed ? fmt::format(", {} unreadable and skipped", r.failed) : "");
   if (opt.plan) {
@@ -146,18 +158,18 @@ int run_eval(const EvalArgs& a) {
     fmt::print("top-1     {:.2f}%\n", r.top1_pct());
     fmt::print("top-5     {:.2f}%\n", r.top5_pct());
   }
-  if (ort)
+  if (ort || int8)
     fmt::print("vs vitq   top-1 agreement {:.2f}% with vitq's {} (its top-1 {:.2f}%), max |logit difference| {:.4g}\n",
                r.vitq_agreement_pct(), opt.plan ? "fake-quant model" : "FP32 model", r.vitq_top1_pct(), r.max_logit_diff);
   fmt::print("speed     {:.1f} images/s end to end, {:.1f} images/s model only (batch {}, {} threads, {})\n",
-             r.images_per_second(), r.model_images_per_second(), a.batch, threads, ort ? "onnxruntime" : a.device);
+             r.images_per_second(), r.model_images_per_second(), a.batch, threads, ort ? "onnxruntime" : int8 ? "vitq int8" : a.device);
   if (!a.json.empty()) {
     nlohmann::json j = {{"model", g.meta.name}, {"source", g.meta.source}, {"data", a.data}, {"images", r.images},
                         {"failed", r.failed}, {"failures", r.failures}, {"top1", r.top1_pct()}, {"top5", r.top5_pct()},
                         {"images_per_second", r.images_per_second()},
                         {"model_images_per_second", r.model_images_per_second()}, {"batch", a.batch},
                         {"threads", threads}, {"device", a.device}};
-    if (ort) {
+    if (ort || int8) {
       j["runtime"] = runtime_line;
       j["vitq_agreement"] = r.vitq_agreement_pct();
       j["vitq_top1"] = r.vitq_top1_pct();
@@ -228,8 +240,8 @@ int main(int argc, char** argv) {
   eval->add_flag("--quiet", ev.quiet, "no progress output");
   eval->add_option("--plan", ev.plan, "evaluate the model quantized by this plan (fake-quant), against FP32");
   eval->add_option("--report", ev.report, "with --plan: per-layer SQNR/cosine report as JSON (and a table)");
-  eval->add_option("--runtime", ev.runtime, "vitq (its executor; fake-quant with --plan) or ort (ONNX Runtime on vitq's ONNX export, compared with vitq)")
-      ->check(CLI::IsMember({"vitq", "ort"}));
+  eval->add_option("--runtime", ev.runtime, "vitq (its executor; fake-quant with --plan), ort (ONNX Runtime on vitq's ONNX export) or int8 (vitq's integer runtime, needs --plan); ort and int8 are compared with vitq's own model")
+      ->check(CLI::IsMember({"vitq", "ort", "int8"}));
   eval->add_option("--onnx", ev.onnx, "with --runtime ort: run this ONNX file (e.g. from vitq export) instead of exporting in memory");
   eval->add_option("--report-images", ev.report_images, "images for the per-layer report")->check(CLI::Range(1, 256));
 
@@ -294,7 +306,7 @@ int main(int argc, char** argv) {
 
   BenchOptions bo;
   bo.out_dir = std::string(VITQ_SOURCE_DIR) + "/bench/results";
-  auto* bench = app.add_subcommand("bench", "FP32 throughput (model only and end to end) into bench/results/");
+  auto* bench = app.add_subcommand("bench", "throughput and latency of vitq and ONNX Runtime (FP32, QDQ with --plan) into bench/results/");
   bench->add_option("MODEL", bo.model, "model directory, .safetensors or .onnx")->required();
   bench->add_option("--data", bo.data, "image directory for the end-to-end run")->required();
   bench->add_option("--batch", bo.batch, "batch size")->check(CLI::Range(1, 4096));
@@ -304,6 +316,8 @@ int main(int argc, char** argv) {
   bench->add_option("--workers", bo.workers, "image decoding threads")->check(CLI::Range(1, 64));
   bench->add_option("--device", bo.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   bench->add_option("--out", bo.out_dir, "results directory");
+  bench->add_option("--plan", bo.plan, "also time ONNX Runtime on vitq's QDQ export of this plan");
+  bench->add_option("--onnx", bo.onnx, "FP32 ONNX model for the ONNX Runtime row (default: the model folder's model.onnx)");
 
   try {
     app.parse(argc, argv);

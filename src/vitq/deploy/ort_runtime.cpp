@@ -161,11 +161,12 @@ at::Tensor OrtModel::run(const at::Tensor& input_in) const {
   check(g_api->GetTensorTypeAndShape(out, &info), "output shape");
   size_t rank = 0;
   ONNXTensorElementDataType type{};
-  g_api->GetTensorElementType(info, &type);
-  g_api->GetDimensionsCount(info, &rank);
+  OrtStatus* st = g_api->GetTensorElementType(info, &type);
+  if (!st) st = g_api->GetDimensionsCount(info, &rank);
   std::vector<int64_t> dims(rank);
-  g_api->GetDimensions(info, dims.data(), rank);
+  if (!st) st = g_api->GetDimensions(info, dims.data(), rank);
   g_api->ReleaseTensorTypeAndShapeInfo(info);
+  check(st, "output shape");
   if (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) fail("onnxruntime: {}: the output is not float32", impl_->label);
   void* data = nullptr;
   check(g_api->GetTensorMutableData(out, &data), "output data");

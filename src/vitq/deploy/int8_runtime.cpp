@@ -1,0 +1,447 @@
+#include "vitq/deploy/int8_runtime.h"
+
+#include <ATen/ATen.h>
+
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <unordered_map>
+#include <map>
+#include <mutex>
+
+#include "vitq/graph/executor.h"
+#include "vitq/quant/fake_quant.h"
+#include "vitq/quant/plan.h"
+#include "vitq/util/error.h"
+
+#if VITQ_WITH_DNNL
+#include <oneapi/dnnl/dnnl.hpp>
+#endif
+
+namespace vitq {
+
+#if VITQ_WITH_DNNL
+
+bool int8_runtime_available() { return true; }
+
+namespace {
+
+using dnnl::memory;
+using Tag = memory::format_tag;
+using DT = memory::data_type;
+
+dnnl::engine& cpu_engine() {
+  static dnnl::engine e(dnnl::engine::kind::cpu, 0);
+  return e;
+}
+
+bool per_tensor(const QuantPoint& p) { return p.params.scale.numel() == 1; }
+
+// Elementwise quantization of a contiguous float span: codes = clamp(rint(x / s) + zp, lo, hi).
+template <class T>
+[[gnu::always_inline]] inline void quantize_span(const float* __restrict__ x, T* __restrict__ q, int64_t n, float s, float zp,
+                                                  float lo, float hi) {
+  for (int64_t i = 0; i < n; ++i) {
+    float v = __builtin_rintf(x[i] / s) + zp;
+    v = v < lo ? lo : v;
+    v = v > hi ? hi : v;
+    q[i] = static_cast<T>(v);
+  }
+}
+template <class T>
+[[gnu::target("avx512f,avx512bw,avx512vl,avx512dq")]] void quantize_avx512(const float* x, T* q, int64_t n, float s, float zp,
+                                                                             float lo, float hi) {
+  quantize_span(x, q, n, s, zp, lo, hi);
+}
+template <class T>
+void quantize_generic(const float* x, T* q, int64_t n, float s, float zp, float lo, float hi) {
+  quantize_span(x, q, n, s, zp, lo, hi);
+}
+
+bool has_avx512() {
+  static const bool yes = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512dq");
+  }();
+  return yes;
+}
+
+// Per-tensor uniform codes of x (any strides: made contiguous in x's logical shape).
+// as_signed: unsigned codes shifted down by 128 (with the zero point), for oneDNN's signed weights operand; the
+// differences q − zp are unchanged.
+IntGrid uniform_grid(const at::Tensor& x_in, const QuantPoint& p, bool as_signed = false) {
+  auto x = x_in.contiguous();
+  const float shift = as_signed && !p.spec.is_signed ? -128.0f : 0.0f;
+  const float s = p.params.scale.item<float>(), zp = p.params.zero_point.item<float>() + shift;
+  const float lo = static_cast<float>(p.spec.qmin()) + shift, hi = static_cast<float>(p.spec.qmax()) + shift;
+  const bool is_unsigned = lo >= 0;
+  IntGrid g;
+  g.step = s;
+  g.zero_point = static_cast<int32_t>(zp);
+  g.codes = at::empty(x.sizes(), is_unsigned ? at::kByte : at::kChar);
+  const int64_t n = x.numel();
+  const float* xs = x.data_ptr<float>();
+  at::parallel_for(0, n, 65536, [&](int64_t b, int64_t e) {
+    if (is_unsigned) {
+      auto* q = g.codes.data_ptr<uint8_t>();
+      (has_avx512() ? quantize_avx512<uint8_t> : quantize_generic<uint8_t>)(xs + b, q + b, e - b, s, zp, lo, hi);
+    } else {
+      auto* q = g.codes.data_ptr<int8_t>();
+      (has_avx512() ? quantize_avx512<int8_t> : quantize_generic<int8_t>)(xs + b, q + b, e - b, s, zp, lo, hi);
+    }
+  });
+  return g;
+}
+
+// Codes of a per-head symmetric uniform input, divided by nothing: the GEMM runs on raw codes and the per-head
+// scale is applied to its int32 output. Returns the codes and the scale shaped to broadcast over the output.
+at::Tensor per_head_codes(const at::Tensor& x, const QuantPoint& p) {
+  auto q = at::clamp(at::round(x / p.params.scale), static_cast<double>(p.spec.qmin()), static_cast<double>(p.spec.qmax()));
+  return q.to(at::kChar).contiguous();
+}
+
+// The grids of a twin-uniform or log2 input (x̂ = Σ step · codes, no zero points).
+std::vector<IntGrid> split_grids(const at::Tensor& x_in, const QuantPoint& p) {
+  auto x = x_in.contiguous();
+  std::vector<IntGrid> out;
+  if (p.spec.kind == QuantKind::TwinUniform) {
+    const float d1 = p.params.scale.item<float>(), d2 = p.params.scale2.item<float>();
+    const double n = static_cast<double>((int64_t{1} << (p.spec.bits - 1)) - 1);
+    auto c1 = at::round(x / d1);
+    auto coarse = at::clamp(at::round(x / d2), 0.0, n);
+    at::Tensor fine_mask = p.spec.is_signed ? (x < 0) : (c1 <= n);
+    at::Tensor fine = at::where(fine_mask, p.spec.is_signed ? at::clamp(c1, -n, 0.0) : at::clamp(c1, 0.0, n), at::zeros_like(x));
+    coarse = at::where(fine_mask, at::zeros_like(x), coarse);
+    const auto fine_type = p.spec.is_signed ? at::kChar : at::kByte;
+    out.push_back({fine.to(fine_type), d1, 0});
+    out.push_back({coarse.to(at::kByte), d2, 0});
+  } else {  // Log2: c = log2 code (2^b = zero); split at c = 7
+    const float s = p.params.scale.item<float>();
+    auto c = quantize_codes(x, p.spec, p.params);  // exponent, top + 1 for zero
+    const double top = static_cast<double>((int64_t{1} << p.spec.bits) - 1);
+    auto valid = c <= top;
+    auto hi_part = at::where(valid & (c <= 7), at::exp2(7 - c), at::zeros_like(c));
+    auto lo_part = at::where(valid & (c > 7), at::exp2(15 - c), at::zeros_like(c));
+    out.push_back({hi_part.to(at::kByte), s / 128.0f, 0});
+    if (top > 7) out.push_back({lo_part.to(at::kByte), s / 32768.0f, 0});
+  }
+  return out;
+}
+
+std::vector<IntGrid> input_grids(const at::Tensor& x, const QuantPoint& p) {
+  if (p.spec.kind == QuantKind::TwinUniform || p.spec.kind == QuantKind::Log2) return split_grids(x, p);
+  return {uniform_grid(x, p)};
+}
+
+// Why an input quantizer cannot feed a GEMM as its left operand ("" if it can).
+std::string left_problem(const QuantPoint& p, bool allow_per_head) {
+  if (p.spec.kind == QuantKind::TwinUniform || p.spec.kind == QuantKind::Log2) {
+    if (!per_tensor(p)) return fmt::format("{} input with more than one step", quant_kind_name(p.spec.kind));
+    if (p.spec.kind == QuantKind::Log2 && p.spec.bits > 4) return "log2 input above 4 bits";
+    return "";
+  }
+  if (p.spec.kind != QuantKind::Uniform) return fmt::format("{} input", quant_kind_name(p.spec.kind));
+  if (per_tensor(p)) return "";
+  if (allow_per_head && p.spec.granularity == Granularity::PerHead && p.spec.symmetric && p.spec.is_signed) return "";
+  return fmt::format("per-{} input quantizer", granularity_name(p.spec.granularity));
+}
+// The right operand is oneDNN's (signed) weights operand.
+std::string right_problem(const QuantPoint& p) {
+  if (p.spec.kind != QuantKind::Uniform) return fmt::format("{} right operand", quant_kind_name(p.spec.kind));
+  if (per_tensor(p)) return "";  // unsigned codes are shifted to int8
+  if (!p.spec.is_signed) return "unsigned per-head right operand";
+  if (p.spec.granularity == Granularity::PerHead && p.spec.symmetric) return "";
+  return fmt::format("per-{} right operand", granularity_name(p.spec.granularity));
+}
+
+memory::desc plain_desc(const std::vector<int64_t>& dims, DT dt) {
+  memory::dims d(dims.begin(), dims.end());
+  return memory::desc(d, dt, dims.size() == 2 ? Tag::ab : dims.size() == 3 ? Tag::abc : Tag::abcd);
+}
+
+DT code_type(const at::Tensor& codes) { return codes.scalar_type() == at::kByte ? DT::u8 : DT::s8; }
+
+struct Scalars {  // runtime attribute arguments
+  float scale = 1;
+  int32_t src_zp = 0, wei_zp = 0;
+};
+
+// A Linear as int8 GEMMs: y = Σ_g step_g · s_w[n] · ((A_g − zp_g) · Wᵀ) + b.
+class NativeLinear {
+ public:
+  NativeLinear(const at::Tensor& codes, std::vector<float> w_scale, at::Tensor bias)
+      : codes_(codes.to(at::kChar).contiguous()), w_scale_(std::move(w_scale)), bias_(std::move(bias)) {
+    N_ = codes_.size(0);
+    K_ = codes_.size(1);
+  }
+
+  // The input's zero point is folded into the bias: s·s_w[n]·Σ_k (q − zp)·w = s·s_w[n]·(Σ_k q·w − zp·Σ_k w).
+  const at::Tensor& folded_bias(const IntGrid& g) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto key = std::make_pair(g.step, g.zero_point);
+    auto it = bias_by_zp_.find(key);
+    if (it != bias_by_zp_.end()) return it->second;
+    // oneDNN 2.x adds the bias to the accumulator before the output scale: dst = scale[n]·(acc + bias'[n]), so
+    // bias' = bias / scale − zp·Σ_k w (in double, then float).
+    auto b = bias_.defined() ? bias_.to(at::kDouble) : at::zeros({N_}, at::kDouble);
+    auto sc = static_cast<double>(g.step) *
+              at::tensor(std::vector<double>(w_scale_.begin(), w_scale_.end()), at::kDouble).expand({N_});
+    b = b / sc;
+    if (g.zero_point != 0) b = b - static_cast<double>(g.zero_point) * codes_.to(at::kDouble).sum(1);
+    return bias_by_zp_.emplace(key, b.to(at::kFloat).contiguous()).first->second;
+  }
+
+  at::Tensor run(const at::Tensor& x, const std::vector<IntGrid>& grids) {
+    if (x.size(-1) != K_) fail("int8 runtime: Linear input has {} features, its weight {}", x.size(-1), K_);
+    const int64_t M = x.numel() / K_;
+    auto sizes = x.sizes().vec();
+    sizes.back() = N_;
+    auto y = at::empty({M, N_}, at::kFloat);
+    dnnl::stream st(cpu_engine());
+    for (size_t gi = 0; gi < grids.size(); ++gi) {
+      const auto& g = grids[gi];
+      const bool with_bias = gi == 0 && (bias_.defined() || g.zero_point != 0);
+      if (gi > 0 && g.zero_point != 0) fail("int8 runtime: a second grid with a zero point");
+      auto& prim = primitive(M, code_type(g.codes), g.step, gi > 0, with_bias);
+      memory src(prim.src, cpu_engine(), g.codes.data_ptr());
+      memory dst(prim.dst, cpu_engine(), y.data_ptr());
+      std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, *prim.weights}, {DNNL_ARG_DST, dst}};
+      if (with_bias) args.emplace(DNNL_ARG_BIAS, memory({{1, N_}, DT::f32, Tag::ab}, cpu_engine(), folded_bias(g).data_ptr()));
+      prim.prim.execute(st, args);
+    }
+    st.wait();
+    return y.view(sizes);
+  }
+
+ private:
+  struct Prim {
+    dnnl::matmul prim;
+    memory::desc src, dst;
+    const memory* weights = nullptr;
+  };
+
+  Prim& primitive(int64_t M, DT dt, float step, bool accumulate, bool with_bias) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto key = std::make_tuple(M, static_cast<int>(dt), step, accumulate, with_bias);
+    auto it = prims_.find(key);
+    if (it != prims_.end()) return it->second;
+    memory::desc src({M, K_}, dt, Tag::ab), dst({M, N_}, DT::f32, Tag::ab);
+    memory::desc wany({K_, N_}, DT::s8, Tag::any), bias({1, N_}, DT::f32, Tag::ab);
+    dnnl::primitive_attr attr;
+    std::vector<float> scales(w_scale_.size());
+    for (size_t n = 0; n < scales.size(); ++n) scales[n] = step * w_scale_[n];
+    attr.set_output_scales(scales.size() == 1 ? 0 : 2, scales);
+    if (accumulate) {
+      dnnl::post_ops po;
+      po.append_sum(1.0f);
+      attr.set_post_ops(po);
+    }
+    auto desc = with_bias ? dnnl::matmul::desc(src, wany, bias, dst) : dnnl::matmul::desc(src, wany, dst);
+    dnnl::matmul::primitive_desc pd(desc, attr, cpu_engine());
+    Prim p{dnnl::matmul(pd), src, dst, &packed(pd.weights_desc())};
+    return prims_.emplace(key, std::move(p)).first->second;
+  }
+
+  // The weight codes in the layout a primitive wants, reordered once per layout.
+  const memory& packed(const memory::desc& want) {
+    for (auto& [d, m] : packed_)
+      if (d == want) return *m;
+    // codes_ is [N, K] row-major: as a K x N matrix its strides are (1, K)
+    memory::desc user({K_, N_}, DT::s8, memory::dims{1, K_});
+    memory src(user, cpu_engine(), codes_.data_ptr());
+    auto m = std::make_unique<memory>(want, cpu_engine());
+    dnnl::stream st(cpu_engine());
+    dnnl::reorder(src, *m).execute(st, src, *m);
+    st.wait();
+    packed_.emplace_back(want, std::move(m));
+    return *packed_.back().second;
+  }
+
+  at::Tensor codes_;
+  std::vector<float> w_scale_;
+  at::Tensor bias_;
+  int64_t N_ = 0, K_ = 0;
+  std::mutex mu_;
+  std::map<std::tuple<int64_t, int, float, bool, bool>, Prim> prims_;
+  std::map<std::pair<float, int32_t>, at::Tensor> bias_by_zp_;
+  std::vector<std::pair<memory::desc, std::unique_ptr<memory>>> packed_;
+};
+
+// A MatMul of two quantized activations, batched over the leading dims.
+class NativeMatMul {
+ public:
+  NativeMatMul(const QuantPoint& a, const QuantPoint& b) : a_(a), b_(b) {}
+
+  at::Tensor run(const at::Tensor& x0, const at::Tensor& x1) {
+    if (x0.dim() < 2 || x0.dim() > 4 || x1.dim() != x0.dim()) fail("int8 runtime: MatMul of ranks {} and {}", x0.dim(), x1.dim());
+    for (int64_t d = 0; d + 2 < x0.dim(); ++d)
+      if (x0.size(d) != x1.size(d)) fail("int8 runtime: MatMul with broadcast batch dims");
+    const bool a_head = !per_tensor(a_), b_head = !per_tensor(b_);
+    std::vector<IntGrid> ga;
+    if (a_head) ga.push_back({per_head_codes(x0, a_), 1.0f, 0});
+    else ga = input_grids(x0, a_);
+    IntGrid gb = b_head ? IntGrid{per_head_codes(x1, b_), 1.0f, 0} : uniform_grid(x1, b_, /*as_signed=*/true);
+    auto out_sizes = x0.sizes().vec();
+    out_sizes.back() = x1.size(-1);
+    auto y = at::empty(out_sizes, at::kFloat);
+    dnnl::stream st(cpu_engine());
+    const auto a_dims = x0.sizes().vec(), b_dims = x1.sizes().vec();
+    for (size_t gi = 0; gi < ga.size(); ++gi) {
+      const auto& g = ga[gi];
+      auto& prim = primitive(a_dims, b_dims, code_type(g.codes), gi > 0);
+      memory src(prim.src, cpu_engine(), g.codes.data_ptr()), wei(prim.wei, cpu_engine(), gb.codes.data_ptr()),
+          dst(prim.dst, cpu_engine(), y.data_ptr());
+      float scale = g.step * gb.step;
+      int32_t zs = g.zero_point, zw = gb.zero_point;
+      memory sm({{1}, DT::f32, Tag::a}, cpu_engine(), &scale), zsm({{1}, DT::s32, Tag::a}, cpu_engine(), &zs),
+          zwm({{1}, DT::s32, Tag::a}, cpu_engine(), &zw);
+      prim.prim.execute(st, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, dst},
+                             {DNNL_ARG_ATTR_OUTPUT_SCALES, sm}, {DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_SRC, zsm},
+                             {DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_WEIGHTS, zwm}});
+    }
+    st.wait();
+    if (a_head) y.mul_(a_.params.scale);
+    if (b_head) y.mul_(b_.params.scale);
+    return y;
+  }
+
+ private:
+  struct Prim {
+    dnnl::matmul prim;
+    memory::desc src, wei, dst;
+  };
+  Prim& primitive(const std::vector<int64_t>& a, const std::vector<int64_t>& b, DT dt, bool accumulate) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto key = std::make_tuple(a, b, static_cast<int>(dt), accumulate);
+    auto it = prims_.find(key);
+    if (it != prims_.end()) return it->second;
+    auto c = a;
+    c.back() = b.back();
+    memory::desc src = plain_desc(a, dt), wei = plain_desc(b, DT::s8), dst = plain_desc(c, DT::f32);
+    dnnl::primitive_attr attr;
+    attr.set_output_scales(0, {DNNL_RUNTIME_F32_VAL});
+    attr.set_zero_points(DNNL_ARG_SRC, 0, {DNNL_RUNTIME_S32_VAL});
+    attr.set_zero_points(DNNL_ARG_WEIGHTS, 0, {DNNL_RUNTIME_S32_VAL});
+    if (accumulate) {
+      dnnl::post_ops po;
+      po.append_sum(1.0f);
+      attr.set_post_ops(po);
+    }
+    dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, wei, dst), attr, cpu_engine());
+    return prims_.emplace(key, Prim{dnnl::matmul(pd), src, wei, dst}).first->second;
+  }
+
+  const QuantPoint& a_;
+  const QuantPoint& b_;
+  std::mutex mu_;
+  std::map<std::tuple<std::vector<int64_t>, std::vector<int64_t>, int, bool>, Prim> prims_;
+};
+
+}  // namespace
+
+struct Int8Model::Impl {
+  const Graph& graph;
+  const QuantPlan& plan;
+  QuantizedModel sim;
+  Executor exec;
+  ExecHooks hooks;
+  Int8Stats stats;
+  std::vector<std::unique_ptr<NativeLinear>> linear;  // per node
+  std::vector<std::unique_ptr<NativeMatMul>> matmul;
+  std::vector<const QuantPoint*> input_point;          // per node: the slot-0 quantizer of a native node
+
+  Impl(const Graph& g, const QuantPlan& p) : graph(g), plan(p), sim(g, p), exec(g) {
+    linear.resize(g.nodes.size());
+    matmul.resize(g.nodes.size());
+    input_point.assign(g.nodes.size(), nullptr);
+    for (size_t i = 0; i < g.nodes.size(); ++i) {
+      const Node& n = g.nodes[i];
+      if (n.op != OpKind::Linear && !(n.op == OpKind::MatMul && is_quantizable(g, n))) continue;
+      const QuantPoint* p0 = p.find(n.name, 0);
+      const QuantPoint* p1 = p.find(n.name, 1);
+      if (!p0 && !p1) continue;  // left in floating point by the plan
+      std::string why;
+      if (!p0) why = "its input is not quantized";
+      else if (!p1) why = "its second input is not quantized";
+      else if (n.op == OpKind::Linear) why = setup_linear(i, *p0, *p1);
+      else why = setup_matmul(i, *p0, *p1);
+      if (!why.empty()) {
+        stats.fallbacks.push_back(fmt::format("{}: {}", n.name, why));
+        continue;
+      }
+      input_point[i] = p0;
+      if (p0->spec.kind == QuantKind::TwinUniform) ++stats.twin_inputs;
+      if (p0->spec.kind == QuantKind::Log2) ++stats.log2_inputs;
+    }
+    const ExecHooks& sh = sim.hooks();
+    hooks.transform_input = [this, &sh](const Node& n, size_t slot, const at::Tensor& t) -> at::Tensor {
+      const size_t i = static_cast<size_t>(&n - graph.nodes.data());
+      if (input_point[i]) return t;  // native: quantized by the GEMM's own input step
+      return sh.transform_input(n, slot, t);
+    };
+    hooks.replace = [this, &sh](const Node& n, const std::vector<at::Tensor>& args) -> std::vector<at::Tensor> {
+      const size_t i = static_cast<size_t>(&n - graph.nodes.data());
+      if (linear[i]) return {linear[i]->run(args[0].to(at::kFloat), input_grids(args[0].to(at::kFloat), *input_point[i]))};
+      if (matmul[i]) return {matmul[i]->run(args[0].to(at::kFloat), args[1].to(at::kFloat))};
+      return sh.replace(n, args);
+    };
+  }
+
+  std::string setup_linear(size_t i, const QuantPoint& in, const QuantPoint& w) {
+    const Node& n = graph.nodes[i];
+    if (!w.weight) return "its weight is not a constant";
+    if (auto why = left_problem(in, false); !why.empty()) return why;
+    if (w.spec.kind != QuantKind::Uniform || !w.spec.symmetric) return "asymmetric or non-uniform weight quantizer";
+    if (w.spec.granularity != Granularity::PerTensor && !(w.spec.granularity == Granularity::PerChannel && w.spec.axis == 0))
+      return fmt::format("per-{} weight quantizer", granularity_name(w.spec.granularity));
+    const auto& weight = graph.const_tensor(n.inputs[1]);
+    if (weight.dim() != 2) return "weight is not 2-D";
+    auto codes = w.codes.defined() ? w.codes : quantize_codes(weight.to(at::kFloat), w.spec, w.params);
+    if (codes.min().item<double>() < -128 || codes.max().item<double>() > 127) return "weight codes outside int8";
+    auto sc = w.params.scale.to(at::kFloat).reshape({-1}).contiguous();
+    std::vector<float> scales(sc.data_ptr<float>(), sc.data_ptr<float>() + sc.numel());
+    at::Tensor bias;
+    if (auto it = plan.bias.find(n.name); it != plan.bias.end()) bias = it->second;
+    else if (n.inputs.size() > 2 && n.inputs[2] >= 0) bias = graph.const_tensor(n.inputs[2]);
+    if (bias.defined()) bias = bias.to(at::kFloat).contiguous();
+    linear[i] = std::make_unique<NativeLinear>(codes, std::move(scales), bias);
+    ++stats.native_linear;
+    return "";
+  }
+
+  std::string setup_matmul(size_t i, const QuantPoint& a, const QuantPoint& b) {
+    if (auto why = left_problem(a, true); !why.empty()) return why;
+    if (auto why = right_problem(b); !why.empty()) return why;
+    matmul[i] = std::make_unique<NativeMatMul>(a, b);
+    ++stats.native_matmul;
+    return "";
+  }
+};
+
+Int8Model::Int8Model(const Graph& graph, const QuantPlan& plan) : impl_(std::make_unique<Impl>(graph, plan)) {}
+Int8Model::~Int8Model() = default;
+const Int8Stats& Int8Model::stats() const { return impl_->stats; }
+
+at::Tensor Int8Model::run(const at::Tensor& input) const {
+  at::InferenceMode guard;
+  try {
+    return impl_->exec.run(input.to(at::kCPU, at::kFloat), &impl_->hooks);
+  } catch (const dnnl::error& e) {
+    fail("int8 runtime: oneDNN: {}", first_line(e.what()));
+  }
+}
+#else
+
+bool int8_runtime_available() { return false; }
+struct Int8Model::Impl {
+  Int8Stats stats;
+};
+Int8Model::Int8Model(const Graph&, const QuantPlan&) { fail("this vitq was built without oneDNN (libdnnl-dev): no int8 runtime"); }
+Int8Model::~Int8Model() = default;
+const Int8Stats& Int8Model::stats() const { return impl_->stats; }
+at::Tensor Int8Model::run(const at::Tensor&) const { fail("this vitq was built without oneDNN: no int8 runtime"); }
+
+#endif
+
+}  // namespace vitq

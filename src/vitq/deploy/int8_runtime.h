@@ -1,0 +1,64 @@
+// vitq's native integer runtime: a plan executed with int8 GEMMs (oneDNN, VNNI where the CPU has it).
+//
+// Native layers (each a GEMM on integer codes, int32 accumulation, the dequantization scale s_x·s_w, the input's
+// zero point and the bias fused into oneDNN's epilogue):
+//   - Linear whose input quantizer is per-tensor uniform (≤ 8 bits), twin uniform or log2, and whose weight
+//     quantizer is symmetric uniform per tensor or per output channel (learned codes used as they are). Weights
+//     are quantized and packed once, at load.
+//   - MatMul of two activations (q·kᵀ, attn·v) whose inputs are per-tensor uniform, twin uniform or log2 (left)
+//     and per-tensor uniform (right), or per-head symmetric uniform on either side (then the per-head scale is
+//     applied after the GEMM).
+// Non-uniform codes run natively as sums of integer grids: a twin-uniform input is its fine codes (step Δ1) plus
+// its coarse codes (step Δ2), a log2 input (FQ-ViT, 2^-c for c ≤ 2^b − 1) is two uint8 grids of powers of two
+// (c ≤ 7: 2^(7−c) · s/2^7, else 2^(15−c) · s/2^15); the second GEMM accumulates into the first's output.
+// Everything else (LayerNorm, Softmax, GELU, residual adds, convolutions, quantizers the GEMMs cannot take) runs
+// as vitq's simulation does: FP32, fake-quantized inputs, and integer LayerNorm / Softmax where the plan asks.
+// stats() lists which layers fell back and why.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "vitq/graph/graph.h"
+
+namespace vitq {
+
+struct QuantPlan;
+
+struct Int8Stats {
+  int native_linear = 0, native_matmul = 0;
+  int twin_inputs = 0, log2_inputs = 0;  // native inputs of those kinds (each two GEMMs)
+  std::vector<std::string> fallbacks;    // "node: why" for quantized layers run by the simulation instead
+};
+
+// Whether this vitq was built with oneDNN.
+bool int8_runtime_available();
+
+class Int8Model {
+ public:
+  // The plan must be checked against the graph (load_plan / check_plan) and outlive the model.
+  Int8Model(const Graph& graph, const QuantPlan& plan);
+  ~Int8Model();
+  Int8Model(const Int8Model&) = delete;
+  Int8Model& operator=(const Int8Model&) = delete;
+  // input [B, 3, H, W] float32 on the CPU -> logits
+  at::Tensor run(const at::Tensor& input) const;
+  const Int8Stats& stats() const;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// One quantized input as integer grids: x̂ = Σ_g step_g · (codes_g − zero_point_g). Exposed for the tests
+// (reference of the runtime's input quantization).
+struct IntGrid {
+  at::Tensor codes;  // int8 (kChar) or uint8 (kByte), the input's shape
+  float step = 1;
+  int32_t zero_point = 0;
+};
+
+}  // namespace vitq
