@@ -1,4 +1,5 @@
 // vitq — post-training quantization of Vision Transformers. Command-line entry point.
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <unistd.h>
 
@@ -7,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <malloc.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <optional>
 #include <thread>
@@ -17,6 +19,7 @@
 #include "vitq/deploy/onnx_export.h"
 #include "vitq/deploy/ort_runtime.h"
 #include "vitq/eval/evaluate.h"
+#include "vitq/graph/executor.h"
 #include "vitq/eval/model_stats.h"
 #include "vitq/models/model_loader.h"
 #include "vitq/util/error.h"
@@ -89,6 +92,7 @@ struct EvalArgs {
   std::string model, data, json, device = "cpu", dump_logits, plan, report;
   size_t report_images = 32;
   std::string runtime = "vitq", onnx;
+  double perturb = 0;
   size_t limit = 0, batch = 32;
   int threads = 0, workers = 1;
   bool strict = false, quiet = false;
@@ -146,9 +150,32 @@ int run_eval(const EvalArgs& a) {
   } else if (runtime != "vitq") {
     fail("unknown --runtime '{}' (vitq, ort, int8)", runtime);
   }
+  // The model against itself with every float constant perturbed by a relative EPS: how far float noise alone
+  // moves this (quantized) model — the yardstick for the differences between two correct implementations.
+  std::optional<Graph> perturbed;
+  std::optional<QuantizedModel> perturbed_model;
+  std::optional<Executor> perturbed_exec;
+  if (a.perturb != 0) {
+    if (!std::isfinite(a.perturb) || a.perturb < 0 || a.perturb > 0.1) fail("--perturb must be in (0, 0.1], got {}", a.perturb);
+    if (opt.runtime) fail("--perturb compares vitq with itself: drop --runtime/--onnx");
+    perturbed.emplace(g);
+    at::manual_seed(0);
+    for (auto& c : perturbed->consts)
+      if (c.defined() && c.is_floating_point()) c = c * (1 + a.perturb * at::randn_like(c));
+    const c10::Device device(a.device == "cuda" ? c10::kCUDA : c10::kCPU);
+    if (opt.plan) {
+      perturbed_model.emplace(*perturbed, plan, device);
+      opt.runtime = [&perturbed_model](const at::Tensor& x) { return perturbed_model->run(x); };
+    } else {
+      perturbed_exec.emplace(*perturbed, device);
+      opt.runtime = [&perturbed_exec](const at::Tensor& x) { return perturbed_exec->run(x); };
+    }
+    runtime_line = fmt::format("vitq with every float constant perturbed by {:g} (relative, seed 0)", a.perturb);
+  }
+  const bool compared = ort || int8 || perturbed;
   EvalResult r = evaluate(g, data, opt);
   fmt::print("model     {} ({})\n", g.meta.name, g.meta.source);
-  if (ort || int8) fmt::print("runtime   {}\n", runtime_line);
+  if (compared) fmt::print("runtime   {}\n", runtime_line);
   fmt::print("data      {} ({} images evaluated{})\n", a.data, r.images,
              r.failed ? fmt::format(", {} unreadable and skipped", r.failed) : "");
   if (opt.plan) {
@@ -158,7 +185,7 @@ int run_eval(const EvalArgs& a) {
     fmt::print("top-1     {:.2f}%\n", r.top1_pct());
     fmt::print("top-5     {:.2f}%\n", r.top5_pct());
   }
-  if (ort || int8)
+  if (compared)
     fmt::print("vs vitq   top-1 agreement {:.2f}% with vitq's {} (its top-1 {:.2f}%), max |logit difference| {:.4g}\n",
                r.vitq_agreement_pct(), opt.plan ? "fake-quant model" : "FP32 model", r.vitq_top1_pct(), r.max_logit_diff);
   fmt::print("speed     {:.1f} images/s end to end, {:.1f} images/s model only (batch {}, {} threads, {})\n",
@@ -169,7 +196,7 @@ int run_eval(const EvalArgs& a) {
                         {"images_per_second", r.images_per_second()},
                         {"model_images_per_second", r.model_images_per_second()}, {"batch", a.batch},
                         {"threads", threads}, {"device", a.device}};
-    if (ort || int8) {
+    if (compared) {
       j["runtime"] = runtime_line;
       j["vitq_agreement"] = r.vitq_agreement_pct();
       j["vitq_top1"] = r.vitq_top1_pct();
@@ -242,6 +269,7 @@ int main(int argc, char** argv) {
   eval->add_option("--report", ev.report, "with --plan: per-layer SQNR/cosine report as JSON (and a table)");
   eval->add_option("--runtime", ev.runtime, "vitq (its executor; fake-quant with --plan), ort (ONNX Runtime on vitq's ONNX export) or int8 (vitq's integer runtime, needs --plan); ort and int8 are compared with vitq's own model")
       ->check(CLI::IsMember({"vitq", "ort", "int8"}));
+  eval->add_option("--perturb", ev.perturb, "compare the model with itself with every float constant perturbed by this relative amount (e.g. 1e-6): float noise's own effect");
   eval->add_option("--onnx", ev.onnx, "with --runtime ort: run this ONNX file (e.g. from vitq export) instead of exporting in memory");
   eval->add_option("--report-images", ev.report_images, "images for the per-layer report")->check(CLI::Range(1, 256));
 

@@ -1,0 +1,233 @@
+// The integer runtime against vitq's fake quantization (its reference): every input kind of a Linear and of an
+// activation x activation MatMul on one-layer graphs (no upstream differences: they must agree to float
+// precision), fallbacks, and whole DeiT-Tiny plans.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <gtest/gtest.h>
+
+#include "test_util.h"
+#include "vitq/data/dataset.h"
+#include "vitq/deploy/int8_runtime.h"
+#include "vitq/graph/executor.h"
+#include "vitq/methods/method.h"
+#include "vitq/models/model_loader.h"
+#include "vitq/quant/calibration.h"
+#include "vitq/quant/fake_quant.h"
+#include "vitq/util/error.h"
+
+using namespace vitq;
+using namespace vitq::test;
+
+#define REQUIRE_INT8()                                                                         \
+  do {                                                                                         \
+    if (!int8_runtime_available()) GTEST_SKIP() << "skipped: built without oneDNN (libdnnl)"; \
+  } while (0)
+
+namespace {
+
+QuantSpec spec(int bits, bool symmetric, bool is_signed, Granularity g = Granularity::PerTensor, int axis = 0,
+               QuantKind kind = QuantKind::Uniform) {
+  QuantSpec s;
+  s.bits = bits;
+  s.symmetric = symmetric;
+  s.is_signed = is_signed;
+  s.granularity = g;
+  s.axis = axis;
+  s.kind = kind;
+  return s;
+}
+
+QuantPoint point(const std::string& node, int slot, bool weight, const QuantSpec& s, const at::Tensor& data) {
+  QuantPoint p;
+  p.node = node;
+  p.slot = slot;
+  p.weight = weight;
+  p.spec = s;
+  if (s.kind == QuantKind::TwinUniform) {
+    p.params = s.is_signed ? twin_gelu_params(s.bits, 0.05) : twin_softmax_params(s.bits, 3);
+  } else if (s.kind == QuantKind::Log2) {
+    p.params = log2_params();
+    p.params.scale = p.params.scale * 2.0;
+  } else {
+    p.params = params_from_range(reduce_amin(data, s), reduce_amax(data, s), s);
+  }
+  return p;
+}
+
+// input [B, 3, 4, 4] -> [B, 48] -> fc (48 -> 10)
+Graph linear_graph() {
+  Graph g;
+  g.meta.name = "tiny";
+  g.meta.num_classes = 10;
+  g.meta.preprocess.input_height = g.meta.preprocess.input_width = 4;
+  g.input = g.add_value("input");
+  int flat = g.out(g.add_node(OpKind::Reshape, "flatten", {g.input}, 1,
+                              {{"shape", std::vector<int64_t>{1, 48}}, {"batch_mult", std::vector<int64_t>{1, 0}}}));
+  at::manual_seed(3);
+  int w = g.add_const("fc.weight", at::randn({10, 48}) * 0.2);
+  int b = g.add_const("fc.bias", at::randn({10}) * 0.1);
+  g.output = g.out(g.add_node(OpKind::Linear, "fc", {flat, w, b}));
+  g.validate();
+  return g;
+}
+
+// input [B, 3, 4, 4] ("3 heads") -> x · xᵀ [B, 3, 4, 4] -> [B, 48]
+Graph matmul_graph() {
+  Graph g;
+  g.meta.name = "tiny_mm";
+  g.meta.num_classes = 48;
+  g.meta.preprocess.input_height = g.meta.preprocess.input_width = 4;
+  g.input = g.add_value("input");
+  int t = g.out(g.add_node(OpKind::Transpose, "t", {g.input}, 1, {{"perm", std::vector<int64_t>{0, 1, 3, 2}}}));
+  int mm = g.out(g.add_node(OpKind::MatMul, "mm", {g.input, t}));
+  g.output = g.out(g.add_node(OpKind::Reshape, "flatten", {mm}, 1,
+                              {{"shape", std::vector<int64_t>{1, 48}}, {"batch_mult", std::vector<int64_t>{1, 0}}}));
+  g.validate();
+  return g;
+}
+
+QuantPlan plan_of(const Graph& g, std::vector<QuantPoint> points) {
+  QuantPlan plan;
+  plan.model = g.meta.name;
+  plan.method = "test";
+  plan.points = std::move(points);
+  check_plan(plan, g, "test plan");
+  return plan;
+}
+
+double compare(const Graph& g, const QuantPlan& plan, const at::Tensor& x, const std::string& label, int expect_native = 1) {
+  Int8Model m(g, plan);
+  EXPECT_EQ(m.stats().native_linear + m.stats().native_matmul, expect_native)
+      << label << (m.stats().fallbacks.empty() ? "" : ": " + m.stats().fallbacks[0]);
+  at::InferenceMode guard;
+  auto want = QuantizedModel(g, plan).run(x);
+  auto got = m.run(x);
+  EXPECT_EQ(got.sizes(), want.sizes()) << label;
+  const double d = ((want - got).abs().max() / want.abs().max()).item<double>();
+  std::printf("%-46s max |int8 - fake-quant| / max |y| %.3g\n", label.c_str(), d);
+  return d;
+}
+
+}  // namespace
+
+TEST(Int8Runtime, LinearEveryInputKindMatchesFakeQuant) {
+  REQUIRE_INT8();
+  Graph g = linear_graph();
+  const auto& w = g.const_tensor(g.nodes[1].inputs[1]);
+  at::manual_seed(0);
+  const auto x = at::randn({6, 3, 4, 4}) * 1.5, pos = at::rand({6, 3, 4, 4});
+  const auto flat = [](const at::Tensor& t) { return t.reshape({t.size(0), 48}); };
+  const auto wc = point("fc", 1, true, spec(8, true, true, Granularity::PerChannel, 0), w);
+  const auto wt = point("fc", 1, true, spec(8, true, true), w);
+  struct Case {
+    std::string label;
+    QuantSpec act;
+    at::Tensor data;
+    const QuantPoint* weight;
+  };
+  std::vector<Case> cases = {
+      {"A8 asym int8 / W8 per-channel", spec(8, false, true), x, &wc},
+      {"A8 asym uint8 / W8 per-tensor", spec(8, false, false), x, &wt},
+      {"A8 sym / W8 per-channel", spec(8, true, true), x, &wc},
+      {"A4 asym / W8 per-channel", spec(4, false, true), x, &wc},
+      {"A8 twin uniform unsigned", spec(8, true, false, Granularity::PerTensor, 0, QuantKind::TwinUniform), pos, &wc},
+      {"A6 twin uniform signed", spec(6, true, true, Granularity::PerTensor, 0, QuantKind::TwinUniform), x * 0.1, &wc},
+      {"A4 log2", spec(4, true, false, Granularity::PerTensor, 0, QuantKind::Log2), pos, &wc},
+      {"A3 log2 (one grid)", spec(3, true, false, Granularity::PerTensor, 0, QuantKind::Log2), pos, &wc},
+  };
+  for (const auto& c : cases) {
+    auto plan = plan_of(g, {point("fc", 0, false, c.act, flat(c.data)), *c.weight});
+    EXPECT_LE(compare(g, plan, c.data, c.label), 1e-5) << c.label;
+  }
+  // learned weight codes (floor everywhere, W4): the runtime uses the plan's codes, not its own rounding
+  QuantPoint w4 = point("fc", 1, true, spec(4, true, true, Granularity::PerChannel, 0), w);
+  w4.codes = at::clamp(at::floor(w / full_scale(w4, w)), -7.0, 7.0);
+  auto plan = plan_of(g, {point("fc", 0, false, spec(8, false, true), flat(x)), w4});
+  EXPECT_LE(compare(g, plan, x, "W4 learned codes"), 1e-5);
+}
+
+TEST(Int8Runtime, MatMulEveryInputKindMatchesFakeQuant) {
+  REQUIRE_INT8();
+  Graph g = matmul_graph();
+  at::manual_seed(1);
+  const auto x = at::randn({5, 3, 4, 4}), pos = at::rand({5, 3, 4, 4});
+  const auto xt = [](const at::Tensor& t) { return t.transpose(2, 3); };
+  struct Case {
+    std::string label;
+    QuantSpec a, b;
+    at::Tensor data;
+  };
+  std::vector<Case> cases = {
+      {"asym int8 x asym int8", spec(8, false, true), spec(8, false, true), x},
+      {"asym uint8 x asym uint8 (shifted to int8)", spec(8, false, false), spec(8, false, false), x},
+      {"sym x sym, 6 bits", spec(6, true, true), spec(6, true, true), x},
+      {"per-head sym x per-head sym", spec(8, true, true, Granularity::PerHead, 1), spec(8, true, true, Granularity::PerHead, 1), x},
+      {"per-head sym x asym", spec(8, true, true, Granularity::PerHead, 1), spec(8, false, true), x},
+      {"twin unsigned x asym", spec(8, true, false, Granularity::PerTensor, 0, QuantKind::TwinUniform), spec(8, false, true), pos},
+      {"log2 x asym", spec(4, true, false, Granularity::PerTensor, 0, QuantKind::Log2), spec(8, false, true), pos},
+  };
+  for (const auto& c : cases) {
+    auto plan = plan_of(g, {point("mm", 0, false, c.a, c.data), point("mm", 1, false, c.b, xt(c.data))});
+    EXPECT_LE(compare(g, plan, c.data, c.label), 1e-5) << c.label;
+  }
+}
+
+// A quantizer the GEMMs cannot take is simulated, named in the stats, and the numbers stay the simulation's.
+TEST(Int8Runtime, UnsupportedLayersFallBackToTheSimulation) {
+  REQUIRE_INT8();
+  Graph g = linear_graph();
+  const auto& w = g.const_tensor(g.nodes[1].inputs[1]);
+  at::manual_seed(0);
+  const auto x = at::randn({4, 3, 4, 4});
+  QuantSpec grouped = spec(4, true, true, Granularity::PerGroup);
+  grouped.group_size = 16;
+  auto plan = plan_of(g, {point("fc", 0, false, spec(8, false, true), x.reshape({4, 48})), point("fc", 1, true, grouped, w)});
+  Int8Model m(g, plan);
+  ASSERT_EQ(m.stats().fallbacks.size(), 1u);
+  EXPECT_NE(m.stats().fallbacks[0].find("fc: per-group weight"), std::string::npos) << m.stats().fallbacks[0];
+  EXPECT_LE(compare(g, plan, x, "per-group weights (simulated)", 0), 1e-6);
+}
+
+// Whole DeiT-Tiny plans: uniform (minmax), PTQ4ViT's (twin uniform, per-head), FQ-ViT's with integer LayerNorm
+// and softmax (log2 codes into attn·v) — every GEMM native; agreement with the simulation, and a deviation no
+// larger than the simulation's own under 1e-6 float noise (see test_export.cpp).
+TEST(Int8Runtime, DeitPlansAgreeWithFakeQuant) {
+  REQUIRE_INT8();
+  at::set_num_threads(2);
+  Graph g = load_model(model_dir().string());
+  auto data = open_dataset(imagenet("val1000").string());
+  data.samples.resize(16);
+  at::Tensor x = load_calibration(g, data, 16, 0, false);
+  at::Tensor calib = load_calibration(g, open_dataset(imagenet("calib1000").string()), 4, 0, false);
+  for (std::string method : {"minmax", "ptq4vit", "fqvit"}) {
+    MethodOptions o;
+    o.progress = false;
+    o.search_steps = 5;
+    o.search_images = 2;
+    o.rounds = 1;
+    QuantPlan plan = run_method(g, calib, method, o);
+    Int8Model m(g, plan);
+    EXPECT_EQ(m.stats().native_linear, 49) << method;
+    EXPECT_EQ(m.stats().native_matmul, 24) << method;
+    EXPECT_TRUE(m.stats().fallbacks.empty()) << method << ": " << m.stats().fallbacks[0];
+    at::InferenceMode guard;
+    auto want = QuantizedModel(g, plan).run(x);
+    auto got = m.run(x);
+    Graph perturbed = g;
+    at::manual_seed(11);
+    for (auto& c : perturbed.consts)
+      if (c.defined() && c.is_floating_point()) c = c * (1 + 1e-6 * at::randn_like(c));
+    const double chaos = (want - QuantizedModel(perturbed, plan).run(x)).abs().mean().item<double>();
+    const double agree = (want.argmax(1) == got.argmax(1)).to(at::kDouble).mean().item<double>();
+    const double mean_abs = (want - got).abs().mean().item<double>();
+    std::printf("DeiT-Tiny %-8s W8A8 int8 runtime: agreement %.3f, mean |int8 - fake-quant| %.3g (max %.3g); simulation under 1e-6 noise %.3g\n",
+                method.c_str(), agree, mean_abs, (want - got).abs().max().item<double>(), chaos);
+    EXPECT_GE(agree, 15.0 / 16.0) << method;
+    EXPECT_LE(mean_abs, 2.0 * chaos + 1e-3) << method;
+  }
+}
+
+TEST(Int8Runtime, CliNeedsAPlan) {
+  expect_cli_error(run_vitq("eval " + quoted(model_dir()) + " --runtime int8 --data " + quoted(imagenet("val1000")) + " --limit 2 --quiet"),
+                   "--runtime int8 needs --plan");
+}
