@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "vitq/deploy/int8_runtime.h"
 #include "vitq/deploy/onnx_export.h"
 #include "vitq/deploy/ort_runtime.h"
 #include "vitq/eval/evaluate.h"
@@ -119,6 +120,25 @@ int run_bench(const BenchOptions& o) {
                engines.back().images_per_second, B);
   };
   measure("vitq FP32", "libtorch executor", [&](const at::Tensor& in) { exec.run(in); });
+  std::optional<QuantPlan> plan;
+  std::map<std::string, double> int8_op_seconds;
+  if (!o.plan.empty()) {
+    plan = load_plan(o.plan, g);
+    if (o.device == "cpu" && int8_runtime_available()) {
+      Int8Model m(g, *plan);
+      const auto& st = m.stats();
+      measure("vitq int8", fmt::format("{} W{}A{}: {} Linear + {} MatMul int8 GEMMs, {} simulated", plan->method,
+                                       plan->settings.value("wbits", 0), plan->settings.value("abits", 0), st.native_linear,
+                                       st.native_matmul, st.fallbacks.size()),
+              [&](const at::Tensor& in) { m.run(in); });
+      auto t0 = std::chrono::steady_clock::now();
+      m.run(x, [&](const Node& n) {
+        auto now = std::chrono::steady_clock::now();
+        int8_op_seconds[op_name(n.op)] += std::chrono::duration<double>(now - t0).count();
+        t0 = now;
+      });
+    }
+  }
   std::string ort_note;
   if (o.device == "cpu" && ort_available().ok) {
     std::string fp_onnx = o.onnx;
@@ -134,11 +154,10 @@ int run_bench(const BenchOptions& o) {
     measure(fmt::format("ONNX Runtime {} FP32", ort_available().version), fp_onnx.empty() ? "vitq's FP32 export" : fp_onnx,
             [&](const at::Tensor& in) { fp_model->run(in); });
     if (!o.plan.empty()) {
-      QuantPlan plan = load_plan(o.plan, g);
-      ExportResult qdq = export_onnx(g, &plan);
+      ExportResult qdq = export_onnx(g, &*plan);
       OrtModel q_model = OrtModel::from_bytes(qdq.bytes, threads, "vitq's QDQ export");
       measure(fmt::format("ONNX Runtime {} on vitq's QDQ export", ort_available().version),
-              fmt::format("{} W{}A{}", plan.method, plan.settings.value("wbits", 0), plan.settings.value("abits", 0)),
+              fmt::format("{} W{}A{}", plan->method, plan->settings.value("wbits", 0), plan->settings.value("abits", 0)),
               [&](const at::Tensor& in) { q_model.run(in); });
     }
 #else
@@ -199,6 +218,14 @@ int run_bench(const BenchOptions& o) {
   for (const auto& e : engines)
     md += fmt::format("| {} | {} | {:.2f} ms | {:.1f} images/s |\n", e.name, e.detail, e.latency_ms, e.images_per_second);
   if (!ort_note.empty()) md += fmt::format("\nNo ONNX Runtime rows: {}.\n", ort_note);
+  if (!int8_op_seconds.empty()) {
+    std::vector<std::pair<double, std::string>> t8;
+    for (auto& [op, t] : int8_op_seconds) t8.emplace_back(t, op);
+    std::sort(t8.rbegin(), t8.rend());
+    md += "\nTime per op kind, one batch of vitq int8 (profiled run):\n\n| op | time |\n|---|---|\n";
+    for (auto& [t, op] : t8) md += fmt::format("| {} | {:.1f} ms |\n", op, t * 1e3);
+    j["int8_op_seconds"] = int8_op_seconds;
+  }
   std::ofstream(stem + ".md") << md;
   fmt::print("{}\nwrote {}.json and {}.md\n", md, stem, stem);
   return 0;

@@ -70,35 +70,59 @@ bool has_avx512() {
 // Per-tensor uniform codes of x (any strides: made contiguous in x's logical shape).
 // as_signed: unsigned codes shifted down by 128 (with the zero point), for oneDNN's signed weights operand; the
 // differences q − zp are unchanged.
-IntGrid uniform_grid(const at::Tensor& x_in, const QuantPoint& p, bool as_signed = false) {
-  auto x = x_in.contiguous();
-  const float shift = as_signed && !p.spec.is_signed ? -128.0f : 0.0f;
-  const float s = p.params.scale.item<float>(), zp = p.params.zero_point.item<float>() + shift;
-  const float lo = static_cast<float>(p.spec.qmin()) + shift, hi = static_cast<float>(p.spec.qmax()) + shift;
-  const bool is_unsigned = lo >= 0;
-  IntGrid g;
-  g.step = s;
-  g.zero_point = static_cast<int32_t>(zp);
-  g.codes = at::empty(x.sizes(), is_unsigned ? at::kByte : at::kChar);
-  const int64_t n = x.numel();
-  const float* xs = x.data_ptr<float>();
-  at::parallel_for(0, n, 65536, [&](int64_t b, int64_t e) {
-    if (is_unsigned) {
-      auto* q = g.codes.data_ptr<uint8_t>();
-      (has_avx512() ? quantize_avx512<uint8_t> : quantize_generic<uint8_t>)(xs + b, q + b, e - b, s, zp, lo, hi);
-    } else {
-      auto* q = g.codes.data_ptr<int8_t>();
-      (has_avx512() ? quantize_avx512<int8_t> : quantize_generic<int8_t>)(xs + b, q + b, e - b, s, zp, lo, hi);
+// Codes of x (float, any strides whose last one is 1, else copied) into a new contiguous tensor of x's shape:
+// clamp(rint(x / s) + zp, lo, hi), with s taken per index of dim 1 when `scales` has more than one entry
+// (per-head quantizers). Rows of the last dim are quantized in place from x's memory: no float copy.
+template <class T>
+void quantize_into(const at::Tensor& x_in, T* out, const std::vector<float>& scales, float zp, float lo, float hi) {
+  at::Tensor x = x_in.stride(-1) == 1 ? x_in : x_in.contiguous();
+  auto kernel = has_avx512() ? quantize_avx512<T> : quantize_generic<T>;
+  const float* base = x.data_ptr<float>();
+  if (x.is_contiguous() && scales.size() == 1) {
+    at::parallel_for(0, x.numel(), 65536, [&](int64_t b, int64_t e) { kernel(base + b, out + b, e - b, scales[0], zp, lo, hi); });
+    return;
+  }
+  const int64_t r = x.dim(), inner = x.size(-1), rows = x.numel() / std::max<int64_t>(inner, 1);
+  const auto sizes = x.sizes().vec(), strides = x.strides().vec();
+  at::parallel_for(0, rows, 16, [&](int64_t b, int64_t e) {
+    for (int64_t row = b; row < e; ++row) {
+      int64_t rem = row, off = 0, head = 0;
+      for (int64_t d = r - 2; d >= 0; --d) {
+        const int64_t i = rem % sizes[static_cast<size_t>(d)];
+        rem /= sizes[static_cast<size_t>(d)];
+        off += i * strides[static_cast<size_t>(d)];
+        if (d == 1) head = i;
+      }
+      kernel(base + off, out + row * inner, inner, scales.size() == 1 ? scales[0] : scales[static_cast<size_t>(head)], zp, lo, hi);
     }
   });
-  return g;
 }
 
-// Codes of a per-head symmetric uniform input, divided by nothing: the GEMM runs on raw codes and the per-head
-// scale is applied to its int32 output. Returns the codes and the scale shaped to broadcast over the output.
-at::Tensor per_head_codes(const at::Tensor& x, const QuantPoint& p) {
-  auto q = at::clamp(at::round(x / p.params.scale), static_cast<double>(p.spec.qmin()), static_cast<double>(p.spec.qmax()));
-  return q.to(at::kChar).contiguous();
+std::vector<float> scale_list(const QuantPoint& p) {
+  auto sc = p.params.scale.to(at::kFloat).reshape({-1}).contiguous();
+  return {sc.data_ptr<float>(), sc.data_ptr<float>() + sc.numel()};
+}
+
+// Uniform codes of a per-tensor or per-head (dim 1) quantizer. as_signed: unsigned codes shifted down by 128
+// (with the zero point), for oneDNN's signed weights operand; the differences q − zp are unchanged.
+IntGrid uniform_grid(const at::Tensor& x, const QuantPoint& p, bool as_signed = false) {
+  const float shift = as_signed && !p.spec.is_signed ? -128.0f : 0.0f;
+  const auto scales = scale_list(p);
+  if (scales.size() > 1 && (x.dim() < 3 || x.size(1) != static_cast<int64_t>(scales.size())))
+    fail("int8 runtime: {} has {} steps for a tensor of shape [{}]", p.node, scales.size(), fmt::join(x.sizes(), ", "));
+  const float zp = p.params.zero_point.reshape({-1})[0].item<float>() + shift;
+  const float lo = static_cast<float>(p.spec.qmin()) + shift, hi = static_cast<float>(p.spec.qmax()) + shift;
+  IntGrid g;
+  g.step = scales.size() == 1 ? scales[0] : 1.0f;  // per-head steps are applied after the GEMM
+  g.zero_point = static_cast<int32_t>(zp);
+  if (lo >= 0) {
+    g.codes = at::empty(x.sizes(), at::kByte);
+    quantize_into(x, g.codes.data_ptr<uint8_t>(), scales, zp, lo, hi);
+  } else {
+    g.codes = at::empty(x.sizes(), at::kChar);
+    quantize_into(x, g.codes.data_ptr<int8_t>(), scales, zp, lo, hi);
+  }
+  return g;
 }
 
 // The grids of a twin-uniform or log2 input (x̂ = Σ step · codes, no zero points).
@@ -278,10 +302,11 @@ class NativeMatMul {
     for (int64_t d = 0; d + 2 < x0.dim(); ++d)
       if (x0.size(d) != x1.size(d)) fail("int8 runtime: MatMul with broadcast batch dims");
     const bool a_head = !per_tensor(a_), b_head = !per_tensor(b_);
-    std::vector<IntGrid> ga;
-    if (a_head) ga.push_back({per_head_codes(x0, a_), 1.0f, 0});
-    else ga = input_grids(x0, a_);
-    IntGrid gb = b_head ? IntGrid{per_head_codes(x1, b_), 1.0f, 0} : uniform_grid(x1, b_, /*as_signed=*/true);
+    std::vector<IntGrid> ga = input_grids(x0, a_);
+    // A transposed right operand (kᵀ) is quantized in its untransposed layout, and oneDNN reads it with strides.
+    const bool b_transposed = x1.stride(-2) == 1 && x1.stride(-1) != 1;
+    IntGrid gb = uniform_grid(b_transposed ? x1.transpose(-2, -1) : x1, b_, /*as_signed=*/true);
+    const auto b_strides = b_transposed ? gb.codes.transpose(-2, -1).strides().vec() : gb.codes.strides().vec();
     auto out_sizes = x0.sizes().vec();
     out_sizes.back() = x1.size(-1);
     auto y = at::empty(out_sizes, at::kFloat);
@@ -289,7 +314,7 @@ class NativeMatMul {
     const auto a_dims = x0.sizes().vec(), b_dims = x1.sizes().vec();
     for (size_t gi = 0; gi < ga.size(); ++gi) {
       const auto& g = ga[gi];
-      auto& prim = primitive(a_dims, b_dims, code_type(g.codes), gi > 0);
+      auto& prim = primitive(a_dims, b_dims, b_strides, code_type(g.codes), gi > 0);
       memory src(prim.src, cpu_engine(), g.codes.data_ptr()), wei(prim.wei, cpu_engine(), gb.codes.data_ptr()),
           dst(prim.dst, cpu_engine(), y.data_ptr());
       float scale = g.step * gb.step;
@@ -311,14 +336,16 @@ class NativeMatMul {
     dnnl::matmul prim;
     memory::desc src, wei, dst;
   };
-  Prim& primitive(const std::vector<int64_t>& a, const std::vector<int64_t>& b, DT dt, bool accumulate) {
+  Prim& primitive(const std::vector<int64_t>& a, const std::vector<int64_t>& b, const std::vector<int64_t>& b_strides, DT dt,
+                  bool accumulate) {
     std::lock_guard<std::mutex> lock(mu_);
-    auto key = std::make_tuple(a, b, static_cast<int>(dt), accumulate);
+    auto key = std::make_tuple(a, b, b_strides, static_cast<int>(dt), accumulate);
     auto it = prims_.find(key);
     if (it != prims_.end()) return it->second;
     auto c = a;
     c.back() = b.back();
-    memory::desc src = plain_desc(a, dt), wei = plain_desc(b, DT::s8), dst = plain_desc(c, DT::f32);
+    memory::desc src = plain_desc(a, dt), dst = plain_desc(c, DT::f32);
+    memory::desc wei(memory::dims(b.begin(), b.end()), DT::s8, memory::dims(b_strides.begin(), b_strides.end()));
     dnnl::primitive_attr attr;
     attr.set_output_scales(0, {DNNL_RUNTIME_F32_VAL});
     attr.set_zero_points(DNNL_ARG_SRC, 0, {DNNL_RUNTIME_S32_VAL});
@@ -335,7 +362,7 @@ class NativeMatMul {
   const QuantPoint& a_;
   const QuantPoint& b_;
   std::mutex mu_;
-  std::map<std::tuple<std::vector<int64_t>, std::vector<int64_t>, int, bool>, Prim> prims_;
+  std::map<std::tuple<std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>, int, bool>, Prim> prims_;
 };
 
 }  // namespace
@@ -423,10 +450,14 @@ Int8Model::Int8Model(const Graph& graph, const QuantPlan& plan) : impl_(std::mak
 Int8Model::~Int8Model() = default;
 const Int8Stats& Int8Model::stats() const { return impl_->stats; }
 
-at::Tensor Int8Model::run(const at::Tensor& input) const {
+at::Tensor Int8Model::run(const at::Tensor& input) const { return run(input, nullptr); }
+
+at::Tensor Int8Model::run(const at::Tensor& input, const std::function<void(const Node&)>& after_node) const {
   at::InferenceMode guard;
+  ExecHooks hooks = impl_->hooks;
+  if (after_node) hooks.on_output = [&](const Node& n, const std::vector<at::Tensor>&) { after_node(n); };
   try {
-    return impl_->exec.run(input.to(at::kCPU, at::kFloat), &impl_->hooks);
+    return impl_->exec.run(input.to(at::kCPU, at::kFloat), &hooks);
   } catch (const dnnl::error& e) {
     fail("int8 runtime: oneDNN: {}", first_line(e.what()));
   }
@@ -441,6 +472,9 @@ Int8Model::Int8Model(const Graph&, const QuantPlan&) { fail("this vitq was built
 Int8Model::~Int8Model() = default;
 const Int8Stats& Int8Model::stats() const { return impl_->stats; }
 at::Tensor Int8Model::run(const at::Tensor&) const { fail("this vitq was built without oneDNN: no int8 runtime"); }
+at::Tensor Int8Model::run(const at::Tensor&, const std::function<void(const Node&)>&) const {
+  fail("this vitq was built without oneDNN: no int8 runtime");
+}
 
 #endif
 

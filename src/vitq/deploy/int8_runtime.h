@@ -17,6 +17,7 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -45,6 +46,8 @@ class Int8Model {
   Int8Model& operator=(const Int8Model&) = delete;
   // input [B, 3, H, W] float32 on the CPU -> logits
   at::Tensor run(const at::Tensor& input) const;
+  // Same, calling after_node after each node (profiling).
+  at::Tensor run(const at::Tensor& input, const std::function<void(const Node&)>& after_node) const;
   const Int8Stats& stats() const;
 
   struct Impl;
