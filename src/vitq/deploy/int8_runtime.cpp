@@ -314,16 +314,15 @@ class NativeMatMul {
     const auto a_dims = x0.sizes().vec(), b_dims = x1.sizes().vec();
     for (size_t gi = 0; gi < ga.size(); ++gi) {
       const auto& g = ga[gi];
-      auto& prim = primitive(a_dims, b_dims, b_strides, code_type(g.codes), gi > 0);
+      // the scale is fixed per node and grid: baked into the primitive (a runtime scale makes oneDNN 2.6 leave
+      // its AMX/VNNI brgemm kernels for a 3x slower GEMM; measured on the attention shapes)
+      auto& prim = primitive(a_dims, b_dims, b_strides, code_type(g.codes), gi > 0, g.step * gb.step);
       memory src(prim.src, cpu_engine(), g.codes.data_ptr()), wei(prim.wei, cpu_engine(), gb.codes.data_ptr()),
           dst(prim.dst, cpu_engine(), y.data_ptr());
-      float scale = g.step * gb.step;
       int32_t zs = g.zero_point, zw = gb.zero_point;
-      memory sm({{1}, DT::f32, Tag::a}, cpu_engine(), &scale), zsm({{1}, DT::s32, Tag::a}, cpu_engine(), &zs),
-          zwm({{1}, DT::s32, Tag::a}, cpu_engine(), &zw);
+      memory zsm({{1}, DT::s32, Tag::a}, cpu_engine(), &zs), zwm({{1}, DT::s32, Tag::a}, cpu_engine(), &zw);
       prim.prim.execute(st, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, dst},
-                             {DNNL_ARG_ATTR_OUTPUT_SCALES, sm}, {DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_SRC, zsm},
-                             {DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_WEIGHTS, zwm}});
+                             {DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_SRC, zsm}, {DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_WEIGHTS, zwm}});
     }
     st.wait();
     if (a_head) y.mul_(a_.params.scale);
@@ -337,9 +336,9 @@ class NativeMatMul {
     memory::desc src, wei, dst;
   };
   Prim& primitive(const std::vector<int64_t>& a, const std::vector<int64_t>& b, const std::vector<int64_t>& b_strides, DT dt,
-                  bool accumulate) {
+                  bool accumulate, float scale) {
     std::lock_guard<std::mutex> lock(mu_);
-    auto key = std::make_tuple(a, b, b_strides, static_cast<int>(dt), accumulate);
+    auto key = std::make_tuple(a, b, b_strides, static_cast<int>(dt), accumulate, scale);
     auto it = prims_.find(key);
     if (it != prims_.end()) return it->second;
     auto c = a;
@@ -347,7 +346,7 @@ class NativeMatMul {
     memory::desc src = plain_desc(a, dt), dst = plain_desc(c, DT::f32);
     memory::desc wei(memory::dims(b.begin(), b.end()), DT::s8, memory::dims(b_strides.begin(), b_strides.end()));
     dnnl::primitive_attr attr;
-    attr.set_output_scales(0, {DNNL_RUNTIME_F32_VAL});
+    attr.set_output_scales(0, {scale});
     attr.set_zero_points(DNNL_ARG_SRC, 0, {DNNL_RUNTIME_S32_VAL});
     attr.set_zero_points(DNNL_ARG_WEIGHTS, 0, {DNNL_RUNTIME_S32_VAL});
     if (accumulate) {
@@ -362,7 +361,7 @@ class NativeMatMul {
   const QuantPoint& a_;
   const QuantPoint& b_;
   std::mutex mu_;
-  std::map<std::tuple<std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>, int, bool>, Prim> prims_;
+  std::map<std::tuple<std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>, int, bool, float>, Prim> prims_;
 };
 
 }  // namespace
