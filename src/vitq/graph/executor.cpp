@@ -345,6 +345,22 @@ Executor::Executor(const Graph& graph, c10::Device device) : graph_(graph), devi
   for (size_t i = 0; i < graph_.nodes.size(); ++i)
     for (int v : graph_.nodes[i].inputs)
       if (v >= 0) last_use_[static_cast<size_t>(v)] = static_cast<int>(i);
+  linear_.resize(graph_.nodes.size());
+  fuse_gelu_.assign(graph_.nodes.size(), 0);
+  if (device_.is_cpu()) {
+    auto readers = graph_.consumers();
+    for (size_t i = 0; i < graph_.nodes.size(); ++i) {
+      const Node& n = graph_.nodes[i];
+      if (n.op != OpKind::Linear) continue;
+      linear_[i] = std::make_unique<DnnlLinear>();
+      if (i + 1 < graph_.nodes.size()) {
+        const Node& next = graph_.nodes[i + 1];
+        const int out = n.outputs[0];
+        fuse_gelu_[i] = next.op == OpKind::Gelu && next.gets("approximate", "none") == "none" && next.inputs.size() == 1 &&
+                        next.inputs[0] == out && readers[static_cast<size_t>(out)].size() == 1 && out != graph_.output;
+      }
+    }
+  }
 }
 
 std::vector<at::Tensor> Executor::execute(const at::Tensor& input, const ExecHooks* hooks, bool keep_all) const {
@@ -356,6 +372,19 @@ std::vector<at::Tensor> Executor::execute(const at::Tensor& input, const ExecHoo
   std::vector<at::Tensor> args;
   for (size_t i = 0; i < graph_.nodes.size(); ++i) {
     const Node& n = graph_.nodes[i];
+    if (!hooks && !keep_all && fuse_gelu_[i]) {  // Linear + GELU as one GEMM with a GELU epilogue
+      auto get = [&](size_t s) { return s < n.inputs.size() && n.inputs[s] >= 0 ? vals[static_cast<size_t>(n.inputs[s])] : at::Tensor(); };
+      at::Tensor x = get(0), w = get(1), b = get(2);
+      c10::optional<at::Tensor> bias = b.defined() ? c10::optional<at::Tensor>(b) : c10::nullopt;
+      if (x.defined() && w.defined() && DnnlLinear::usable(x, w, bias)) {
+        vals[static_cast<size_t>(graph_.nodes[i + 1].outputs[0])] = linear_[i]->run(x, w, bias, /*gelu=*/true);
+        for (int v : n.inputs)
+          if (v >= 0 && v != graph_.output && last_use_[static_cast<size_t>(v)] == static_cast<int>(i) && !graph_.is_const(v))
+            vals[static_cast<size_t>(v)].reset();
+        ++i;
+        continue;
+      }
+    }
     run_one(i, vals, args, batch, hooks);
     if (!keep_all)  // free activations nobody reads any more
       for (int v : n.inputs)
@@ -378,6 +407,10 @@ void Executor::run_one(size_t i, std::vector<at::Tensor>& vals, std::vector<at::
   }
   std::vector<at::Tensor> outs;
   if (hooks && hooks->replace) outs = hooks->replace(n, args);
+  if (outs.empty() && linear_[i] && args.size() >= 2 && args[0].defined() && args[1].defined()) {
+    c10::optional<at::Tensor> bias = args.size() > 2 && args[2].defined() ? c10::optional<at::Tensor>(args[2]) : c10::nullopt;
+    if (DnnlLinear::usable(args[0], args[1], bias)) outs = {linear_[i]->run(args[0], args[1], bias, false)};
+  }
   if (outs.empty()) outs = run_node(n, args, batch);
   if (outs.size() != n.outputs.size()) fail("node {}: produced {} outputs, expected {}", n.name, outs.size(), n.outputs.size());
   if (hooks && hooks->on_output) hooks->on_output(n, outs);

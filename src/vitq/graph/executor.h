@@ -6,6 +6,7 @@
 #include <functional>
 #include <vector>
 
+#include "vitq/graph/dnnl_kernels.h"
 #include "vitq/graph/graph.h"
 
 namespace vitq {
@@ -50,6 +51,10 @@ class Executor {
 
   const Graph& graph_;
   c10::Device device_;
+  // oneDNN state of each Linear node (null elsewhere), and whether node i is a Linear whose output only the GELU at
+  // node i + 1 reads (fused into one GEMM epilogue when no hooks watch the edge between them)
+  std::vector<std::unique_ptr<DnnlLinear>> linear_;
+  std::vector<char> fuse_gelu_;
   std::vector<at::Tensor> consts_;    // graph constants on device_
   std::vector<int> last_use_;         // value id -> index of the last node reading it
 };
