@@ -113,8 +113,8 @@ int run_bench(const BenchOptions& o) {
   std::vector<EngineResult> engines;
   auto measure = [&](const std::string& name, const std::string& detail, const std::function<void(const at::Tensor&)>& run) {
     auto x1 = x.slice(0, 0, 1).contiguous();
-    auto lat = time_runs(3, std::max<size_t>(3 * o.iters, 10), [&] { run(x1); sync(); });
     auto thr = time_runs(2, o.iters, [&] { run(x); sync(); });
+    auto lat = time_runs(3, std::max<size_t>(3 * o.iters, 10), [&] { run(x1); sync(); });
     engines.push_back({name, detail, median(lat) * 1e3, static_cast<double>(B) / median(thr)});
     fmt::print(stderr, "bench: {}: {:.2f} ms at batch 1, {:.1f} images/s at batch {}\n", name, engines.back().latency_ms,
                engines.back().images_per_second, B);

@@ -216,7 +216,8 @@ class NativeLinear {
     return bias_by_zp_.emplace(key, b.to(at::kFloat).contiguous()).first->second;
   }
 
-  at::Tensor run(const at::Tensor& x, const std::vector<IntGrid>& grids) {
+  // gelu: GELU (erf) in the epilogue of the last GEMM
+  at::Tensor run(const at::Tensor& x, const std::vector<IntGrid>& grids, bool gelu = false) {
     if (x.size(-1) != K_) fail("int8 runtime: Linear input has {} features, its weight {}", x.size(-1), K_);
     const int64_t M = x.numel() / K_;
     auto sizes = x.sizes().vec();
@@ -227,7 +228,7 @@ class NativeLinear {
       const auto& g = grids[gi];
       const bool with_bias = gi == 0 && (bias_.defined() || g.zero_point != 0);
       if (gi > 0 && g.zero_point != 0) fail("int8 runtime: a second grid with a zero point");
-      auto& prim = primitive(M, code_type(g.codes), g.step, gi > 0, with_bias);
+      auto& prim = primitive(M, code_type(g.codes), g.step, gi > 0, with_bias, gelu && gi + 1 == grids.size());
       memory src(prim.src, cpu_engine(), g.codes.data_ptr());
       memory dst(prim.dst, cpu_engine(), y.data_ptr());
       std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, *prim.weights}, {DNNL_ARG_DST, dst}};
@@ -245,9 +246,9 @@ class NativeLinear {
     const memory* weights = nullptr;
   };
 
-  Prim& primitive(int64_t M, DT dt, float step, bool accumulate, bool with_bias) {
+  Prim& primitive(int64_t M, DT dt, float step, bool accumulate, bool with_bias, bool gelu) {
     std::lock_guard<std::mutex> lock(mu_);
-    auto key = std::make_tuple(M, static_cast<int>(dt), step, accumulate, with_bias);
+    auto key = std::make_tuple(M, static_cast<int>(dt), step, accumulate, with_bias, gelu);
     auto it = prims_.find(key);
     if (it != prims_.end()) return it->second;
     memory::desc src({M, K_}, dt, Tag::ab), dst({M, N_}, DT::f32, Tag::ab);
@@ -256,11 +257,10 @@ class NativeLinear {
     std::vector<float> scales(w_scale_.size());
     for (size_t n = 0; n < scales.size(); ++n) scales[n] = step * w_scale_[n];
     attr.set_output_scales(scales.size() == 1 ? 0 : 2, scales);
-    if (accumulate) {
-      dnnl::post_ops po;
-      po.append_sum(1.0f);
-      attr.set_post_ops(po);
-    }
+    dnnl::post_ops po;
+    if (accumulate) po.append_sum(1.0f);
+    if (gelu) po.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f);
+    attr.set_post_ops(po);
     auto desc = with_bias ? dnnl::matmul::desc(src, wany, bias, dst) : dnnl::matmul::desc(src, wany, dst);
     dnnl::matmul::primitive_desc pd(desc, attr, cpu_engine());
     Prim p{dnnl::matmul(pd), src, dst, &packed(pd.weights_desc())};
@@ -287,7 +287,7 @@ class NativeLinear {
   at::Tensor bias_;
   int64_t N_ = 0, K_ = 0;
   std::mutex mu_;
-  std::map<std::tuple<int64_t, int, float, bool, bool>, Prim> prims_;
+  std::map<std::tuple<int64_t, int, float, bool, bool, bool>, Prim> prims_;
   std::map<std::pair<float, int32_t>, at::Tensor> bias_by_zp_;
   std::vector<std::pair<memory::desc, std::unique_ptr<memory>>> packed_;
 };
@@ -376,6 +376,7 @@ struct Int8Model::Impl {
   std::vector<std::unique_ptr<NativeLinear>> linear;  // per node
   std::vector<std::unique_ptr<NativeMatMul>> matmul;
   std::vector<const QuantPoint*> input_point;          // per node: the slot-0 quantizer of a native node
+  std::vector<char> gelu_fused, gelu_done;              // Linear i applies the GELU of node i + 1, which then passes through
 
   Impl(const Graph& g, const QuantPlan& p) : graph(g), plan(p), sim(g, p), exec(g) {
     linear.resize(g.nodes.size());
@@ -400,15 +401,28 @@ struct Int8Model::Impl {
       if (p0->spec.kind == QuantKind::TwinUniform) ++stats.twin_inputs;
       if (p0->spec.kind == QuantKind::Log2) ++stats.log2_inputs;
     }
+    gelu_fused.assign(g.nodes.size(), 0);
+    gelu_done.assign(g.nodes.size(), 0);
+    auto readers = g.consumers();
+    for (size_t i = 0; i + 1 < g.nodes.size(); ++i) {
+      const Node& n = g.nodes[i];
+      const Node& next = g.nodes[i + 1];
+      if (!linear[i] || next.op != OpKind::Gelu || next.gets("approximate", "none") != "none") continue;
+      const int out = n.outputs[0];
+      if (next.inputs.size() != 1 || next.inputs[0] != out || readers[static_cast<size_t>(out)].size() != 1 || out == g.output) continue;
+      if (p.find(next.name, 0)) continue;  // the GELU's input is quantized (fully quantized plans): keep it apart
+      gelu_fused[i] = gelu_done[i + 1] = 1;
+    }
     const ExecHooks& sh = sim.hooks();
     hooks.transform_input = [this, &sh](const Node& n, size_t slot, const at::Tensor& t) -> at::Tensor {
       const size_t i = static_cast<size_t>(&n - graph.nodes.data());
-      if (input_point[i]) return t;  // native: quantized by the GEMM's own input step
+      if (input_point[i] || gelu_done[i]) return t;  // native: quantized by the GEMM's own input step
       return sh.transform_input(n, slot, t);
     };
     hooks.replace = [this, &sh](const Node& n, const std::vector<at::Tensor>& args) -> std::vector<at::Tensor> {
       const size_t i = static_cast<size_t>(&n - graph.nodes.data());
-      if (linear[i]) return {linear[i]->run(args[0].to(at::kFloat), input_grids(args[0].to(at::kFloat), *input_point[i]))};
+      if (linear[i]) return {linear[i]->run(args[0].to(at::kFloat), input_grids(args[0].to(at::kFloat), *input_point[i]), gelu_fused[i] != 0)};
+      if (gelu_done[i]) return {args[0]};  // applied by the Linear before it
       if (matmul[i]) return {matmul[i]->run(args[0].to(at::kFloat), args[1].to(at::kFloat))};
       return sh.replace(n, args);
     };

@@ -148,7 +148,11 @@ std::vector<at::Tensor> run_node(const Node& n, const std::vector<at::Tensor>& i
         for (int64_t i = 0; i < arg(0).dim(); ++i) axes.push_back(i);
       return {at::mean(arg(0), axes, n.geti("keepdims", 1) != 0)};
     }
-    case OpKind::Softmax: return {at::softmax(arg(0), n.geti("axis", -1))};
+    case OpKind::Softmax: {
+      const int64_t axis = n.geti("axis", -1);
+      if (axis == -1 || axis == arg(0).dim() - 1) return {softmax_lastdim(arg(0))};
+      return {at::softmax(arg(0), axis)};
+    }
     case OpKind::LayerNorm: {
       const auto& x = arg(0);
       int64_t axis = norm_axis(n.geti("axis", -1), x.dim());

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
 
 #include <bit>
 #include <cmath>
@@ -64,9 +65,60 @@ GeluFn pick_gelu() {
   return nullptr;
 }
 
+// Softmax of one row: max, exp(x - max) with our exp, sum, scale. Vectorises (no branches in the loops).
+// The max and the sum are reduced in 16 lanes (float reductions do not vectorise without reassociation).
+[[gnu::always_inline]] inline void softmax_row(const float* __restrict__ x, float* __restrict__ y, int64_t n) {
+  constexpr int64_t L = 16;
+  const int64_t body = n - n % L;
+  float lanes[L];
+  for (int64_t l = 0; l < L; ++l) lanes[l] = x[0];
+  for (int64_t i = 0; i < body; i += L)
+    for (int64_t l = 0; l < L; ++l) lanes[l] = x[i + l] > lanes[l] ? x[i + l] : lanes[l];
+  float m = lanes[0];
+  for (int64_t l = 1; l < L; ++l) m = lanes[l] > m ? lanes[l] : m;
+  for (int64_t i = body; i < n; ++i) m = x[i] > m ? x[i] : m;
+  for (int64_t i = 0; i < n; ++i) y[i] = exp_nonpositive(x[i] - m);
+  for (int64_t l = 0; l < L; ++l) lanes[l] = 0.0f;
+  for (int64_t i = 0; i < body; i += L)
+    for (int64_t l = 0; l < L; ++l) lanes[l] += y[i + l];
+  float sum = 0.0f;
+  for (int64_t l = 0; l < L; ++l) sum += lanes[l];
+  for (int64_t i = body; i < n; ++i) sum += y[i];
+  const float inv = 1.0f / sum;
+  for (int64_t i = 0; i < n; ++i) y[i] *= inv;
+}
+[[gnu::target("avx512f,avx512vl,avx512dq,fma")]] void softmax_rows_avx512(const float* x, float* y, int64_t rows, int64_t n) {
+  for (int64_t r = 0; r < rows; ++r) softmax_row(x + r * n, y + r * n, n);
+}
+[[gnu::target("avx2,fma")]] void softmax_rows_avx2(const float* x, float* y, int64_t rows, int64_t n) {
+  for (int64_t r = 0; r < rows; ++r) softmax_row(x + r * n, y + r * n, n);
+}
+using SoftmaxFn = void (*)(const float*, float*, int64_t, int64_t);
+SoftmaxFn pick_softmax() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+    return softmax_rows_avx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return softmax_rows_avx2;
+  return nullptr;
+}
+
 }  // namespace
 
 float erf_fast(float x) { return erf_inline(x); }
+
+at::Tensor softmax_lastdim(const at::Tensor& input) {
+  static const SoftmaxFn kernel = pick_softmax();
+  if (!kernel || input.scalar_type() != at::kFloat || !input.device().is_cpu() || input.dim() == 0 || input.size(-1) == 0 ||
+      (at::GradMode::is_enabled() && input.requires_grad()))
+    return at::softmax(input, -1);
+  auto x = input.contiguous();
+  auto y = at::empty_like(x);
+  const int64_t n = x.size(-1), rows = x.numel() / n;
+  const float* src = x.data_ptr<float>();
+  float* dst = y.data_ptr<float>();
+  at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / n), [&](int64_t b, int64_t e) { kernel(src + b * n, dst + b * n, e - b, n); });
+  return y;
+}
 
 at::Tensor gelu_erf(const at::Tensor& input) {
   static const GeluFn kernel = pick_gelu();

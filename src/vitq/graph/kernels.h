@@ -10,5 +10,8 @@ namespace vitq {
 float erf_fast(float x);
 // Exact-erf GELU y = x/2 (1 + erf(x/√2)) on float32 CPU tensors with AVX2 or AVX-512 (else: at::gelu).
 at::Tensor gelu_erf(const at::Tensor& x);
+// Softmax over the last dim of a float32 CPU tensor with our exp (relative error < 2e-8 before rounding) and
+// AVX2 / AVX-512; libtorch's softmax elsewhere (other dtypes, devices, autograd).
+at::Tensor softmax_lastdim(const at::Tensor& x);
 
 }  // namespace vitq
