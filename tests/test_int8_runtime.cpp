@@ -97,7 +97,7 @@ QuantPlan plan_of(const Graph& g, std::vector<QuantPoint> points) {
 
 double compare(const Graph& g, const QuantPlan& plan, const at::Tensor& x, const std::string& label, int expect_native = 1) {
   Int8Model m(g, plan);
-  EXPECT_EQ(m.stats().native_linear + m.stats().native_matmul, expect_native)
+  EXPECT_EQ(m.stats().native_linear + m.stats().native_matmul + m.stats().native_conv, expect_native)
       << label << (m.stats().fallbacks.empty() ? "" : ": " + m.stats().fallbacks[0]);
   at::InferenceMode guard;
   auto want = QuantizedModel(g, plan).run(x);
@@ -172,6 +172,40 @@ TEST(Int8Runtime, MatMulEveryInputKindMatchesFakeQuant) {
   }
 }
 
+// Convolutions: padded, strided, grouped (depthwise) and dilated, with asymmetric inputs (the zero point must
+// leave the padding a real zero) and per-channel weights.
+TEST(Int8Runtime, ConvMatchesFakeQuant) {
+  REQUIRE_INT8();
+  struct Case {
+    std::string label;
+    int64_t out, group, k, stride, pad, dil;
+    bool asym;
+  };
+  std::vector<Case> cases = {{"3x3 pad 1, asym input", 8, 1, 3, 1, 1, 1, true},
+                             {"depthwise 3x3 stride 2, asym input", 3, 3, 3, 2, 1, 1, true},
+                             {"2x2 stride 2 (patchify), sym input", 6, 1, 2, 2, 0, 1, false},
+                             {"3x3 dilation 2 pad 2", 4, 1, 3, 1, 2, 2, true}};
+  for (const auto& c : cases) {
+    Graph g;
+    g.meta.name = "tiny_conv";
+    g.meta.preprocess.input_height = g.meta.preprocess.input_width = 8;
+    g.input = g.add_value("input");
+    at::manual_seed(5);
+    int w = g.add_const("conv.weight", at::randn({c.out, 3 / c.group, c.k, c.k}) * 0.3);
+    int b = g.add_const("conv.bias", at::randn({c.out}) * 0.1);
+    int y = g.out(g.add_node(OpKind::Conv2d, "conv", {g.input, w, b}, 1,
+                             {{"pads", std::vector<int64_t>{c.pad, c.pad, c.pad, c.pad}}, {"strides", std::vector<int64_t>{c.stride, c.stride}},
+                              {"dilations", std::vector<int64_t>{c.dil, c.dil}}, {"group", c.group}}));
+    g.output = g.out(g.add_node(OpKind::Flatten, "flatten", {y}, 1, {{"axis", int64_t{1}}}));
+    g.validate();
+    auto x = at::randn({3, 3, 8, 8}) + 0.7;  // off-centre: the asymmetric zero point is far from 0
+    g.meta.num_classes = Executor(g).run(x).size(1);
+    auto plan = plan_of(g, {point("conv", 0, false, spec(8, !c.asym, true), x),
+                            point("conv", 1, true, spec(8, true, true, Granularity::PerChannel, 0), g.const_tensor(w))});
+    EXPECT_LE(compare(g, plan, x, c.label), 1e-5) << c.label;
+  }
+}
+
 // A quantizer the GEMMs cannot take is simulated, named in the stats, and the numbers stay the simulation's.
 TEST(Int8Runtime, UnsupportedLayersFallBackToTheSimulation) {
   REQUIRE_INT8();
@@ -209,6 +243,7 @@ TEST(Int8Runtime, DeitPlansAgreeWithFakeQuant) {
     Int8Model m(g, plan);
     EXPECT_EQ(m.stats().native_linear, 49) << method;
     EXPECT_EQ(m.stats().native_matmul, 24) << method;
+    EXPECT_EQ(m.stats().native_conv, 1) << method;
     EXPECT_TRUE(m.stats().fallbacks.empty()) << method << ": " << m.stats().fallbacks[0];
     at::InferenceMode guard;
     auto want = QuantizedModel(g, plan).run(x);

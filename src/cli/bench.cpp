@@ -127,9 +127,9 @@ int run_bench(const BenchOptions& o) {
     if (o.device == "cpu" && int8_runtime_available()) {
       Int8Model m(g, *plan);
       const auto& st = m.stats();
-      measure("vitq int8", fmt::format("{} W{}A{}: {} Linear + {} MatMul int8 GEMMs, {} simulated", plan->method,
+      measure("vitq int8", fmt::format("{} W{}A{}: {} Linear + {} MatMul + {} Conv2d in int8, {} simulated", plan->method,
                                        plan->settings.value("wbits", 0), plan->settings.value("abits", 0), st.native_linear,
-                                       st.native_matmul, st.fallbacks.size()),
+                                       st.native_matmul, st.native_conv, st.fallbacks.size()),
               [&](const at::Tensor& in) { m.run(in); });
       auto t0 = std::chrono::steady_clock::now();
       m.run(x, [&](const Node& n) {

@@ -292,6 +292,93 @@ class NativeLinear {
   std::vector<std::pair<memory::desc, std::unique_ptr<memory>>> packed_;
 };
 
+// A Conv2d as an int8 convolution: y = s·s_w[oc]·conv(codes − zp, W_codes) + b, the input's zero point handled by
+// oneDNN (so padding stays a real zero), weights packed once.
+class NativeConv {
+ public:
+  NativeConv(const Node& n, const at::Tensor& codes, std::vector<float> w_scale, at::Tensor bias)
+      : codes_(codes.to(at::kChar).contiguous()), w_scale_(std::move(w_scale)), bias_(std::move(bias)) {
+    groups_ = n.geti("group", 1);
+    pads_ = n.getints("pads", {0, 0, 0, 0});
+    strides_ = n.getints("strides", {1, 1});
+    dil_ = n.getints("dilations", {1, 1});
+  }
+
+  at::Tensor run(const at::Tensor& x, const IntGrid& g) {
+    if (x.dim() != 4) fail("int8 runtime: Conv2d input of rank {}", x.dim());
+    const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+    const int64_t OC = codes_.size(0), KH = codes_.size(2), KW = codes_.size(3);
+    const int64_t OH = (H + pads_[0] + pads_[2] - dil_[0] * (KH - 1) - 1) / strides_[0] + 1;
+    const int64_t OW = (W + pads_[1] + pads_[3] - dil_[1] * (KW - 1) - 1) / strides_[1] + 1;
+    auto& prim = primitive({B, C, H, W}, {B, OC, OH, OW}, code_type(g.codes), g.step);
+    auto y = at::empty({B, OC, OH, OW}, at::kFloat);
+    dnnl::stream st(cpu_engine());
+    int32_t zp = g.zero_point;
+    memory zpm({{1}, DT::s32, Tag::a}, cpu_engine(), &zp);
+    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, memory(prim.src, cpu_engine(), g.codes.data_ptr())},
+                                         {DNNL_ARG_WEIGHTS, *prim.weights},
+                                         {DNNL_ARG_DST, memory(prim.dst, cpu_engine(), y.data_ptr())},
+                                         {DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_SRC, zpm}};
+    if (prim.bias.defined()) args.emplace(DNNL_ARG_BIAS, memory({{OC}, DT::f32, Tag::a}, cpu_engine(), prim.bias.data_ptr()));
+    prim.prim.execute(st, args);
+    st.wait();
+    return y;
+  }
+
+ private:
+  struct Prim {
+    dnnl::convolution_forward prim;
+    memory::desc src, dst;
+    const memory* weights = nullptr;
+    at::Tensor bias;  // divided by the output scale (oneDNN adds the bias before scaling)
+  };
+
+  Prim& primitive(const memory::dims& in, const memory::dims& out, DT dt, float step) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto key = std::make_tuple(std::vector<int64_t>(in.begin(), in.end()), static_cast<int>(dt), step);
+    auto it = prims_.find(key);
+    if (it != prims_.end()) return it->second;
+    const int64_t OC = codes_.size(0), ICg = codes_.size(1), KH = codes_.size(2), KW = codes_.size(3);
+    memory::desc src(in, dt, Tag::nchw), dst(out, DT::f32, Tag::nchw);
+    memory::dims wdims = groups_ > 1 ? memory::dims{groups_, OC / groups_, ICg, KH, KW} : memory::dims{OC, ICg, KH, KW};
+    memory::desc wany(wdims, DT::s8, Tag::any), bias_md({OC}, DT::f32, Tag::a);
+    dnnl::primitive_attr attr;
+    std::vector<float> scales(w_scale_.size());
+    for (size_t i = 0; i < scales.size(); ++i) scales[i] = step * w_scale_[i];
+    attr.set_output_scales(scales.size() == 1 ? 0 : 2, scales);
+    attr.set_zero_points(DNNL_ARG_SRC, 0, {DNNL_RUNTIME_S32_VAL});
+    const memory::dims strides{strides_[0], strides_[1]}, dil{dil_[0] - 1, dil_[1] - 1}, pl{pads_[0], pads_[1]}, pr{pads_[2], pads_[3]};
+    auto desc = bias_.defined()
+                    ? dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src, wany,
+                                                      bias_md, dst, strides, dil, pl, pr)
+                    : dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src, wany,
+                                                      dst, strides, dil, pl, pr);
+    dnnl::convolution_forward::primitive_desc pd(desc, attr, cpu_engine());
+    Prim p{dnnl::convolution_forward(pd), src, dst, nullptr, {}};
+    // weights: user layout oihw / goihw -> the primitive's
+    memory user(memory::desc(wdims, DT::s8, groups_ > 1 ? Tag::goihw : Tag::oihw), cpu_engine(), codes_.data_ptr());
+    packed_.push_back(std::make_unique<memory>(pd.weights_desc(), cpu_engine()));
+    dnnl::stream st(cpu_engine());
+    dnnl::reorder(user, *packed_.back()).execute(st, user, *packed_.back());
+    st.wait();
+    p.weights = packed_.back().get();
+    if (bias_.defined()) {
+      auto sc = at::tensor(std::vector<double>(scales.begin(), scales.end()), at::kDouble).expand({OC});
+      p.bias = (bias_.to(at::kDouble) / sc).to(at::kFloat).contiguous();
+    }
+    return prims_.emplace(key, std::move(p)).first->second;
+  }
+
+  at::Tensor codes_;
+  std::vector<float> w_scale_;
+  at::Tensor bias_;
+  int64_t groups_ = 1;
+  std::vector<int64_t> pads_, strides_, dil_;
+  std::mutex mu_;
+  std::map<std::tuple<std::vector<int64_t>, int, float>, Prim> prims_;
+  std::vector<std::unique_ptr<memory>> packed_;
+};
+
 // A MatMul of two quantized activations, batched over the leading dims.
 class NativeMatMul {
  public:
@@ -375,23 +462,25 @@ struct Int8Model::Impl {
   Int8Stats stats;
   std::vector<std::unique_ptr<NativeLinear>> linear;  // per node
   std::vector<std::unique_ptr<NativeMatMul>> matmul;
+  std::vector<std::unique_ptr<NativeConv>> conv;
   std::vector<const QuantPoint*> input_point;          // per node: the slot-0 quantizer of a native node
   std::vector<char> gelu_fused, gelu_done;              // Linear i applies the GELU of node i + 1, which then passes through
 
   Impl(const Graph& g, const QuantPlan& p) : graph(g), plan(p), sim(g, p), exec(g) {
     linear.resize(g.nodes.size());
     matmul.resize(g.nodes.size());
+    conv.resize(g.nodes.size());
     input_point.assign(g.nodes.size(), nullptr);
     for (size_t i = 0; i < g.nodes.size(); ++i) {
       const Node& n = g.nodes[i];
-      if (n.op != OpKind::Linear && !(n.op == OpKind::MatMul && is_quantizable(g, n))) continue;
+      if (n.op != OpKind::Linear && n.op != OpKind::Conv2d && !(n.op == OpKind::MatMul && is_quantizable(g, n))) continue;
       const QuantPoint* p0 = p.find(n.name, 0);
       const QuantPoint* p1 = p.find(n.name, 1);
       if (!p0 && !p1) continue;  // left in floating point by the plan
       std::string why;
       if (!p0) why = "its input is not quantized";
       else if (!p1) why = "its second input is not quantized";
-      else if (n.op == OpKind::Linear) why = setup_linear(i, *p0, *p1);
+      else if (n.op == OpKind::Linear || n.op == OpKind::Conv2d) why = setup_linear(i, *p0, *p1);
       else why = setup_matmul(i, *p0, *p1);
       if (!why.empty()) {
         stats.fallbacks.push_back(fmt::format("{}: {}", n.name, why));
@@ -423,6 +512,7 @@ struct Int8Model::Impl {
       const size_t i = static_cast<size_t>(&n - graph.nodes.data());
       if (linear[i]) return {linear[i]->run(args[0].to(at::kFloat), input_grids(args[0].to(at::kFloat), *input_point[i]), gelu_fused[i] != 0)};
       if (gelu_done[i]) return {args[0]};  // applied by the Linear before it
+      if (conv[i]) return {conv[i]->run(args[0].to(at::kFloat), uniform_grid(args[0].to(at::kFloat), *input_point[i]))};
       if (matmul[i]) return {matmul[i]->run(args[0].to(at::kFloat), args[1].to(at::kFloat))};
       return sh.replace(n, args);
     };
@@ -436,7 +526,9 @@ struct Int8Model::Impl {
     if (w.spec.granularity != Granularity::PerTensor && !(w.spec.granularity == Granularity::PerChannel && w.spec.axis == 0))
       return fmt::format("per-{} weight quantizer", granularity_name(w.spec.granularity));
     const auto& weight = graph.const_tensor(n.inputs[1]);
-    if (weight.dim() != 2) return "weight is not 2-D";
+    const bool is_conv = n.op == OpKind::Conv2d;
+    if (is_conv && (in.spec.kind != QuantKind::Uniform || !per_tensor(in))) return "non-uniform or per-axis input of a convolution";
+    if (weight.dim() != (is_conv ? 4 : 2)) return fmt::format("weight of rank {}", weight.dim());
     auto codes = w.codes.defined() ? w.codes : quantize_codes(weight.to(at::kFloat), w.spec, w.params);
     if (codes.min().item<double>() < -128 || codes.max().item<double>() > 127) return "weight codes outside int8";
     auto sc = w.params.scale.to(at::kFloat).reshape({-1}).contiguous();
@@ -445,6 +537,11 @@ struct Int8Model::Impl {
     if (auto it = plan.bias.find(n.name); it != plan.bias.end()) bias = it->second;
     else if (n.inputs.size() > 2 && n.inputs[2] >= 0) bias = graph.const_tensor(n.inputs[2]);
     if (bias.defined()) bias = bias.to(at::kFloat).contiguous();
+    if (is_conv) {
+      conv[i] = std::make_unique<NativeConv>(n, codes, std::move(scales), bias);
+      ++stats.native_conv;
+      return "";
+    }
     linear[i] = std::make_unique<NativeLinear>(codes, std::move(scales), bias);
     ++stats.native_linear;
     return "";

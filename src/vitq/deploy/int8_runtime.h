@@ -1,7 +1,9 @@
 // vitq's native integer runtime: a plan executed with int8 GEMMs (oneDNN, VNNI where the CPU has it).
 //
-// Native layers (each a GEMM on integer codes, int32 accumulation, the dequantization scale s_x·s_w, the input's
-// zero point and the bias fused into oneDNN's epilogue):
+// Native layers (each a GEMM or convolution on integer codes, int32 accumulation, the dequantization scale
+// s_x·s_w, the input's zero point and the bias fused into oneDNN's epilogue; a GELU after a Linear too):
+//   - Conv2d with a per-tensor uniform input and a symmetric weight quantizer (per tensor or per output channel),
+//     grouped and depthwise included (zero points by oneDNN, so padding stays a real zero).
 //   - Linear whose input quantizer is per-tensor uniform (≤ 8 bits), twin uniform or log2, and whose weight
 //     quantizer is symmetric uniform per tensor or per output channel (learned codes used as they are). Weights
 //     are quantized and packed once, at load.
@@ -29,7 +31,7 @@ namespace vitq {
 struct QuantPlan;
 
 struct Int8Stats {
-  int native_linear = 0, native_matmul = 0;
+  int native_linear = 0, native_matmul = 0, native_conv = 0;
   int twin_inputs = 0, log2_inputs = 0;  // native inputs of those kinds (each two GEMMs)
   std::vector<std::string> fallbacks;    // "node: why" for quantized layers run by the simulation instead
 };
