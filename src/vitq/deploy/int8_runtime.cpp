@@ -310,17 +310,26 @@ class NativeConv {
     const int64_t OC = codes_.size(0), KH = codes_.size(2), KW = codes_.size(3);
     const int64_t OH = (H + pads_[0] + pads_[2] - dil_[0] * (KH - 1) - 1) / strides_[0] + 1;
     const int64_t OW = (W + pads_[1] + pads_[3] - dil_[1] * (KW - 1) - 1) / strides_[1] + 1;
-    auto& prim = primitive({B, C, H, W}, {B, OC, OH, OW}, code_type(g.codes), g.step);
+    const DT dt = code_type(g.codes);
+    auto& prim = primitive({B, C, H, W}, {B, OC, OH, OW}, dt, g.step);
     auto y = at::empty({B, OC, OH, OW}, at::kFloat);
     dnnl::stream st(cpu_engine());
+    // the codes (NCHW) and the output (NCHW) are reordered to and from the layouts the fast kernels use
+    memory user_src(memory::desc({B, C, H, W}, dt, Tag::nchw), cpu_engine(), g.codes.data_ptr());
+    memory user_dst(memory::desc({B, OC, OH, OW}, DT::f32, Tag::nchw), cpu_engine(), y.data_ptr());
+    memory src = user_src, dst = user_dst;
+    if (prim.src != user_src.get_desc()) {
+      src = memory(prim.src, cpu_engine());
+      dnnl::reorder(user_src, src).execute(st, user_src, src);
+    }
+    if (prim.dst != user_dst.get_desc()) dst = memory(prim.dst, cpu_engine());
     int32_t zp = g.zero_point;
     memory zpm({{1}, DT::s32, Tag::a}, cpu_engine(), &zp);
-    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, memory(prim.src, cpu_engine(), g.codes.data_ptr())},
-                                         {DNNL_ARG_WEIGHTS, *prim.weights},
-                                         {DNNL_ARG_DST, memory(prim.dst, cpu_engine(), y.data_ptr())},
+    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, *prim.weights}, {DNNL_ARG_DST, dst},
                                          {DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_SRC, zpm}};
     if (prim.bias.defined()) args.emplace(DNNL_ARG_BIAS, memory({{OC}, DT::f32, Tag::a}, cpu_engine(), prim.bias.data_ptr()));
     prim.prim.execute(st, args);
+    if (dst.get_desc() != user_dst.get_desc()) dnnl::reorder(dst, user_dst).execute(st, dst, user_dst);
     st.wait();
     return y;
   }
@@ -339,7 +348,7 @@ class NativeConv {
     auto it = prims_.find(key);
     if (it != prims_.end()) return it->second;
     const int64_t OC = codes_.size(0), ICg = codes_.size(1), KH = codes_.size(2), KW = codes_.size(3);
-    memory::desc src(in, dt, Tag::nchw), dst(out, DT::f32, Tag::nchw);
+    memory::desc src(in, dt, Tag::any), dst(out, DT::f32, Tag::any);
     memory::dims wdims = groups_ > 1 ? memory::dims{groups_, OC / groups_, ICg, KH, KW} : memory::dims{OC, ICg, KH, KW};
     memory::desc wany(wdims, DT::s8, Tag::any), bias_md({OC}, DT::f32, Tag::a);
     dnnl::primitive_attr attr;
@@ -354,7 +363,7 @@ class NativeConv {
                     : dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src, wany,
                                                       dst, strides, dil, pl, pr);
     dnnl::convolution_forward::primitive_desc pd(desc, attr, cpu_engine());
-    Prim p{dnnl::convolution_forward(pd), src, dst, nullptr, {}};
+    Prim p{dnnl::convolution_forward(pd), pd.src_desc(), pd.dst_desc(), nullptr, {}};
     // weights: user layout oihw / goihw -> the primitive's
     memory user(memory::desc(wdims, DT::s8, groups_ > 1 ? Tag::goihw : Tag::oihw), cpu_engine(), codes_.data_ptr());
     packed_.push_back(std::make_unique<memory>(pd.weights_desc(), cpu_engine()));
