@@ -10,6 +10,7 @@
 #include <mutex>
 
 #include "vitq/graph/executor.h"
+#include "vitq/graph/kernels.h"
 #include "vitq/quant/fake_quant.h"
 #include "vitq/quant/plan.h"
 #include "vitq/util/error.h"
@@ -391,14 +392,20 @@ class NativeConv {
 // A MatMul of two quantized activations, batched over the leading dims.
 class NativeMatMul {
  public:
-  NativeMatMul(const QuantPoint& a, const QuantPoint& b) : a_(a), b_(b) {}
+  // post_scale: a constant the output is multiplied by (a Mul after the GEMM, folded into its scale)
+  NativeMatMul(const QuantPoint& a, const QuantPoint& b, float post_scale = 1.0f) : a_(a), b_(b), post_scale_(post_scale) {}
 
+  // x0 may already be uint8 codes of a_ (a softmax that quantized its own output).
   at::Tensor run(const at::Tensor& x0, const at::Tensor& x1) {
     if (x0.dim() < 2 || x0.dim() > 4 || x1.dim() != x0.dim()) fail("int8 runtime: MatMul of ranks {} and {}", x0.dim(), x1.dim());
     for (int64_t d = 0; d + 2 < x0.dim(); ++d)
       if (x0.size(d) != x1.size(d)) fail("int8 runtime: MatMul with broadcast batch dims");
     const bool a_head = !per_tensor(a_), b_head = !per_tensor(b_);
-    std::vector<IntGrid> ga = input_grids(x0, a_);
+    std::vector<IntGrid> ga;
+    if (x0.scalar_type() == at::kByte)
+      ga.push_back({x0, a_.params.scale.item<float>(), static_cast<int32_t>(a_.params.zero_point.item<float>())});
+    else
+      ga = input_grids(x0, a_);
     // A transposed right operand (kᵀ) is quantized in its untransposed layout, and oneDNN reads it with strides.
     const bool b_transposed = x1.stride(-2) == 1 && x1.stride(-1) != 1;
     IntGrid gb = uniform_grid(b_transposed ? x1.transpose(-2, -1) : x1, b_, /*as_signed=*/true);
@@ -412,7 +419,7 @@ class NativeMatMul {
       const auto& g = ga[gi];
       // the scale is fixed per node and grid: baked into the primitive (a runtime scale makes oneDNN 2.6 leave
       // its AMX/VNNI brgemm kernels for a 3x slower GEMM; measured on the attention shapes)
-      auto& prim = primitive(a_dims, b_dims, b_strides, code_type(g.codes), gi > 0, g.step * gb.step);
+      auto& prim = primitive(a_dims, b_dims, b_strides, code_type(g.codes), gi > 0, g.step * gb.step * post_scale_);
       memory src(prim.src, cpu_engine(), g.codes.data_ptr()), wei(prim.wei, cpu_engine(), gb.codes.data_ptr()),
           dst(prim.dst, cpu_engine(), y.data_ptr());
       int32_t zs = g.zero_point, zw = gb.zero_point;
@@ -456,6 +463,7 @@ class NativeMatMul {
 
   const QuantPoint& a_;
   const QuantPoint& b_;
+  float post_scale_ = 1.0f;
   std::mutex mu_;
   std::map<std::tuple<std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>, int, bool, float>, Prim> prims_;
 };
@@ -474,6 +482,8 @@ struct Int8Model::Impl {
   std::vector<std::unique_ptr<NativeConv>> conv;
   std::vector<const QuantPoint*> input_point;          // per node: the slot-0 quantizer of a native node
   std::vector<char> gelu_fused, gelu_done;              // Linear i applies the GELU of node i + 1, which then passes through
+  std::vector<char> mul_done;                           // a Mul by a constant folded into the MatMul before it
+  std::vector<const QuantPoint*> softmax_codes;         // a Softmax whose only reader quantizes it per tensor: emits codes
 
   Impl(const Graph& g, const QuantPlan& p) : graph(g), plan(p), sim(g, p), exec(g) {
     linear.resize(g.nodes.size());
@@ -511,18 +521,55 @@ struct Int8Model::Impl {
       if (p.find(next.name, 0)) continue;  // the GELU's input is quantized (fully quantized plans): keep it apart
       gelu_fused[i] = gelu_done[i + 1] = 1;
     }
+    mul_done.assign(g.nodes.size(), 0);
+    softmax_codes.assign(g.nodes.size(), nullptr);
+    for (size_t i = 0; i + 1 < g.nodes.size(); ++i) {
+      const Node& n = g.nodes[i];
+      const Node& next = g.nodes[i + 1];
+      const int out = n.outputs[0];
+      const bool only_next = readers[static_cast<size_t>(out)].size() == 1 && readers[static_cast<size_t>(out)][0] == static_cast<int>(i + 1) &&
+                             out != g.output;
+      // MatMul -> Mul(scalar constant): the constant joins the GEMM's output scale
+      if (matmul[i] && only_next && next.op == OpKind::Mul && next.inputs.size() == 2 && next.inputs[0] == out &&
+          g.is_const(next.inputs[1]) && g.const_tensor(next.inputs[1]).numel() == 1 && !p.find(next.name, 0) && !p.find(next.name, 1)) {
+        const float c = g.const_tensor(next.inputs[1]).to(at::kFloat).item<float>();
+        matmul[i] = std::make_unique<NativeMatMul>(*p.find(n.name, 0), *p.find(n.name, 1), c);
+        mul_done[i + 1] = 1;
+      }
+    }
+    for (size_t i = 0; i < g.nodes.size(); ++i) {  // Softmax -> native MatMul slot 0, uniform per-tensor unsigned 8-bit codes
+      const Node& n = g.nodes[i];
+      if (n.op != OpKind::Softmax || (n.geti("axis", -1) != -1) || p.find(n.name, 0)) continue;
+      const auto& rd = readers[static_cast<size_t>(n.outputs[0])];
+      if (rd.size() != 1 || n.outputs[0] == g.output) continue;
+      const Node& r = g.nodes[static_cast<size_t>(rd[0])];
+      const QuantPoint* q = p.find(r.name, 0);
+      if (!matmul[static_cast<size_t>(rd[0])] || r.inputs[0] != n.outputs[0] || !q || q->spec.kind != QuantKind::Uniform || !per_tensor(*q) ||
+          q->spec.qmin() < 0 || q->spec.qmax() > 255)
+        continue;
+      bool int_op = false;
+      for (const auto& io : p.int_ops) int_op |= io.node == n.name;
+      if (!int_op) softmax_codes[i] = q;
+    }
     const ExecHooks& sh = sim.hooks();
     hooks.transform_input = [this, &sh](const Node& n, size_t slot, const at::Tensor& t) -> at::Tensor {
       const size_t i = static_cast<size_t>(&n - graph.nodes.data());
-      if (input_point[i] || gelu_done[i]) return t;  // native: quantized by the GEMM's own input step
+      if (input_point[i] || gelu_done[i] || mul_done[i]) return t;  // native: quantized by the GEMM's own input step
       return sh.transform_input(n, slot, t);
     };
     hooks.replace = [this, &sh](const Node& n, const std::vector<at::Tensor>& args) -> std::vector<at::Tensor> {
       const size_t i = static_cast<size_t>(&n - graph.nodes.data());
       if (linear[i]) return {linear[i]->run(args[0].to(at::kFloat), input_grids(args[0].to(at::kFloat), *input_point[i]), gelu_fused[i] != 0)};
-      if (gelu_done[i]) return {args[0]};  // applied by the Linear before it
+      if (gelu_done[i] || mul_done[i]) return {args[0]};  // applied by the node before it
+      if (softmax_codes[i]) {
+        const QuantPoint& q = *softmax_codes[i];
+        auto codes = softmax_lastdim_codes(args[0], q.params.scale.item<float>(), q.params.zero_point.item<float>(),
+                                           static_cast<float>(q.spec.qmin()), static_cast<float>(q.spec.qmax()));
+        if (codes.defined()) return {codes};
+      }
       if (conv[i]) return {conv[i]->run(args[0].to(at::kFloat), uniform_grid(args[0].to(at::kFloat), *input_point[i]))};
-      if (matmul[i]) return {matmul[i]->run(args[0].to(at::kFloat), args[1].to(at::kFloat))};
+      if (matmul[i])  // (a uint8 left operand: codes from a fused softmax)
+        return {matmul[i]->run(args[0].scalar_type() == at::kByte ? args[0] : args[0].to(at::kFloat), args[1].to(at::kFloat))};
       return sh.replace(n, args);
     };
   }

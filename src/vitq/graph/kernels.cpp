@@ -93,6 +93,28 @@ GeluFn pick_gelu() {
 [[gnu::target("avx2,fma")]] void softmax_rows_avx2(const float* x, float* y, int64_t rows, int64_t n) {
   for (int64_t r = 0; r < rows; ++r) softmax_row(x + r * n, y + r * n, n);
 }
+// Softmax rows straight to uint8 codes: clamp(rint(p / s) + zp, lo, hi), p computed exactly as softmax_row does.
+[[gnu::always_inline]] inline void softmax_codes_rows(const float* x, uint8_t* q, float* tmp, int64_t rows, int64_t n, float s,
+                                                      float zp, float lo, float hi) {
+  for (int64_t r = 0; r < rows; ++r) {
+    softmax_row(x + r * n, tmp, n);
+    uint8_t* out = q + r * n;
+    for (int64_t i = 0; i < n; ++i) {
+      float v = __builtin_rintf(tmp[i] / s) + zp;
+      v = v < lo ? lo : v;
+      v = v > hi ? hi : v;
+      out[i] = static_cast<uint8_t>(v);
+    }
+  }
+}
+[[gnu::target("avx512f,avx512vl,avx512dq,avx512bw,fma")]] void softmax_codes_avx512(const float* x, uint8_t* q, float* tmp, int64_t rows,
+                                                                                    int64_t n, float s, float zp, float lo, float hi) {
+  softmax_codes_rows(x, q, tmp, rows, n, s, zp, lo, hi);
+}
+void softmax_codes_generic(const float* x, uint8_t* q, float* tmp, int64_t rows, int64_t n, float s, float zp, float lo, float hi) {
+  softmax_codes_rows(x, q, tmp, rows, n, s, zp, lo, hi);
+}
+
 using SoftmaxFn = void (*)(const float*, float*, int64_t, int64_t);
 SoftmaxFn pick_softmax() {
   __builtin_cpu_init();
@@ -105,6 +127,25 @@ SoftmaxFn pick_softmax() {
 }  // namespace
 
 float erf_fast(float x) { return erf_inline(x); }
+
+at::Tensor softmax_lastdim_codes(const at::Tensor& input, float step, float zero_point, float qmin, float qmax) {
+  static const SoftmaxFn kernel = pick_softmax();
+  __builtin_cpu_init();
+  static const bool avx512 = kernel == softmax_rows_avx512 && __builtin_cpu_supports("avx512bw");
+  if (!kernel || input.scalar_type() != at::kFloat || !input.device().is_cpu() || input.dim() == 0 || input.size(-1) == 0 || qmin < 0 ||
+      qmax > 255)
+    return at::Tensor();
+  auto x = input.contiguous();
+  auto q = at::empty(x.sizes(), at::kByte);
+  const int64_t n = x.size(-1), rows = x.numel() / n;
+  const float* src = x.data_ptr<float>();
+  uint8_t* dst = q.data_ptr<uint8_t>();
+  at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / n), [&](int64_t b, int64_t e) {
+    std::vector<float> tmp(static_cast<size_t>(n));
+    (avx512 ? softmax_codes_avx512 : softmax_codes_generic)(src + b * n, dst + b * n, tmp.data(), e - b, n, step, zero_point, qmin, qmax);
+  });
+  return q;
+}
 
 at::Tensor softmax_lastdim(const at::Tensor& input) {
   static const SoftmaxFn kernel = pick_softmax();
