@@ -107,7 +107,63 @@ at::Tensor DnnlLinear::run(const at::Tensor& x_in, const at::Tensor& w, const c1
   return y.view(sizes);
 }
 
+struct DnnlMatMul::Impl {
+  std::mutex mu;
+  std::map<std::vector<int64_t>, dnnl::matmul> prims;  // key: sizes and strides of both operands
+};
+DnnlMatMul::DnnlMatMul() : impl_(std::make_unique<Impl>()) {}
+DnnlMatMul::~DnnlMatMul() = default;
+
+bool DnnlMatMul::usable(const at::Tensor& a, const at::Tensor& b) {
+  if (!a.device().is_cpu() || !b.device().is_cpu() || a.scalar_type() != at::kFloat || b.scalar_type() != at::kFloat) return false;
+  if (a.dim() < 2 || a.dim() > 4 || b.dim() != a.dim() || a.size(-1) != b.size(-2)) return false;
+  for (int64_t d = 0; d + 2 < a.dim(); ++d)
+    if (a.size(d) != b.size(d)) return false;
+  for (const auto* t : {&a, &b})
+    for (int64_t d = 0; d < t->dim(); ++d)
+      if (t->stride(d) < 0 || (t->size(d) > 1 && t->stride(d) == 0)) return false;  // no broadcast (stride 0) views
+  if (at::GradMode::is_enabled() && (a.requires_grad() || b.requires_grad())) return false;
+  return true;
+}
+
+at::Tensor DnnlMatMul::run(const at::Tensor& a, const at::Tensor& b) {
+  auto out_sizes = a.sizes().vec();
+  out_sizes.back() = b.size(-1);
+  auto y = at::empty(out_sizes, a.options());
+  std::vector<int64_t> key;
+  for (const auto* t : {&a, &b}) {
+    key.insert(key.end(), t->sizes().begin(), t->sizes().end());
+    key.insert(key.end(), t->strides().begin(), t->strides().end());
+  }
+  auto desc = [](const at::Tensor& t) {
+    return memory::desc(memory::dims(t.sizes().begin(), t.sizes().end()), DT::f32, memory::dims(t.strides().begin(), t.strides().end()));
+  };
+  auto& m = *impl_;
+  std::lock_guard<std::mutex> lock(m.mu);
+  auto it = m.prims.find(key);
+  if (it == m.prims.end()) {
+    dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(desc(a), desc(b), desc(y)), engine());
+    it = m.prims.emplace(key, dnnl::matmul(pd)).first;
+  }
+  dnnl::stream st(engine());
+  try {
+    it->second.execute(st, {{DNNL_ARG_SRC, memory(desc(a), engine(), a.data_ptr())},
+                            {DNNL_ARG_WEIGHTS, memory(desc(b), engine(), b.data_ptr())},
+                            {DNNL_ARG_DST, memory(desc(y), engine(), y.data_ptr())}});
+    st.wait();
+  } catch (const dnnl::error& e) {
+    fail("oneDNN MatMul: {}", first_line(e.what()));
+  }
+  return y;
+}
+
 #else
+
+struct DnnlMatMul::Impl {};
+DnnlMatMul::DnnlMatMul() = default;
+DnnlMatMul::~DnnlMatMul() = default;
+bool DnnlMatMul::usable(const at::Tensor&, const at::Tensor&) { return false; }
+at::Tensor DnnlMatMul::run(const at::Tensor&, const at::Tensor&) { fail("built without oneDNN"); }
 
 struct DnnlLinear::Impl {};
 DnnlLinear::DnnlLinear() = default;

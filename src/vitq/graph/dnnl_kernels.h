@@ -25,4 +25,18 @@ class DnnlLinear {
   std::unique_ptr<Impl> impl_;
 };
 
+// One MatMul node of two activations on oneDNN: batched (equal leading dims, rank 2-4), each operand read with its
+// own strides (transposed and sliced views need no copy); primitives cached per shape and strides.
+class DnnlMatMul {
+ public:
+  DnnlMatMul();
+  ~DnnlMatMul();
+  static bool usable(const at::Tensor& a, const at::Tensor& b);
+  at::Tensor run(const at::Tensor& a, const at::Tensor& b);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
 }  // namespace vitq

@@ -350,11 +350,13 @@ Executor::Executor(const Graph& graph, c10::Device device) : graph_(graph), devi
     for (int v : graph_.nodes[i].inputs)
       if (v >= 0) last_use_[static_cast<size_t>(v)] = static_cast<int>(i);
   linear_.resize(graph_.nodes.size());
+  matmul_.resize(graph_.nodes.size());
   fuse_gelu_.assign(graph_.nodes.size(), 0);
   if (device_.is_cpu()) {
     auto readers = graph_.consumers();
     for (size_t i = 0; i < graph_.nodes.size(); ++i) {
       const Node& n = graph_.nodes[i];
+      if (n.op == OpKind::MatMul) matmul_[i] = std::make_unique<DnnlMatMul>();
       if (n.op != OpKind::Linear) continue;
       linear_[i] = std::make_unique<DnnlLinear>();
       if (i + 1 < graph_.nodes.size()) {
@@ -415,6 +417,8 @@ void Executor::run_one(size_t i, std::vector<at::Tensor>& vals, std::vector<at::
     c10::optional<at::Tensor> bias = args.size() > 2 && args[2].defined() ? c10::optional<at::Tensor>(args[2]) : c10::nullopt;
     if (DnnlLinear::usable(args[0], args[1], bias)) outs = {linear_[i]->run(args[0], args[1], bias, false)};
   }
+  if (outs.empty() && matmul_[i] && args.size() == 2 && args[0].defined() && args[1].defined() && DnnlMatMul::usable(args[0], args[1]))
+    outs = {matmul_[i]->run(args[0], args[1])};
   if (outs.empty()) outs = run_node(n, args, batch);
   if (outs.size() != n.outputs.size()) fail("node {}: produced {} outputs, expected {}", n.name, outs.size(), n.outputs.size());
   if (hooks && hooks->on_output) hooks->on_output(n, outs);

@@ -54,6 +54,7 @@ class Executor {
   // oneDNN state of each Linear node (null elsewhere), and whether node i is a Linear whose output only the GELU at
   // node i + 1 reads (fused into one GEMM epilogue when no hooks watch the edge between them)
   std::vector<std::unique_ptr<DnnlLinear>> linear_;
+  std::vector<std::unique_ptr<DnnlMatMul>> matmul_;
   std::vector<char> fuse_gelu_;
   std::vector<at::Tensor> consts_;    // graph constants on device_
   std::vector<int> last_use_;         // value id -> index of the last node reading it
