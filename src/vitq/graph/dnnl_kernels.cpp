@@ -58,12 +58,12 @@ at::Tensor DnnlLinear::run(const at::Tensor& x_in, const at::Tensor& w, const c1
   auto sizes = x.sizes().vec();
   sizes.back() = N;
   std::lock_guard<std::mutex> lock(m.mu);
-  if (!m.weight.defined() || !m.weight.is_same(w) || m.with_bias != b.has_value()) {
-    m.weight = w;
-    m.prims.clear();
-    m.packed.clear();
-    m.with_bias = b.has_value();
-  }
+  // Primitives depend on shapes only and are kept; the packed weight is redone when the weight tensor changes
+  // (searches and fake-quant runs pass a different tensor each time).
+  if (m.with_bias != b.has_value() || (m.weight.defined() && (m.weight.size(0) != N || m.weight.size(1) != K))) m.prims.clear();
+  if (!m.weight.defined() || !m.weight.is_same(w)) m.packed.clear();
+  m.weight = w;
+  m.with_bias = b.has_value();
   auto key = std::make_pair(M, gelu);
   auto it = m.prims.find(key);
   if (it == m.prims.end()) {

@@ -378,8 +378,13 @@ std::vector<at::Tensor> Executor::execute(const at::Tensor& input, const ExecHoo
   std::vector<at::Tensor> args;
   for (size_t i = 0; i < graph_.nodes.size(); ++i) {
     const Node& n = graph_.nodes[i];
-    if (!hooks && !keep_all && fuse_gelu_[i]) {  // Linear + GELU as one GEMM with a GELU epilogue
-      auto get = [&](size_t s) { return s < n.inputs.size() && n.inputs[s] >= 0 ? vals[static_cast<size_t>(n.inputs[s])] : at::Tensor(); };
+    const bool may_fuse = !hooks || (hooks->allow_fusion && !hooks->on_output && hooks->allow_fusion(n, graph_.nodes[i + 1]));
+    if (!keep_all && fuse_gelu_[i] && may_fuse) {  // Linear + GELU as one GEMM with a GELU epilogue
+      auto get = [&](size_t s) {
+        at::Tensor t = s < n.inputs.size() && n.inputs[s] >= 0 ? vals[static_cast<size_t>(n.inputs[s])] : at::Tensor();
+        if (hooks && hooks->transform_input && t.defined() && t.is_floating_point()) t = hooks->transform_input(n, s, t);
+        return t;
+      };
       at::Tensor x = get(0), w = get(1), b = get(2);
       c10::optional<at::Tensor> bias = b.defined() ? c10::optional<at::Tensor>(b) : c10::nullopt;
       if (x.defined() && w.defined() && DnnlLinear::usable(x, w, bias)) {

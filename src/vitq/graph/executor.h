@@ -21,6 +21,9 @@ struct ExecHooks {
   std::function<at::Tensor(const Node&, size_t slot, const at::Tensor&)> transform_input;
   std::function<std::vector<at::Tensor>(const Node&, const std::vector<at::Tensor>&)> replace;
   std::function<void(const Node&, const std::vector<at::Tensor>&)> on_output;
+  // Whether the executor may run a Linear and the GELU that alone reads it as one fused kernel: the hooks must
+  // neither replace the Linear nor look at or change the edge between them. Unset = no fusion under these hooks.
+  std::function<bool(const Node& linear, const Node& gelu)> allow_fusion;
 };
 
 class Executor {

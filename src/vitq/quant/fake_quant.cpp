@@ -58,6 +58,12 @@ QuantizedModel::QuantizedModel(const Graph& g, const QuantPlan& plan, c10::Devic
     if (!int_ops_[i]) return {};
     return {run_int_op(*int_ops_[i], *activations_[i].at(0), args)};
   };
+  // Linear + GELU may run fused unless the GELU's input is quantized or computed in integers (the Linear itself is
+  // never replaced here).
+  hooks_.allow_fusion = [this, &g](const Node&, const Node& gelu) {
+    const size_t i = static_cast<size_t>(&gelu - g.nodes.data());
+    return !int_ops_[i] && (activations_[i].empty() || !activations_[i][0]);
+  };
   // Scales of activation quantizers live on the device too.
   hooks_.transform_input = [this, &g](const Node& n, size_t slot, const at::Tensor& t) -> at::Tensor {
     const size_t i = static_cast<size_t>(&n - g.nodes.data());
