@@ -266,3 +266,21 @@ TEST(Int8Runtime, CliNeedsAPlan) {
   expect_cli_error(run_vitq("eval " + quoted(model_dir()) + " --runtime int8 --data " + quoted(imagenet("val1000")) + " --limit 2 --quiet"),
                    "--runtime int8 needs --plan");
 }
+
+// vitq run: the integer runtime on image files prints each image's top classes; the first is the label here.
+TEST(Int8Runtime, CliRunClassifiesImages) {
+  REQUIRE_INT8();
+  TempDir dir;
+  auto q = run_vitq("quantize " + quoted(model_dir()) + " --method minmax --calib " + quoted(imagenet("calib1000")) +
+                    " --calib-size 2 --quiet --out " + quoted(dir / "plan.json"));
+  ASSERT_EQ(q.code, 0) << q.output;
+  const auto img = imagenet("val1000") / "ILSVRC2012_val_00000361.JPEG";  // labels.txt: class 300
+  auto r = run_vitq("run " + quoted(model_dir()) + " --plan " + quoted(dir / "plan.json") + " " + quoted(img) + " --top 3");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("vitq int8"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("ILSVRC2012_val_00000361.JPEG: 300 ("), std::string::npos) << r.output;
+  write_file(dir / "broken.jpg", "not an image");
+  expect_cli_error(run_vitq("run " + quoted(model_dir()) + " --plan " + quoted(dir / "plan.json") + " " + quoted(dir / "broken.jpg")),
+                   "broken.jpg");
+  expect_cli_error(run_vitq("run " + quoted(model_dir()) + " --runtime int8 " + quoted(img)), "--runtime int8 needs --plan");
+}

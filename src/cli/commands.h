@@ -46,6 +46,12 @@ struct ExportArgs {
   bool force = false;
 };
 int run_export(const ExportArgs& args);
+struct RunArgs {
+  std::string model, plan, runtime;
+  std::vector<std::string> images;
+  int top = 5, threads = 0;
+};
+int run_run(const RunArgs& args);
 // The files a MODEL argument names (itself, and the model files inside it when it is a folder).
 std::vector<std::string> model_files(const std::string& model);
 

@@ -1,8 +1,17 @@
-// vitq export: a plan (or the FP32 model) as a standard ONNX file.
+// vitq export: a plan (or the FP32 model) as a standard ONNX file; vitq run: images through the integer runtime.
+#include <ATen/ATen.h>
+
 #include <filesystem>
+#include <optional>
 
 #include "cli/commands.h"
+#include "vitq/data/image.h"
+#include "vitq/data/transform.h"
+#include "vitq/deploy/int8_runtime.h"
 #include "vitq/deploy/onnx_export.h"
+#include "vitq/deploy/ort_runtime.h"
+#include "vitq/graph/executor.h"
+#include "vitq/quant/fake_quant.h"
 #include "vitq/models/model_loader.h"
 #include "vitq/quant/plan.h"
 #include "vitq/util/error.h"
@@ -52,6 +61,63 @@ int run_export(const ExportArgs& a) {
 #else
   fail("this vitq was built without ONNX support (libonnx-dev)");
 #endif
+}
+
+}  // namespace vitq::cli
+
+namespace vitq::cli {
+
+// vitq run: classify images with the integer runtime (or FP32 / ONNX Runtime), printing the top classes.
+int run_run(const RunArgs& a) {
+  const int threads = set_threads(a.threads);
+  if (a.images.empty()) fail("no images given");
+  if (a.top < 1) fail("--top must be at least 1, got {}", a.top);
+  std::string runtime = a.runtime.empty() ? (a.plan.empty() ? "vitq" : "int8") : a.runtime;
+  if (runtime != "vitq" && runtime != "int8" && runtime != "ort") fail("unknown --runtime '{}' (int8, vitq, ort)", runtime);
+  if (runtime == "int8" && a.plan.empty()) fail("--runtime int8 needs --plan");
+  Graph g = load_model(a.model);
+  QuantPlan plan;
+  if (!a.plan.empty()) plan = load_plan(a.plan, g);
+  const auto& pre = g.meta.preprocess;
+  // decode everything first: a bad image stops the command before any work
+  std::vector<float> pixels(a.images.size() * 3 * static_cast<size_t>(pre.input_height * pre.input_width));
+  for (size_t i = 0; i < a.images.size(); ++i)
+    eval_transform(decode_image(a.images[i]), pre, pixels.data() + i * 3 * static_cast<size_t>(pre.input_height * pre.input_width));
+  auto x = at::from_blob(pixels.data(), {static_cast<int64_t>(a.images.size()), 3, pre.input_height, pre.input_width}, at::kFloat);
+  at::Tensor logits;
+  std::string engine;
+  if (runtime == "int8") {
+    Int8Model m(g, plan);
+    logits = m.run(x);
+    engine = fmt::format("vitq int8 ({} + {} + {} int8 layers, {} simulated)", m.stats().native_linear, m.stats().native_matmul,
+                         m.stats().native_conv, m.stats().fallbacks.size());
+  } else if (runtime == "ort") {
+#if VITQ_WITH_ONNX
+    auto ort = OrtModel::from_bytes(export_onnx(g, a.plan.empty() ? nullptr : &plan).bytes, threads, "vitq's export");
+    logits = ort.run(x);
+    engine = fmt::format("onnxruntime {} on vitq's {} export", ort_available().version, a.plan.empty() ? "FP32" : "QDQ");
+#else
+    fail("--runtime ort needs the ONNX exporter (built without libonnx)");
+#endif
+  } else {
+    at::InferenceMode guard;
+    if (a.plan.empty()) logits = Executor(g).run(x);
+    else logits = QuantizedModel(g, plan).run(x);
+    engine = a.plan.empty() ? "vitq FP32" : "vitq fake-quant";
+  }
+  if (!at::isfinite(logits).all().item<bool>()) fail("the model produced non-finite logits");
+  auto probs = at::softmax(logits.to(at::kDouble), 1);
+  const int64_t k = std::min<int64_t>(a.top, probs.size(1));
+  auto [p, idx] = probs.topk(k, 1);
+  fmt::print("model     {} ({}), {}\n", g.meta.name, g.meta.source, engine);
+  for (size_t i = 0; i < a.images.size(); ++i) {
+    std::string line;
+    for (int64_t j = 0; j < k; ++j)
+      line += fmt::format("{}{} ({:.1f}%)", j ? ", " : "", idx[static_cast<int64_t>(i)][j].item<int64_t>(),
+                          100.0 * p[static_cast<int64_t>(i)][j].item<double>());
+    fmt::print("{}: {}\n", a.images[i], line);
+  }
+  return 0;
 }
 
 }  // namespace vitq::cli

@@ -332,6 +332,15 @@ int main(int argc, char** argv) {
   exp->add_option("--out", xa.out, "ONNX file to write")->required();
   exp->add_flag("--force", xa.force, "overwrite --out if it exists");
 
+  RunArgs ra;
+  auto* runc = app.add_subcommand("run", "classify images with the integer runtime (--plan), FP32, or ONNX Runtime: top classes per image");
+  runc->add_option("MODEL", ra.model, "model directory, .safetensors or .onnx")->required();
+  runc->add_option("IMAGES", ra.images, "image files (JPEG or PNG)")->required();
+  runc->add_option("--plan", ra.plan, "quantization plan: run it in integers (default runtime int8)");
+  runc->add_option("--runtime", ra.runtime, "int8 (default with --plan), vitq (FP32, or fake-quant with --plan), ort");
+  runc->add_option("--top", ra.top, "classes shown per image")->check(CLI::Range(1, 1000));
+  runc->add_option("--threads", ra.threads, "threads (default: all cores)")->check(CLI::Range(0, 1024));
+
   BenchOptions bo;
   bo.out_dir = std::string(VITQ_SOURCE_DIR) + "/bench/results";
   auto* bench = app.add_subcommand("bench", "throughput and latency of vitq and ONNX Runtime (FP32, QDQ with --plan) into bench/results/");
@@ -359,6 +368,7 @@ int main(int argc, char** argv) {
     if (*eval) return run_eval(ev);
     if (*bench) return run_bench(bo);
     if (*exp) return run_export(xa);
+    if (*runc) return run_run(ra);
     if (*quantize) return run_quantize(qa);
     if (*compare) {
       ca.command_line = "vitq";
