@@ -378,8 +378,9 @@ std::vector<at::Tensor> Executor::execute(const at::Tensor& input, const ExecHoo
   std::vector<at::Tensor> args;
   for (size_t i = 0; i < graph_.nodes.size(); ++i) {
     const Node& n = graph_.nodes[i];
-    const bool may_fuse = !hooks || (hooks->allow_fusion && !hooks->on_output && hooks->allow_fusion(n, graph_.nodes[i + 1]));
-    if (!keep_all && fuse_gelu_[i] && may_fuse) {  // Linear + GELU as one GEMM with a GELU epilogue
+    // (fuse_gelu_[i] implies a node i + 1; ask the hooks only then)
+    if (!keep_all && fuse_gelu_[i] &&
+        (!hooks || (hooks->allow_fusion && !hooks->on_output && hooks->allow_fusion(n, graph_.nodes[i + 1])))) {  // Linear + GELU as one GEMM
       auto get = [&](size_t s) {
         at::Tensor t = s < n.inputs.size() && n.inputs[s] >= 0 ? vals[static_cast<size_t>(n.inputs[s])] : at::Tensor();
         if (hooks && hooks->transform_input && t.defined() && t.is_floating_point()) t = hooks->transform_input(n, s, t);
