@@ -10,21 +10,6 @@ using namespace vitq::test;
 
 namespace {
 
-void write_black_png(const fs::path& path, int w, int h) {
-  FILE* f = std::fopen(path.c_str(), "wb");
-  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
-  png_infop info = png_create_info_struct(png);
-  png_init_io(png, f);
-  png_set_IHDR(png, info, static_cast<png_uint_32>(w), static_cast<png_uint_32>(h), 8, PNG_COLOR_TYPE_RGB,
-               PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
-  png_write_info(png, info);
-  std::vector<png_byte> row(static_cast<size_t>(w) * 3, 0);
-  for (int y = 0; y < h; ++y) png_write_row(png, row.data());
-  png_write_end(png, nullptr);
-  png_destroy_write_struct(&png, &info);
-  std::fclose(f);
-}
-
 std::string quantize_args(const std::string& extra) {
   return "quantize " + quoted(model_dir()) + " --calib " + quoted(imagenet("calib1000")) + " --calib-size 4 --quiet " + extra;
 }
@@ -82,7 +67,7 @@ TEST(CliQuant, AllBlackCalibrationImages) {
   TempDir data, out;
   std::string labels;
   for (int i = 0; i < 4; ++i) {
-    write_black_png(data / ("black" + std::to_string(i) + ".png"), 64, 48);
+    write_png(data / ("black" + std::to_string(i) + ".png"), 64, 48);
     labels += "black" + std::to_string(i) + ".png 0\n";
   }
   write_file(data / "labels.txt", labels);

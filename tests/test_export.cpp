@@ -50,20 +50,6 @@ const Loaded& loaded(const std::string& name) {
 }
 
 // Runs a shell command line as given (for resource limits and signals around the binary).
-CliResult run_vitq_shell(const std::string& command) {
-  CliResult r;
-  std::string quoted_cmd;
-  for (char c : command) quoted_cmd += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  FILE* p = popen(("bash -c '" + quoted_cmd + "' 2>&1").c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
-  int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return r;
-}
-
 at::Tensor run_ort(const ExportResult& r, const at::Tensor& x) { return OrtModel::from_bytes(r.bytes, 2, "test export").run(x); }
 
 double rel_diff(const at::Tensor& want, const at::Tensor& got) {
@@ -369,7 +355,7 @@ TEST(ExportCli, BadInput) {
   expect_cli_error(run_vitq("export " + m + " --plan '" + plan + "' --format tflite --out " + quoted(dir / "x.onnx")), "unknown --format");
   // unwritable output paths
   expect_cli_error(run_vitq("export " + m + " --out " + quoted(dir / "no" / "such" / "x.onnx")), "does not exist");
-  expect_cli_error(run_vitq("export " + m + " --out " + quoted(dir.path())), "is a directory");
+  expect_cli_error(run_vitq("export " + m + " --out " + quoted(dir.path())), "is a folder");
   // the output is an input
   const std::string before = read_file(plan);
   expect_cli_error(run_vitq("export " + m + " --plan '" + plan + "' --out '" + plan + "' --force"), "is also an input");
@@ -382,7 +368,7 @@ TEST(ExportCli, BadInput) {
   EXPECT_EQ(forced.code, 0) << forced.output;
   EXPECT_GT(fs::file_size(dir / "old.onnx"), 1000000u);
   // a write cut short (file size limit: the write fails with EFBIG) leaves no file and no temporary
-  auto limited = run_vitq_shell("trap '' XFSZ; ulimit -f 1024; " + std::string(VITQ_BINARY) + " export " + m + " --out " +
+  auto limited = run_bash("trap '' XFSZ; ulimit -f 1024; " + std::string(VITQ_BINARY) + " export " + m + " --out " +
                                 quoted(dir / "cut2.onnx"));
   EXPECT_NE(limited.code, 0) << limited.output;
   EXPECT_NE(error_line(limited.output).find("write failed"), std::string::npos) << limited.output;

@@ -1,11 +1,13 @@
 // Helpers shared by the tests: paths to ../shared, temporary directories, running the vitq binary.
 #pragma once
 #include <gtest/gtest.h>
+#include <png.h>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <string>
+#include <vector>
 #include <sys/wait.h>
 
 namespace vitq::test {
@@ -50,11 +52,10 @@ struct CliResult {
   std::string output;  // stdout and stderr together
 };
 
-// Runs `vitq ARGS` (ARGS already shell-quoted where needed).
-inline CliResult run_vitq(const std::string& args) {
+// Runs a shell command line (sh -c), stdout and stderr together.
+inline CliResult run_command(const std::string& cmd) {
   CliResult r;
-  std::string cmd = std::string(VITQ_BINARY) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
   if (!p) return r;
   char buf[4096];
   size_t n;
@@ -62,6 +63,32 @@ inline CliResult run_vitq(const std::string& args) {
   int status = pclose(p);
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   return r;
+}
+
+// Runs `vitq ARGS` (ARGS already shell-quoted where needed).
+inline CliResult run_vitq(const std::string& args) { return run_command(std::string(VITQ_BINARY) + " " + args); }
+
+// Runs `command` under bash (for trap, ulimit, & and wait).
+inline CliResult run_bash(const std::string& command) {
+  std::string q;
+  for (char c : command) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return run_command("bash -c '" + q + "'");
+}
+
+// An RGB PNG of one colour.
+inline void write_png(const fs::path& path, int w, int h, unsigned char value = 0) {
+  FILE* f = std::fopen(path.c_str(), "wb");
+  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
+  png_infop info = png_create_info_struct(png);
+  png_init_io(png, f);
+  png_set_IHDR(png, info, static_cast<png_uint_32>(w), static_cast<png_uint_32>(h), 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
+               PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+  png_write_info(png, info);
+  std::vector<png_byte> row(static_cast<size_t>(w) * 3, value);
+  for (int y = 0; y < h; ++y) png_write_row(png, row.data());
+  png_write_end(png, nullptr);
+  png_destroy_write_struct(&png, &info);
+  std::fclose(f);
 }
 
 // The line of `output` that starts with "vitq: error:", or "" if none.

@@ -26,6 +26,7 @@
 #include "vitq/graph/executor.h"
 #include "vitq/models/model_loader.h"
 #include "vitq/quant/plan.h"
+#include "vitq/util/file_io.h"
 #include "vitq/util/error.h"
 
 namespace vitq::cli {
@@ -52,6 +53,7 @@ std::vector<double> time_runs(size_t warmup, size_t iters, F&& f) {
 int run_bench(const BenchOptions& o) {
   const int threads = set_threads(o.threads);
   check_device(o.device);
+  make_output_dir(o.out_dir, "--out");  // before the measurements, not after
   Graph g = load_model(o.model);
   ModelStats stats = model_stats(g);
   const c10::Device device(o.device == "cuda" ? c10::kCUDA : c10::kCPU);
@@ -192,7 +194,6 @@ int run_bench(const BenchOptions& o) {
     j["engines"].push_back({{"name", e.name}, {"detail", e.detail}, {"latency_batch1_ms", e.latency_ms},
                             {"images_per_second", e.images_per_second}, {"batch", o.batch}});
   if (!o.plan.empty()) j["plan"] = o.plan;
-  std::filesystem::create_directories(o.out_dir);
   // Named after the model's folder (the shared reference models share timm's architecture names with the real
   // networks but are narrower), else its architecture.
   const std::filesystem::path mp(o.model);
@@ -202,7 +203,6 @@ int run_bench(const BenchOptions& o) {
   if (!o.plan.empty()) plan_tag = "_" + std::filesystem::path(o.plan).stem().string();
   const std::string stem = fmt::format("{}/{}_{}{}_{}_b{}_t{}", o.out_dir, o.plan.empty() ? "fp32" : "engines", label, plan_tag,
                                        o.device, o.batch, threads);
-  std::ofstream(stem + ".json") << j.dump(2) << "\n";
   std::string md = fmt::format(
       "# FP32 throughput: {} ({}, {} threads, batch {})\n\n{}\n\n"
       "| measurement | median | rate |\n|---|---|---|\n"
@@ -226,7 +226,8 @@ int run_bench(const BenchOptions& o) {
     for (auto& [t, op] : t8) md += fmt::format("| {} | {:.1f} ms |\n", op, t * 1e3);
     j["int8_op_seconds"] = int8_op_seconds;
   }
-  std::ofstream(stem + ".md") << md;
+  write_file_atomic(stem + ".json", j.dump(2) + "\n", true);
+  write_file_atomic(stem + ".md", md, true);
   fmt::print("{}\nwrote {}.json and {}.md\n", md, stem, stem);
   return 0;
 }

@@ -54,6 +54,8 @@ struct RunArgs {
 int run_run(const RunArgs& args);
 // The files a MODEL argument names (itself, and the model files inside it when it is a folder).
 std::vector<std::string> model_files(const std::string& model);
+// The files a data folder argument names (its labels.txt).
+std::vector<std::string> data_files(const std::string& dir);
 
 void print_quant_eval(const EvalResult& r);
 nlohmann::json report_json(const std::vector<LayerReport>& report);

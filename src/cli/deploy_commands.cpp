@@ -29,6 +29,11 @@ std::vector<std::string> model_files(const std::string& model) {
   return files;
 }
 
+std::vector<std::string> data_files(const std::string& dir) {
+  if (dir.empty()) return {};
+  return {dir, (fs::path(dir) / "labels.txt").string()};
+}
+
 int run_export(const ExportArgs& a) {
 #if VITQ_WITH_ONNX
   std::string format = a.format.empty() ? (a.plan.empty() ? "onnx" : "onnx-qdq") : a.format;
@@ -37,9 +42,7 @@ int run_export(const ExportArgs& a) {
   if (format == "onnx" && !a.plan.empty()) fail("--format onnx writes the FP32 model: drop --plan, or use --format onnx-qdq");
   std::vector<std::string> inputs = model_files(a.model);
   if (!a.plan.empty()) inputs.push_back(a.plan);
-  check_not_an_input(a.out, inputs, "--out");
-  std::error_code ec;
-  if (fs::is_directory(a.out, ec)) fail("{}: is a directory, not a file to write", a.out);
+  check_output_path(a.out, inputs, "--out");
   if (!a.force && fs::exists(fs::symlink_status(a.out))) fail("{}: exists (use --force to overwrite it)", a.out);
   Graph g = load_model(a.model);
   QuantPlan plan;

@@ -23,6 +23,7 @@
 #include "vitq/eval/model_stats.h"
 #include "vitq/models/model_loader.h"
 #include "vitq/util/error.h"
+#include "vitq/util/file_io.h"
 #include "vitq/util/npy.h"
 #include "vitq/quant/calibration.h"
 #include "vitq/quant/fake_quant.h"
@@ -32,20 +33,21 @@ namespace vitq::cli {
 
 int set_threads(int threads) {
   if (threads < 0) fail("--threads must be positive, got {}", threads);
-  if (threads == 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  // Far more threads than cores only slows every parallel region down (and each thread reserves a stack).
+  const int most = std::max(16, 4 * cores);
+  if (threads > most) fail("--threads {} is more than {} (4x this machine's {} cores)", threads, most, cores);
+  if (threads == 0) threads = cores;
   at::set_num_threads(threads);
   return at::get_num_threads();
 }
 
 namespace {
 
-void write_json(const std::string& path, const nlohmann::json& j) {
-  std::ofstream out(path);
-  if (!out) fail("cannot write {}", path);
-  out << j.dump(2) << "\n";
-}
+void write_json(const std::string& path, const nlohmann::json& j) { write_file_atomic(path, j.dump(2) + "\n", true); }
 
 int run_info(const std::string& model_path, const std::string& json_path) {
+  if (!json_path.empty()) check_output_path(json_path, model_files(model_path), "--json");
   Graph g = load_model(model_path, /*allow_config_only=*/true);
   ModelStats s = model_stats(g);
   const auto& p = g.meta.preprocess;
@@ -100,6 +102,17 @@ struct EvalArgs {
 
 int run_eval(const EvalArgs& a) {
   const int threads = set_threads(a.threads);
+  {  // outputs checked before any work: none may be an input, another output, or unwritable
+    std::vector<std::string> inputs = model_files(a.model);
+    for (const auto& f : data_files(a.data)) inputs.push_back(f);
+    inputs.push_back(a.plan);
+    inputs.push_back(a.onnx);
+    for (const auto& [path, what] : {std::pair{a.json, "--json"}, {a.dump_logits, "--dump-logits"}, {a.report, "--report"}}) {
+      if (path.empty()) continue;
+      check_output_path(path, inputs, what);
+      inputs.push_back(path);
+    }
+  }
   Graph g = load_model(a.model);
   Dataset data = open_dataset(a.data);
   EvalOptions opt;
@@ -228,6 +241,14 @@ int run_eval(const EvalArgs& a) {
 }  // namespace
 }  // namespace vitq::cli
 
+// A count option (size_t): "-5" must be an error, not a huge number or "everything".
+const CLI::Validator kCount(
+    [](std::string& s) -> std::string {
+      if (s.empty() || s.find_first_not_of("0123456789") != std::string::npos) return "must be 0 or a positive whole number, got '" + s + "'";
+      return "";
+    },
+    "COUNT");
+
 int main(int argc, char** argv) {
   using namespace vitq::cli;
   // libtorch's ops and OpenBLAS share one OpenMP runtime; with its default spin-waiting the idle threads of one
@@ -256,7 +277,7 @@ int main(int argc, char** argv) {
   auto* eval = app.add_subcommand("eval", "top-1/top-5 and images/s on a labelled image set");
   eval->add_option("MODEL", ev.model, "model directory, .safetensors or .onnx")->required();
   eval->add_option("--data", ev.data, "image directory (labels.txt or class folders)")->required();
-  eval->add_option("--limit", ev.limit, "evaluate only the first N images");
+  eval->add_option("--limit", ev.limit, "evaluate only the first N images")->check(kCount);
   eval->add_option("--batch", ev.batch, "batch size")->check(CLI::Range(1, 4096));
   eval->add_option("--threads", ev.threads, "libtorch threads (default: all cores)")->check(CLI::Range(0, 1024));
   eval->add_option("--workers", ev.workers, "image decoding threads")->check(CLI::Range(1, 64));
@@ -321,7 +342,7 @@ int main(int argc, char** argv) {
   compare->add_option("--methods", ca.methods, "comma-separated methods (and variants)");
   compare->add_option("--bits", ca.bits, "comma-separated bit widths, e.g. w8a8,w6a6,w4a4");
   compare->add_option("--data", ca.data, "evaluation images")->required();
-  compare->add_option("--limit", ca.limit, "evaluate only the first N images");
+  compare->add_option("--limit", ca.limit, "evaluate only the first N images")->check(kCount);
   compare->add_option("--out", ca.out, "output path without extension (writes .md and .json)")->required();
 
   ExportArgs xa;

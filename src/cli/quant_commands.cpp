@@ -16,6 +16,7 @@
 #include "vitq/quant/calibration.h"
 #include "vitq/quant/fake_quant.h"
 #include "vitq/util/error.h"
+#include "vitq/util/file_io.h"
 
 namespace vitq::cli {
 
@@ -65,11 +66,15 @@ void fill_placement(PlacementOptions& p, const QuantArgs& a) {
     auto eq = item.find('=');
     if (eq == std::string::npos) fail("--layer-bits expects NAME=BITS, got '{}'", item);
     int bits = 0;
+    const std::string text = item.substr(eq + 1);
     try {
-      bits = std::stoi(item.substr(eq + 1));
+      size_t used = 0;
+      bits = std::stoi(text, &used);
+      if (used != text.size()) throw std::invalid_argument(text);  // "4x" is not 4
     } catch (const std::exception&) {
-      fail("--layer-bits: '{}' is not a number of bits", item.substr(eq + 1));
+      fail("--layer-bits: '{}' is not a number of bits", text);
     }
+    if (eq == 0) fail("--layer-bits: '{}' names no layer", item);
     if (bits < 2 || bits > 8) fail("--layer-bits: bits must be between 2 and 8, got {}", bits);
     p.layer_bits[item.substr(0, eq)] = bits;
   }
@@ -94,6 +99,9 @@ MethodOptions method_options(const QuantArgs& a) {
   o.avg_bits = a.avg_bits;
   o.observer.percentile = a.percentile;
   if (o.mixed_precision && o.avg_bits == 0) fail("--mixed-precision needs --avg-bits");
+  if (a.avg_bits != 0 && !(a.avg_bits >= 2 && a.avg_bits <= 8)) fail("--avg-bits must be between 2 and 8, got {}", a.avg_bits);
+  if (!(a.percentile > 50 && a.percentile <= 100)) fail("--percentile must be in (50, 100], got {}", a.percentile);
+  if (a.attn_bits < 2 || a.attn_bits > 8) fail("--attn-bits must be between 2 and 8, got {}", a.attn_bits);
   o.reconstruct = a.reconstruct;
   o.recon.iters = a.recon_iters;
   o.recon.batch = a.recon_batch;
@@ -120,6 +128,10 @@ int run_quantize(const QuantArgs& a) {
   const std::string method = a.start_plan.empty() ? apply_method_variant(a.method, o) : std::string();
   if (!a.start_plan.empty() && o.reconstruct != "layer" && o.reconstruct != "block")
     fail("--start-plan reconstructs a plan: give --reconstruct layer or block");
+  std::vector<std::string> inputs = model_files(a.model);
+  for (const auto& f : data_files(a.calib)) inputs.push_back(f);
+  inputs.push_back(a.start_plan);
+  check_output_path(a.out, inputs, "--out");
   Graph g = load_model(a.model);
   QuantPlan start;
   if (!a.start_plan.empty()) start = load_plan(a.start_plan, g);  // checked against this model before any work
@@ -196,6 +208,14 @@ int run_compare(const CompareArgs& c) {
     MethodOptions o;
     apply_method_variant(m, o);
   }
+  {  // both outputs checked before the (long) work
+    if (const auto dir = std::filesystem::path(c.out).parent_path(); !dir.empty()) make_output_dir(dir.string(), "--out");
+    std::vector<std::string> inputs = model_files(c.q.model);
+    for (const auto& dir : {c.q.calib, c.data})
+      for (const auto& f : data_files(dir)) inputs.push_back(f);
+    check_output_path(c.out + ".md", inputs, "--out");
+    check_output_path(c.out + ".json", inputs, "--out");
+  }
   Dataset data = open_dataset(c.data);
   at::Tensor calib = load_calibration(g, open_dataset(c.q.calib), c.q.calib_size, c.q.seed, !c.q.quiet);
   // FP32 once; every quantized run is compared with these logits.
@@ -208,7 +228,6 @@ int run_compare(const CompareArgs& c) {
   // FP activations of the calibration batch, captured once for every method that searches per layer
   fmt::print(stderr, "capturing FP activations of {} calibration images\n", calib.size(0));
   const LayerTensors fp_layers = capture_layers(g, calib);
-  if (const auto dir = std::filesystem::path(c.out).parent_path(); !dir.empty()) std::filesystem::create_directories(dir);
   nlohmann::json rows = nlohmann::json::array();
   std::string md = fmt::format(
       "# {}: PTQ methods compared\n\nModel {} ({}), calibration: {} images drawn with seed {} from {}, evaluation: {} "
@@ -250,11 +269,11 @@ int run_compare(const CompareArgs& c) {
                       {"search_seconds", search_s}, {"quantizers", quantizers}, {"settings", plan.settings}});
       fmt::print("{} W{}A{}: top-1 {:.2f}% ({:+.2f}), agreement {:.2f}%, KL {:.4f}, search {:.1f} s\n", m, w, a,
                  r.top1_pct(), delta, r.agreement_pct(), r.mean_kl(), search_s);
-      std::ofstream(c.out + ".md") << md;  // written after every row: a long run keeps what it finished
+      write_file_atomic(c.out + ".md", md, true);  // written after every row: a long run keeps what it finished
       nlohmann::json j = {{"model", g.meta.name}, {"calib", c.q.calib}, {"calib_size", calib.size(0)}, {"seed", c.q.seed},
                           {"convention", c.q.convention}, {"data", c.data}, {"images", fp.images}, {"fp32_top1", fp.top1_pct()}, {"threads", threads},
                           {"rows", rows}};
-      std::ofstream(c.out + ".json") << j.dump(2) << "\n";
+      write_file_atomic(c.out + ".json", j.dump(2) + "\n", true);
     }
   }
   fmt::print("\n{}\nwrote {}.md and {}.json\n", md, c.out, c.out);

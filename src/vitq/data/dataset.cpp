@@ -5,8 +5,10 @@
 #include <fstream>
 #include <numeric>
 #include <random>
+#include <sstream>
 
 #include "vitq/util/error.h"
+#include "vitq/util/file_io.h"
 
 namespace vitq {
 
@@ -19,7 +21,7 @@ Dataset open_dataset(const std::string& dir) {
   d.root = dir;
   const fs::path labels = fs::path(dir) / "labels.txt";
   if (fs::exists(labels)) {
-    std::ifstream in(labels);
+    std::istringstream in(read_file(labels.string(), "labels file", uint64_t{1} << 30));
     std::string line;
     size_t lineno = 0;
     while (std::getline(in, line)) {

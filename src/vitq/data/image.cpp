@@ -14,6 +14,7 @@
 // clang-format on
 
 #include "vitq/util/error.h"
+#include "vitq/util/file_io.h"
 
 namespace vitq {
 
@@ -188,10 +189,8 @@ Image decode_image(const uint8_t* data, size_t size, const std::string& path) {
 }
 
 Image decode_image(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("{}: cannot open image", path);
-  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  return decode_image(bytes.data(), bytes.size(), path);
+  const std::string bytes = read_file(path, "image", uint64_t{256} << 20);
+  return decode_image(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), path);
 }
 
 }  // namespace vitq

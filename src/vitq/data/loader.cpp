@@ -36,8 +36,12 @@ Batch BatchLoader::make_batch(size_t index) const {
       eval_transform(img, config_, b.pixels.data() + b.size() * plane);
       b.labels.push_back(s.label);
       b.samples.push_back(i);
+    } catch (const std::bad_alloc&) {
+      b.errors.push_back(s.path + ": out of memory decoding or resizing the image");
     } catch (const std::exception& e) {
-      b.errors.push_back(e.what());
+      // every message names the image (decoder errors already start with its path)
+      const std::string what = first_line(e.what());
+      b.errors.push_back(what.rfind(s.path, 0) == 0 ? what : s.path + ": " + what);
     }
   }
   b.pixels.resize(b.size() * plane);

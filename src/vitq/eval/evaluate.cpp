@@ -15,6 +15,25 @@
 
 namespace vitq {
 
+namespace {
+// The first node (in execution order) whose output holds an inf or NaN when vitq's own model runs `input`.
+std::string first_nonfinite_layer(const Executor& exec, const QuantizedModel* quant, const at::Tensor& input) {
+  std::string first;
+  ExecHooks watch;
+  watch.on_output = [&first](const Node& n, const std::vector<at::Tensor>& outs) {
+    if (!first.empty()) return;
+    for (const auto& t : outs)
+      if (t.defined() && t.is_floating_point() && !at::isfinite(t).all().item<bool>()) {
+        first = n.name;
+        return;
+      }
+  };
+  if (quant) quant->run(input, &watch);
+  else exec.run(input, &watch);
+  return first;
+}
+}  // namespace
+
 void check_device(const std::string& device) {
   if (device == "cpu") return;
   if (device == "cuda") {
@@ -55,7 +74,12 @@ EvalResult evaluate(const Graph& graph, const Dataset& full, const EvalOptions& 
     at::Tensor logits = (opt.runtime ? opt.runtime(input) : quant ? quant->run(input) : exec.run(input)).to(at::kCPU).contiguous();
     r.seconds_model += std::chrono::duration<double>(std::chrono::steady_clock::now() - m0).count();
     if (logits.dim() != 2 || logits.size(0) != n) fail("model output has shape [{}], expected [{}, classes]", fmt::join(logits.sizes(), ", "), n);
-    if (!at::isfinite(logits).all().item<bool>()) fail("the model produced non-finite logits (inf or NaN)");
+    if (!at::isfinite(logits).all().item<bool>()) {
+      const std::string first = first_nonfinite_layer(exec, quant.get(), input);
+      fail("the model produced non-finite logits (inf or NaN): {}",
+           first.empty() ? std::string("vitq's own model stays finite on these images (the runtime's fault)")
+                         : fmt::format("the first layer with a non-finite output is {}{}", first, opt.plan ? " (check the plan's scales and biases)" : ""));
+    }
     at::Tensor own;  // vitq's own logits, when a runtime replaced it
     if (opt.runtime) {
       own = (quant ? quant->run(input) : exec.run(input)).to(at::kCPU);

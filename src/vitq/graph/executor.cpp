@@ -369,6 +369,24 @@ Executor::Executor(const Graph& graph, c10::Device device) : graph_(graph), devi
   }
 }
 
+namespace {
+// Runs one node; a library error (libtorch's "Dimension out of range", an allocation failure) comes out naming
+// the layer instead of as raw library text.
+template <class F>
+void naming_layer(const Node& n, F&& run) {
+  try {
+    run();
+  } catch (const Error& e) {  // ours: add the layer unless the message names it already
+    if (std::string(e.what()).find(n.name) != std::string::npos) throw;
+    fail("layer {} ({}): {}", n.name, op_name(n.op), e.what());
+  } catch (const c10::Error& e) {
+    fail("layer {} ({}): {}", n.name, op_name(n.op), first_line(e.what_without_backtrace()));
+  } catch (const std::bad_alloc&) {
+    fail("layer {} ({}): out of memory", n.name, op_name(n.op));
+  }
+}
+}  // namespace
+
 std::vector<at::Tensor> Executor::execute(const at::Tensor& input, const ExecHooks* hooks, bool keep_all) const {
   if (input.dim() != 4 || input.size(1) != 3)
     fail("model input must be [B, 3, H, W], got {}", fmt::join(input.sizes(), "x"));
@@ -397,7 +415,7 @@ std::vector<at::Tensor> Executor::execute(const at::Tensor& input, const ExecHoo
         continue;
       }
     }
-    run_one(i, vals, args, batch, hooks);
+    naming_layer(n, [&] { run_one(i, vals, args, batch, hooks); });
     if (!keep_all)  // free activations nobody reads any more
       for (int v : n.inputs)
         if (v >= 0 && v != graph_.output && last_use_[static_cast<size_t>(v)] == static_cast<int>(i) &&
@@ -439,7 +457,7 @@ void Executor::run_range(std::vector<at::Tensor>& vals, size_t begin, size_t end
     for (int v : graph_.nodes[i].inputs)
       if (v >= 0 && !vals[static_cast<size_t>(v)].defined())
         fail("run_range: node {} reads {}, which was not given", graph_.nodes[i].name, graph_.values[static_cast<size_t>(v)].name);
-    run_one(i, vals, args, batch, hooks);
+    naming_layer(graph_.nodes[i], [&] { run_one(i, vals, args, batch, hooks); });
   }
 }
 

@@ -1,12 +1,17 @@
 #include "vitq/models/model_loader.h"
 
+#include <ATen/ATen.h>
+
 #include <filesystem>
+#include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "vitq/models/safetensors.h"
 #include "vitq/models/architectures.h"
+#include "vitq/models/builder_util.h"
 #include "vitq/util/error.h"
+#include "vitq/util/file_io.h"
 #ifdef VITQ_WITH_ONNX
 #include "vitq/models/onnx_import.h"
 #endif
@@ -17,10 +22,9 @@ namespace fs = std::filesystem;
 
 namespace {
 nlohmann::json read_json(const fs::path& p) {
-  std::ifstream in(p);
-  if (!in) fail("cannot open {}", p.string());
+  const std::string text = read_file(p.string(), "config", uint64_t{64} << 20);
   try {
-    return nlohmann::json::parse(in);
+    return nlohmann::json::parse(text);
   } catch (const std::exception&) {
     fail("{}: invalid JSON", p.string());
   }
@@ -55,6 +59,16 @@ PreprocessConfig parse_preprocess(const nlohmann::json& j, const std::string& wh
   } catch (const nlohmann::json::exception& e) {
     fail("{}: malformed pretrained_cfg ({})", where, first_line(e.what()));
   }
+  // Bounds on what the config lets the loader allocate: a resize target of input/crop_pct per side, a
+  // [B, 3, H, W] batch. Real models use 32..1024 pixels and crop_pct 0.75..1.
+  if (p.input_height > kMaxInputSide || p.input_width > kMaxInputSide)
+    fail("{}: input size {}x{} is larger than vitq's limit of {} pixels per side", where, p.input_height, p.input_width, kMaxInputSide);
+  if (!(p.crop_pct >= 0.1)) fail("{}: crop_pct {} is below 0.1 (it would resize images to {}x their crop)", where, p.crop_pct, 1 / p.crop_pct);
+  for (int c = 0; c < 3; ++c) {
+    const float m = p.mean[static_cast<size_t>(c)], s = p.std[static_cast<size_t>(c)];
+    if (!std::isfinite(m) || std::fabs(m) > 10) fail("{}: pretrained_cfg.mean {} is not a plausible pixel mean (|mean| <= 10)", where, m);
+    if (!std::isfinite(s) || s < 1e-3f || s > 100) fail("{}: pretrained_cfg.std {} is not a plausible pixel spread (1e-3 to 100)", where, s);
+  }
   if (p.interpolation != "bicubic" && p.interpolation != "bilinear")
     fail("{}: interpolation '{}' is not supported (bicubic, bilinear)", where, p.interpolation);
   if (!(p.crop_pct > 0.0 && p.crop_pct <= 1.0)) fail("{}: crop_pct {} is outside (0, 1]", where, p.crop_pct);
@@ -79,8 +93,10 @@ Graph load_model(const std::string& path_str, bool allow_config_only) {
   if (weights.extension() == ".json") {
     if (!allow_config_only) fail("{}: a config alone has no weights (this command needs model.safetensors or model.onnx)", weights.string());
     auto config = read_json(weights);
+    const PreprocessConfig pre = parse_preprocess(config, weights.string());  // bounds checked before building
     Graph g = build_from_config(config, WeightSource(nullptr), weights.string());
-    g.meta.preprocess = parse_preprocess(config, weights.string());
+    g.meta.preprocess = pre;
+    check_model_values(g, weights.string());
     g.meta.format = "config";
     g.meta.source = weights.string();
     return g;
@@ -91,9 +107,10 @@ Graph load_model(const std::string& path_str, bool allow_config_only) {
   if (ext == ".safetensors") {
     if (!fs::exists(config_path)) fail("{}: no config.json beside the weights", weights.string());
     auto config = read_json(config_path);
+    const PreprocessConfig pre = parse_preprocess(config, config_path.string());
     SafeTensorsFile file(weights.string());
     g = build_from_config(config, WeightSource(&file), config_path.string());
-    g.meta.preprocess = parse_preprocess(config, config_path.string());
+    g.meta.preprocess = pre;
     g.meta.format = "safetensors";
   } else if (ext == ".onnx") {
 #ifdef VITQ_WITH_ONNX
@@ -119,7 +136,23 @@ Graph load_model(const std::string& path_str, bool allow_config_only) {
     fail("{}: unknown model format (expected .safetensors or .onnx)", weights.string());
   }
   g.meta.source = weights.string();
+  check_model_values(g, weights.string());
   return g;
+}
+
+void check_model_values(const Graph& g, const std::string& where) {
+  for (size_t v = 0; v < g.consts.size(); ++v) {
+    const at::Tensor& t = g.consts[v];
+    if (t.defined() && t.is_floating_point() && !at::isfinite(t).all().item<bool>())
+      fail("{}: weight {} has NaN or infinite values", where, g.values[v].name);
+  }
+  for (const auto& n : g.nodes) {
+    auto it = n.attrs.find("epsilon");
+    if (it == n.attrs.end()) continue;
+    const double eps = std::holds_alternative<double>(it->second) ? std::get<double>(it->second)
+                                                                   : static_cast<double>(std::get<int64_t>(it->second));
+    if (!(eps > 0 && eps < 1)) fail("{}: {} has epsilon {} (a normalisation's epsilon must be in (0, 1); check layer_norm_eps)", where, n.name, eps);
+  }
 }
 
 }  // namespace vitq

@@ -15,5 +15,7 @@ Graph load_model(const std::string& path, bool allow_config_only = false);
 // timm's pretrained_cfg (input_size, crop_pct, interpolation, mean, std) from a config.json object; what it
 // leaves out comes from the family's timm defaults (family_preprocess).
 PreprocessConfig parse_preprocess(const nlohmann::json& config, const std::string& where);
+// Every float constant finite (naming the first weight that is not) and every normalisation epsilon in (0, 1).
+void check_model_values(const Graph& g, const std::string& where);
 
 }  // namespace vitq

@@ -10,6 +10,7 @@
 #include "vitq/graph/passes.h"
 #include "vitq/models/onnx_fusions.h"
 #include "vitq/util/error.h"
+#include "vitq/util/file_io.h"
 
 namespace vitq {
 
@@ -108,9 +109,9 @@ std::string strip_suffix(const std::string& s, const std::string& suffix) {
 Graph import_onnx(const std::string& path, int64_t image_height, int64_t image_width) {
   onnx::ModelProto model;
   {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) fail("cannot open ONNX file {}", path);
-    if (!model.ParseFromIstream(&in)) fail("{}: corrupt ONNX file (protobuf parse failed)", path);
+    // protobuf reads at most 2 GB; larger models keep their weights in external data, which vitq does not read
+    const std::string bytes = read_file(path, "ONNX file", (uint64_t{1} << 31) - 1);
+    if (!model.ParseFromString(bytes)) fail("{}: corrupt ONNX file (protobuf parse failed)", path);
   }
   if (!model.has_graph()) fail("{}: ONNX file has no graph", path);
   for (const auto& op : model.opset_import())

@@ -24,39 +24,64 @@ size_t dtype_size(const std::string& dtype) {
 }
 }  // namespace
 
+namespace {
+// Reads exactly `n` bytes at `offset`; false when the file ends first (it shrank) or the read fails.
+bool read_at(int fd, void* dst, uint64_t n, uint64_t offset) {
+  auto* p = static_cast<char*>(dst);
+  while (n > 0) {
+    const ssize_t got = ::pread(fd, p, n, static_cast<off_t>(offset));
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) return false;
+    p += got;
+    n -= static_cast<uint64_t>(got);
+    offset += static_cast<uint64_t>(got);
+  }
+  return true;
+}
+}  // namespace
+
 SafeTensorsFile::SafeTensorsFile(const std::string& path) : path_(path) {
-  int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) fail("cannot open safetensors file {}: {}", path, std::strerror(errno));
   struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
+  if (::stat(path.c_str(), &st) != 0) fail("cannot open safetensors file {}: {}", path, std::strerror(errno));
+  if (!S_ISREG(st.st_mode)) fail("{}: not a regular file (a FIFO, device or folder cannot be a safetensors file)", path);
+  fd_ = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);  // O_NONBLOCK: never wait on a FIFO
+  if (fd_ < 0) fail("cannot open safetensors file {}: {}", path, std::strerror(errno));
+  if (::fstat(fd_, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd_);
     fail("{}: not a regular file", path);
   }
-  size_ = static_cast<size_t>(st.st_size);
-  if (size_ < 8) {
-    ::close(fd);
-    fail("{}: truncated safetensors file ({} bytes, no header)", path, size_);
+  try {
+    parse_header();
+  } catch (...) {
+    ::close(fd_);
+    throw;
   }
-  map_ = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-  ::close(fd);
-  if (map_ == MAP_FAILED) {
-    map_ = nullptr;
-    fail("{}: mmap failed: {}", path, std::strerror(errno));
-  }
-  const auto* bytes = static_cast<const uint8_t*>(map_);
+}
+
+void SafeTensorsFile::parse_header() {
+  const std::string& path = path_;
+  struct stat st {};
+  ::fstat(fd_, &st);
+  size_ = static_cast<uint64_t>(st.st_size);
+  if (size_ < 8) fail("{}: truncated safetensors file ({} bytes, no header)", path, size_);
+  uint8_t len_bytes[8];
+  if (!read_at(fd_, len_bytes, 8, 0)) fail("{}: truncated safetensors file (no header)", path);
   uint64_t header_len = 0;
-  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | bytes[i];
+  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | len_bytes[i];
   if (header_len > size_ - 8)
     fail("{}: corrupt or truncated safetensors file (header claims {} bytes, file has {})", path, header_len,
          size_ - 8);
+  if (header_len > (uint64_t{100} << 20)) fail("{}: safetensors header of {} bytes (more than 100 MB: corrupt?)", path, header_len);
+  std::string header_text(header_len, '\0');
+  if (!read_at(fd_, header_text.data(), header_len, 8)) fail("{}: truncated safetensors file (the header ends early)", path);
   nlohmann::json header;
   try {
-    header = nlohmann::json::parse(bytes + 8, bytes + 8 + header_len);
+    header = nlohmann::json::parse(header_text);
   } catch (const std::exception& e) {
     fail("{}: corrupt safetensors header (invalid JSON)", path);
   }
   if (!header.is_object()) fail("{}: corrupt safetensors header (not a JSON object)", path);
-  data_ = bytes + 8 + header_len;
+  data_offset_ = 8 + header_len;
   const uint64_t data_size = size_ - 8 - header_len;
   for (auto& [name, entry] : header.items()) {
     if (name == "__metadata__") continue;
@@ -73,6 +98,9 @@ SafeTensorsFile::SafeTensorsFile(const std::string& path) : path_(path) {
       uint64_t numel = 1;
       for (auto d : info.shape) {
         if (d < 0) fail("{}: tensor {} has a negative dimension", path, name);
+        // no real tensor is larger than the file: bound the product before it can overflow
+        if (d != 0 && numel > data_size / static_cast<uint64_t>(d))
+          fail("{}: tensor {} has shape [{}], larger than the file", path, name, fmt::join(info.shape, ", "));
         numel *= static_cast<uint64_t>(d);
       }
       if (info.end < info.begin || info.end - info.begin != numel * esize)
@@ -97,7 +125,7 @@ SafeTensorsFile::SafeTensorsFile(const std::string& path) : path_(path) {
 }
 
 SafeTensorsFile::~SafeTensorsFile() {
-  if (map_) ::munmap(map_, size_);
+  if (fd_ >= 0) ::close(fd_);
 }
 
 const SafeTensorInfo& SafeTensorsFile::info(const std::string& name) const {
@@ -120,11 +148,14 @@ at::Tensor SafeTensorsFile::get(const std::string& name) const {
   else if (i.dtype == "BF16") st = at::kBFloat16;
   else if (i.dtype == "I64") st = at::kLong;
   else fail("{}: tensor {} has dtype {}; only F32, F16 and BF16 weights (and I64 index buffers) are supported", path_, name, i.dtype);
-  // from_blob on the read-only map, then copy (the map may be unaligned for the dtype; clone copies safely)
   auto raw = at::empty({static_cast<int64_t>(i.end - i.begin)}, at::kByte);
-  std::memcpy(raw.data_ptr(), data_ + i.begin, i.end - i.begin);
+  if (!read_at(fd_, raw.data_ptr(), i.end - i.begin, data_offset_ + i.begin))
+    fail("{}: tensor {} could not be read (the file was truncated or changed while vitq read it)", path_, name);
   if (st == at::kLong) return raw.view(st).reshape(i.shape).clone();
-  return raw.view(st).reshape(i.shape).to(at::kFloat).contiguous();
+  at::Tensor t = raw.view(st).reshape(i.shape).to(at::kFloat).contiguous();
+  if (!at::isfinite(t).all().item<bool>())
+    fail("{}: tensor {} has NaN or infinite values", path_, name);
+  return t;
 }
 
 }  // namespace vitq

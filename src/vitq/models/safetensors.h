@@ -1,5 +1,7 @@
 // safetensors reader: 8-byte little-endian header length N, N bytes of JSON header, then raw tensor data.
-// The file is memory-mapped; the header is validated against the file size before any tensor is read.
+// The header is read and validated against the file size before any tensor is read; tensors are read with
+// pread() (not memory-mapped: a file truncated by another process while it is read would raise SIGBUS through a
+// map; a short read is an error naming the file and tensor).
 #pragma once
 #include <ATen/core/Tensor.h>
 
@@ -32,10 +34,11 @@ class SafeTensorsFile {
   at::Tensor get(const std::string& name) const;
 
  private:
+  void parse_header();
   std::string path_;
-  void* map_ = nullptr;
-  size_t size_ = 0;
-  const uint8_t* data_ = nullptr;  // start of the data section
+  int fd_ = -1;
+  uint64_t size_ = 0;
+  uint64_t data_offset_ = 0;  // file offset of the data section
   std::map<std::string, SafeTensorInfo> tensors_;
 };
 

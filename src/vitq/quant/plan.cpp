@@ -3,10 +3,12 @@
 #include <ATen/ATen.h>
 
 #include <fstream>
+#include <limits>
 #include <set>
 
 #include "vitq/quant/integer_ops.h"
 #include "vitq/util/error.h"
+#include "vitq/util/file_io.h"
 
 namespace vitq {
 
@@ -87,6 +89,17 @@ bool is_quant_point(const Graph& g, const Node& n, int slot) {
 }
 
 namespace {
+// An integer field, strictly: 8.7 or 2^40 is an error, not 8 or 0.
+int strict_int(const nlohmann::json& v, const std::string& key, int64_t lo, int64_t hi) {
+  if (!v.is_number_integer()) throw std::runtime_error(fmt::format("'{}' must be an integer, got {}", key, v.dump()));
+  const int64_t x = v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX) ? INT64_MAX : v.get<int64_t>();
+  if (x < lo || x > hi) throw std::runtime_error(fmt::format("'{}' is {}, outside [{}, {}]", key, x, lo, hi));
+  return static_cast<int>(x);
+}
+int strict_int(const nlohmann::json& j, const std::string& key, int64_t lo, int64_t hi, int fallback) {
+  return j.contains(key) ? strict_int(j.at(key), key, lo, hi) : fallback;
+}
+
 nlohmann::json tensor_to_json(const at::Tensor& t) {
   auto c = t.detach().to(at::kCPU).to(at::kFloat).contiguous();
   return {{"shape", c.sizes().vec()}, {"data", std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel())}};
@@ -95,7 +108,11 @@ at::Tensor tensor_from_json(const nlohmann::json& j) {
   auto shape = j.at("shape").get<std::vector<int64_t>>();
   auto data = j.at("data").get<std::vector<float>>();
   int64_t n = 1;
-  for (auto d : shape) n *= d;
+  for (auto d : shape) {
+    if (d < 0 || d > (int64_t{1} << 31)) throw std::runtime_error("bad tensor shape");
+    n *= d;
+    if (n > (int64_t{1} << 40)) throw std::runtime_error("bad tensor shape");
+  }
   if (n != static_cast<int64_t>(data.size())) throw std::runtime_error("tensor data does not match its shape");
   for (float v : data)
     if (!std::isfinite(v)) throw std::runtime_error("non-finite value");
@@ -174,12 +191,12 @@ nlohmann::json spec_to_json(const QuantSpec& s) {
 }
 QuantSpec spec_from_json(const nlohmann::json& j) {
   QuantSpec s;
-  s.bits = j.at("bits").get<int>();
+  s.bits = strict_int(j.at("bits"), "bits", 2, 8);
   s.symmetric = j.at("symmetric").get<bool>();
   s.is_signed = j.at("signed").get<bool>();
   s.granularity = parse_granularity(j.at("granularity").get<std::string>());
-  s.axis = j.value("axis", 0);
-  s.group_size = j.value("group_size", 0);
+  s.axis = strict_int(j, "axis", -8, 8, 0);
+  s.group_size = strict_int(j, "group_size", 0, 1 << 24, 0);
   s.kind = parse_quant_kind(j.value("kind", std::string("uniform")));
   s.validate();
   return s;
@@ -197,8 +214,10 @@ QuantParams params_from_json(const nlohmann::json& e, const QuantSpec& spec, con
   p.scale = tensor_from_json(e["scale"]);
   p.zero_point = tensor_from_json(e.at("zero_point"));
   if (e.contains("scale2")) p.scale2 = tensor_from_json(e["scale2"]);
-  if (!(p.scale > 0).all().item<bool>() || (p.scale2.defined() && !(p.scale2 > 0).all().item<bool>()))
-    fail("{} has a non-positive scale", what);
+  // Normal positive floats: a subnormal step (1e-45) overflows 1/step to inf and turns codes into NaN.
+  const float smallest = std::numeric_limits<float>::min();
+  if (!(p.scale >= smallest).all().item<bool>() || (p.scale2.defined() && !(p.scale2 >= smallest).all().item<bool>()))
+    fail("{} has a scale that is not a normal positive float (zero, negative or below {:g})", what, smallest);
   const auto& zp = p.zero_point;
   if (zp.sizes() != p.scale.sizes() || !at::equal(zp, at::round(zp)) ||
       zp.min().item<double>() < static_cast<double>(spec.qmin()) || zp.max().item<double>() > static_cast<double>(spec.qmax()))
@@ -232,17 +251,21 @@ QuantPlan plan_from_json(const nlohmann::json& j, const std::string& where) {
   QuantPlan p;
   try {
     if (j.value("format", std::string()) != "vitq-quant-plan") fail("{}: not a vitq quantization plan", where);
-    int version = j.at("version").get<int>();
+    const int version = strict_int(j.at("version"), "version", 1, 1 << 20);
     if (version < 1 || version > QuantPlan::kVersion)
       fail("{}: plan format version {} is not supported (this vitq reads versions 1 to {})", where, version,
            QuantPlan::kVersion);
     p.model = j.at("model").get<std::string>();
     p.method = j.value("method", std::string());
     p.settings = j.value("settings", nlohmann::json::object());
+    if (!p.settings.is_object()) fail("{}: plan settings must be a JSON object, got {}", where, p.settings.type_name());
+    for (const char* key : {"wbits", "abits"})
+      if (p.settings.contains(key)) strict_int(p.settings[key], std::string("settings.") + key, 2, 32);
+    if (!j.at("points").is_array()) fail("{}: plan points must be a JSON array", where);
     for (const auto& e : j.at("points")) {
       QuantPoint q;
       q.node = e.at("node").get<std::string>();
-      q.slot = e.at("slot").get<int>();
+      q.slot = strict_int(e.at("slot"), "slot", 0, 15);
       q.weight = e.at("weight").get<bool>();
       q.spec = spec_from_json(e.at("spec"));
       q.params = params_from_json(e, q.spec, fmt::format("{}: {} slot {}", where, q.node, q.slot));
@@ -261,7 +284,12 @@ QuantPlan plan_from_json(const nlohmann::json& j, const std::string& where) {
       p.int_ops.push_back(std::move(op));
     }
     if (j.contains("bias"))
-      for (const auto& [node, b] : j["bias"].items()) p.bias[node] = tensor_from_json(b);
+      for (const auto& [node, b] : j["bias"].items()) {
+        p.bias[node] = tensor_from_json(b);
+        // finite is not enough: a bias of 3e38 overflows the next layer; corrected biases are weight-sized
+        if (p.bias[node].numel() && p.bias[node].abs().max().item<double>() > 1e6)
+          fail("{}: corrected bias of {} has values beyond ±1e6 (a corrupt plan?)", where, node);
+      }
   } catch (const Error& e) {
     throw Error(e.what());
   } catch (const std::exception& e) {
@@ -271,9 +299,7 @@ QuantPlan plan_from_json(const nlohmann::json& j, const std::string& where) {
 }
 
 void save_plan(const QuantPlan& plan, const std::string& path) {
-  std::ofstream out(path);
-  if (!out) fail("cannot write plan {}", path);
-  out << plan_to_json(plan).dump(1) << "\n";
+  write_file_atomic(path, plan_to_json(plan).dump(1) + "\n", /*overwrite=*/true);
 }
 
 namespace {
@@ -298,7 +324,9 @@ void check_codes(const QuantPoint& q, const at::Tensor& w, const std::string& wh
 void check_plan(const QuantPlan& p, const Graph& g, const std::string& where) {
   if (p.model != g.meta.name)
     fail("{}: plan is for model '{}', not '{}'", where, p.model, g.meta.name);
+  std::set<std::pair<std::string, int>> points;
   for (const auto& q : p.points) {
+    if (!points.emplace(q.node, q.slot).second) fail("{}: {} slot {} is listed twice in the plan", where, q.node, q.slot);
     const Node* n = g.find_node(q.node);
     if (!n) fail("{}: plan quantizes {}, which {} does not have", where, q.node, g.meta.name);
     if (!is_quant_point(g, *n, q.slot))
@@ -372,15 +400,15 @@ void check_plan(const QuantPlan& p, const Graph& g, const std::string& where) {
 }
 
 QuantPlan load_plan(const std::string& path, const Graph& g) {
-  std::ifstream in(path);
-  if (!in) fail("cannot open plan {}", path);
+  const std::string text = read_file(path, "plan", uint64_t{4} << 30);
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(in);
+    j = nlohmann::json::parse(text);
   } catch (const std::exception&) {
     fail("{}: invalid JSON", path);
   }
   QuantPlan p = plan_from_json(j, path);
+  if (p.points.empty() && p.int_ops.empty()) fail("{}: the plan quantizes nothing (no points)", path);
   check_plan(p, g, path);
   return p;
 }

@@ -5,6 +5,7 @@
 #include <regex>
 
 #include "vitq/util/error.h"
+#include "vitq/util/file_io.h"
 
 namespace vitq {
 
@@ -15,6 +16,7 @@ int64_t NpyArray::numel() const {
 }
 
 NpyArray load_npy(const std::string& path) {
+  check_regular_file(path, ".npy file");
   std::ifstream in(path, std::ios::binary);
   if (!in) fail("cannot open {}", path);
   char magic[8];
@@ -51,13 +53,13 @@ void save_npy(const std::string& path, const NpyArray& a) {
   std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + shape + "), }";
   while ((10 + header.size() + 1) % 64 != 0) header += ' ';
   header += '\n';
-  std::ofstream out(path, std::ios::binary);
-  if (!out) fail("cannot write {}", path);
-  out.write("\x93NUMPY\x01\x00", 8);
-  uint16_t len = static_cast<uint16_t>(header.size());
-  out.write(reinterpret_cast<const char*>(&len), 2);
-  out << header;
-  out.write(reinterpret_cast<const char*>(a.data.data()), static_cast<std::streamsize>(a.data.size() * 4));
+  std::string bytes("\x93NUMPY\x01\x00", 8);
+  const uint16_t len = static_cast<uint16_t>(header.size());
+  bytes.push_back(static_cast<char>(len & 0xff));
+  bytes.push_back(static_cast<char>(len >> 8));
+  bytes += header;
+  bytes.append(reinterpret_cast<const char*>(a.data.data()), a.data.size() * 4);
+  write_file_atomic(path, bytes, /*overwrite=*/true);
 }
 
 }  // namespace vitq
