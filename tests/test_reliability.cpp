@@ -11,6 +11,7 @@
 #include "test_util.h"
 #include "vitq/data/dataset.h"
 #include "vitq/eval/evaluate.h"
+#include "vitq/graph/kernels.h"
 #include "vitq/models/model_loader.h"
 #include "vitq/models/safetensors.h"
 #include "vitq/util/error.h"
@@ -391,4 +392,41 @@ TEST_F(Reliability, MessagesNameTheirSubject) {
   // missing files: the path and what it was meant to be
   expect_cli_error(run_vitq("eval " + quoted(model_dir()) + " --data " + quoted(data) + " --plan " + quoted(dir / "none.json")),
                    "none.json: cannot open plan");
+}
+
+// Fuzz finding F1: a softmax row holding inf (inf - inf = NaN) went through a float-to-int conversion of NaN
+// (undefined behaviour; UBSan stops there). The result is NaN, for evaluate's check to name the layer.
+TEST(ReliabilityKernels, SoftmaxOfNonFiniteRowsIsNaNNotUndefined) {
+  at::Tensor x = at::randn({4, 37});
+  x[1][5] = std::numeric_limits<float>::infinity();
+  x[2][0] = std::numeric_limits<float>::quiet_NaN();
+  x[3].fill_(-std::numeric_limits<float>::infinity());
+  const at::Tensor y = vitq::softmax_lastdim(x);
+  EXPECT_TRUE(at::isfinite(y[0]).all().item<bool>());
+  EXPECT_TRUE(at::allclose(y[0], at::softmax(x[0], -1), 1e-5, 1e-7));
+  EXPECT_TRUE(at::isnan(y[1]).any().item<bool>());
+  EXPECT_TRUE(at::isnan(y[2]).all().item<bool>());
+  EXPECT_TRUE(at::isnan(y[3]).all().item<bool>());
+}
+
+// Fuzz finding F2: JSON floats where integers belong (img_size 1e30, a shape of [1e30]) were converted with a
+// plain cast (undefined behaviour) before any range check; now they are errors naming the file and field.
+TEST_F(Reliability, HugeJsonNumbersAreErrors) {
+  TempDir dir;
+  expect_cli_error(run_vitq("info " + quoted(model_copy(dir, {{"img_size", 1e30}}, "img"))), "img_size is 1e+30");
+  expect_cli_error(run_vitq("info " + quoted(model_copy(dir, {{"pretrained_cfg", {{"input_size", {3, 1e42, 224}}}}}, "in"))),
+                   "pretrained_cfg.input_size[1]");
+  const std::string header = R"({"x":{"dtype":"F32","shape":[1e30],"data_offsets":[0,4]}})";
+  std::string bytes(8, '\0');
+  for (int i = 0; i < 8; ++i) bytes[static_cast<size_t>(i)] = static_cast<char>((header.size() >> (8 * i)) & 0xff);
+  write_file(dir / "f.safetensors", bytes + header + "abcd");
+  try {
+    vitq::SafeTensorsFile f((dir / "f.safetensors").string());
+    FAIL() << "no error";
+  } catch (const vitq::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("x.shape[0] is 1e+30"), std::string::npos) << e.what();
+  }
+  auto p = plan();
+  p["points"][0]["scale"]["shape"] = {1e30, 1};
+  expect_cli_error(eval_plan(dir, p), "'shape' must be an integer");
 }

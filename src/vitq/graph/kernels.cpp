@@ -17,8 +17,9 @@ namespace {
 [[gnu::always_inline]] inline float exp_nonpositive(float y) {
   constexpr float log2e = 1.44269504088896341f, ln2_hi = 0.693145751953125f, ln2_lo = 1.42860682030941723e-6f;
   constexpr float round_magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  y = y < -87.0f ? -87.0f : y;
-  const float k = (y * log2e + round_magic) - round_magic;
+  y = y < -87.0f ? -87.0f : y;  // (NaN passes and stays NaN below)
+  const float kr = y * log2e + round_magic;  // k in the low mantissa bits: the ulp at 1.5 * 2^23 is 1
+  const float k = kr - round_magic;
   const float r = (y - k * ln2_hi) - k * ln2_lo;
   float p = 1.0f / 5040.0f;
   p = p * r + 1.0f / 720.0f;
@@ -28,7 +29,9 @@ namespace {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const auto bits = static_cast<uint32_t>(static_cast<int32_t>(k) + 127) << 23;
+  // 2^k from k's bits, not through a float-to-int conversion, which is undefined for NaN (a softmax row holding
+  // inf - inf): unsigned arithmetic wraps, and NaN * anything stays NaN for evaluate's check to catch.
+  const uint32_t bits = (std::bit_cast<uint32_t>(kr) - std::bit_cast<uint32_t>(round_magic) + 127u) << 23;
   return p * std::bit_cast<float>(bits);
 }
 

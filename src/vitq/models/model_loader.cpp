@@ -12,6 +12,7 @@
 #include "vitq/models/builder_util.h"
 #include "vitq/util/error.h"
 #include "vitq/util/file_io.h"
+#include "vitq/util/json_check.h"
 #ifdef VITQ_WITH_ONNX
 #include "vitq/models/onnx_import.h"
 #endif
@@ -23,11 +24,14 @@ namespace fs = std::filesystem;
 namespace {
 nlohmann::json read_json(const fs::path& p) {
   const std::string text = read_file(p.string(), "config", uint64_t{64} << 20);
+  nlohmann::json j;
   try {
-    return nlohmann::json::parse(text);
+    j = nlohmann::json::parse(text);
   } catch (const std::exception&) {
     fail("{}: invalid JSON", p.string());
   }
+  check_json_numbers(j, 1e9, p.string());
+  return j;
 }
 }  // namespace
 

@@ -122,7 +122,13 @@ Graph import_onnx(const std::string& path, int64_t image_height, int64_t image_w
   g.meta.source = path;
   g.meta.format = "onnx";
   std::map<std::string, int> ids;
-  for (const auto& init : gp.initializer()) ids[init.name()] = g.add_const(init.name(), to_tensor(init, path));
+  for (const auto& init : gp.initializer()) {
+    at::Tensor t = to_tensor(init, path);
+    // before anything runs the graph (shape folding below executes it)
+    if (t.is_floating_point() && !at::isfinite(t).all().item<bool>())
+      fail("{}: weight {} has NaN or infinite values", path, init.name());
+    ids[init.name()] = g.add_const(init.name(), std::move(t));
+  }
   std::vector<std::string> inputs;
   for (const auto& in : gp.input())
     if (!ids.count(in.name())) inputs.push_back(in.name());

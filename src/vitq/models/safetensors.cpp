@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "vitq/util/error.h"
+#include "vitq/util/json_check.h"
 
 namespace vitq {
 
@@ -81,6 +82,7 @@ void SafeTensorsFile::parse_header() {
     fail("{}: corrupt safetensors header (invalid JSON)", path);
   }
   if (!header.is_object()) fail("{}: corrupt safetensors header (not a JSON object)", path);
+  check_json_numbers(header, 1e9, path + " (header)");
   data_offset_ = 8 + header_len;
   const uint64_t data_size = size_ - 8 - header_len;
   for (auto& [name, entry] : header.items()) {

@@ -104,8 +104,16 @@ nlohmann::json tensor_to_json(const at::Tensor& t) {
   auto c = t.detach().to(at::kCPU).to(at::kFloat).contiguous();
   return {{"shape", c.sizes().vec()}, {"data", std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel())}};
 }
+// A shape: a list of integers, each read strictly (a float 1e30 is an error, not undefined behaviour).
+std::vector<int64_t> shape_from_json(const nlohmann::json& j) {
+  if (!j.is_array() || j.size() > 8) throw std::runtime_error("a tensor shape must be a list of at most 8 integers");
+  std::vector<int64_t> shape;
+  for (const auto& d : j) shape.push_back(strict_int(d, "shape", 0, (int64_t{1} << 31) - 1));
+  return shape;
+}
+
 at::Tensor tensor_from_json(const nlohmann::json& j) {
-  auto shape = j.at("shape").get<std::vector<int64_t>>();
+  auto shape = shape_from_json(j.at("shape"));
   auto data = j.at("data").get<std::vector<float>>();
   int64_t n = 1;
   for (auto d : shape) {
@@ -169,7 +177,7 @@ nlohmann::json codes_to_json(const at::Tensor& codes, const QuantSpec& spec) {
   return {{"shape", c.sizes().vec()}, {"encoding", spec.is_signed ? "int8-base64" : "uint8-base64"}, {"data", base64_encode(bytes)}};
 }
 at::Tensor codes_from_json(const nlohmann::json& j) {
-  auto shape = j.at("shape").get<std::vector<int64_t>>();
+  auto shape = shape_from_json(j.at("shape"));
   const auto enc = j.at("encoding").get<std::string>();
   if (enc != "int8-base64" && enc != "uint8-base64") throw std::runtime_error("unknown code encoding '" + enc + "'");
   auto bytes = base64_decode(j.at("data").get<std::string>());
