@@ -25,14 +25,14 @@ TARGETS=("$@")
 CRASH_DIR=${FUZZ_CRASH_DIR:-fuzz/crashes}
 LOG_DIR=$ASAN_BUILD_DIR/fuzz-logs
 
-# per target: -max_len (bytes) and -timeout (seconds per input)
+# per target: -max_len (bytes), -timeout (seconds per input), a dictionary for the JSON ones
 opts() {
   case $1 in
-    safetensors) echo "-max_len=65536 -timeout=10" ;;
-    config) echo "-max_len=4096 -timeout=30" ;;
+    safetensors) echo "-max_len=65536 -timeout=10 -dict=fuzz/json.dict" ;;
+    config) echo "-max_len=4096 -timeout=30 -dict=fuzz/json.dict" ;;
     image) echo "-max_len=65536 -timeout=10" ;;
     labels) echo "-max_len=8192 -timeout=10" ;;
-    plan) echo "-max_len=65536 -timeout=20" ;;
+    plan) echo "-max_len=65536 -timeout=20 -dict=fuzz/json.dict" ;;
     onnx) echo "-max_len=16384 -timeout=20" ;;
     *) echo "fuzz: unknown target '$1' (${ALL[*]})" >&2; exit 2 ;;
   esac
