@@ -38,18 +38,7 @@ fs::path model_copy(const TempDir& dir, const nlohmann::json& patch = {}, const 
 }
 
 // Four val1000 images with their labels.
-fs::path image_set(const TempDir& dir, const std::string& name = "images") {
-  const fs::path d = dir / name;
-  fs::create_directories(d);
-  std::istringstream in(read_file(imagenet("val1000") / "labels.txt"));
-  std::string line, labels;
-  for (int i = 0; i < 4 && std::getline(in, line); ++i) {
-    fs::copy_file(imagenet("val1000") / line.substr(0, line.find(' ')), d / line.substr(0, line.find(' ')));
-    labels += line + "\n";
-  }
-  write_file(d / "labels.txt", labels);
-  return d;
-}
+fs::path image_set(const TempDir& dir, const std::string& name = "images") { return val_subset(dir.path(), 4, name); }
 
 // One minmax W8A8 plan of the shared DeiT-Tiny (2 calibration images), made once for the suite.
 class Reliability : public ::testing::Test {

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 #include <sys/wait.h>
@@ -73,6 +74,20 @@ inline CliResult run_bash(const std::string& command) {
   std::string q;
   for (char c : command) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
   return run_command("bash -c '" + q + "'");
+}
+
+// The first `n` images of val1000 copied into DIR/name, with their labels.txt.
+inline fs::path val_subset(const fs::path& dir, size_t n, const std::string& name = "images") {
+  const fs::path d = dir / name;
+  fs::create_directories(d);
+  std::istringstream in(read_file(imagenet("val1000") / "labels.txt"));
+  std::string line, labels;
+  for (size_t i = 0; i < n && std::getline(in, line); ++i) {
+    fs::copy_file(imagenet("val1000") / line.substr(0, line.find(' ')), d / line.substr(0, line.find(' ')));
+    labels += line + "\n";
+  }
+  write_file(d / "labels.txt", labels);
+  return d;
 }
 
 // An RGB PNG of one colour.

@@ -339,9 +339,14 @@ int main(int argc, char** argv) {
   CompareArgs ca;
   auto* compare = app.add_subcommand("compare", "run methods x bit widths on the same images; markdown + JSON table");
   add_quant_options(compare, ca.q);
+  // a merge reads only partial results: MODEL, --calib and --data are checked in run_compare instead
+  compare->get_option("MODEL")->required(false);
+  compare->get_option("--calib")->required(false);
   compare->add_option("--methods", ca.methods, "comma-separated methods (and variants)");
   compare->add_option("--bits", ca.bits, "comma-separated bit widths, e.g. w8a8,w6a6,w4a4");
-  compare->add_option("--data", ca.data, "evaluation images")->required();
+  compare->add_option("--data", ca.data, "evaluation images");
+  compare->add_option("--shard", ca.shard, "I/N: run only shard I (0-based) of N of the (bits, method) cells and write a partial result (for a job array; see deploy/)");
+  compare->add_option("--merge", ca.merge, "instead of running: merge these partial results (.json of every shard) into one table at --out")->expected(1, -1);
   compare->add_option("--limit", ca.limit, "evaluate only the first N images")->check(kCount);
   compare->add_option("--out", ca.out, "output path without extension (writes .md and .json)")->required();
 

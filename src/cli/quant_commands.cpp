@@ -5,7 +5,9 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <map>
 #include <regex>
+#include <set>
 #include <sstream>
 
 #include "cli/commands.h"
@@ -191,8 +193,126 @@ nlohmann::json report_json(const std::vector<LayerReport>& rep) {
   return j;
 }
 
+namespace {
+// The markdown table of a compare result (one run, or merged shards): everything comes from its JSON.
+std::string compare_markdown(const nlohmann::json& j) {
+  std::string md = fmt::format(
+      "# {}: PTQ methods compared\n\nModel {} ({}), calibration: {} images drawn with seed {} from {}, evaluation: {} "
+      "images of {}. FP32 top-1 {:.2f}%. Convention: {}.\n"
+      "Reproduce: `{}`\n"
+      "Quantizers: each point's label and count (A: activation input, W: weight; bits; t/c/h = per tensor / channel / "
+      "head; s/a = symmetric / asymmetric; +ar = learned rounding; twin / log2 / ptf = non-uniform kinds).\n\n"
+      "| method | bits | top-1 | Δ vs FP32 | agreement | KL(FP‖Q) | search s | quantizers |\n|---|---|---|---|---|---|---|---|\n",
+      j["model"].get<std::string>(), j["model"].get<std::string>(), j["source"].get<std::string>(), j["calib_size"].get<int64_t>(),
+      j["seed"].get<uint64_t>(), j["calib"].get<std::string>(), j["images"].get<int64_t>(), j["data"].get<std::string>(),
+      j["fp32_top1"].get<double>(),
+      j["convention"] == "paper"
+          ? std::string("each method's own (its paper's quantizers and placement; see the README, Conventions)")
+          : fmt::format("common (weights symmetric per-{}, activations asymmetric per-tensor, image input 8-bit; the "
+                        "methods' own quantizer kinds on those edges)", j["weight_granularity"].get<std::string>()),
+      j["command_line"].get<std::string>());
+  for (const auto& r : j["rows"])
+    md += fmt::format("| {} | W{}A{} | {:.2f} | {:+.2f} | {:.2f}% | {:.4f} | {:.1f} | {} |\n", r["method"].get<std::string>(),
+                      r["wbits"].get<int>(), r["abits"].get<int>(), r["top1"].get<double>(), r["delta_top1"].get<double>(),
+                      r["agreement"].get<double>(), r["kl"].get<double>(), r["search_seconds"].get<double>(),
+                      r["quantizers"].get<std::string>());
+  return md;
+}
+
+// "I/N" -> (I, N), 0 <= I < N.
+std::pair<int, int> parse_shard(const std::string& s) {
+  std::smatch m;
+  if (!std::regex_match(s, m, std::regex(R"((\d{1,6})/(\d{1,6}))"))) fail("--shard expects I/N (e.g. 0/4), got '{}'", s);
+  const int i = std::stoi(m[1]), n = std::stoi(m[2]);
+  if (n < 1 || i >= n) fail("--shard {}: the index must be in [0, {})", s, n);
+  return {i, n};
+}
+
+// The command line without its --shard option: the merged table's "Reproduce" line, and part of the sweep's
+// identity (shards of one sweep differ only there).
+std::string without_option(const std::string& command_line, const std::string& option) {
+  return std::regex_replace(command_line, std::regex(" " + option + R"([ =]\S+)"), "");
+}
+std::string without_shard(const std::string& command_line) { return without_option(command_line, "--shard"); }
+
+int merge_compare(const CompareArgs& c) {
+  if (c.merge.size() < 1) fail("--merge needs the partial results (.json) of every shard");
+  std::vector<std::string> inputs = c.merge;
+  check_output_path(c.out + ".md", inputs, "--out");
+  check_output_path(c.out + ".json", inputs, "--out");
+  nlohmann::json merged;
+  std::map<int64_t, nlohmann::json> cells;
+  std::map<int64_t, std::string> cell_source;
+  int64_t total = -1, count = -1;
+  std::set<int64_t> shards_seen;
+  for (const auto& path : c.merge) {
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(read_file(path, "compare result", uint64_t{1} << 30));
+    } catch (const Error&) {
+      throw;
+    } catch (const std::exception&) {
+      fail("{}: not a compare result (invalid or truncated JSON)", path);
+    }
+    try {
+      if (!j.is_object() || !j.contains("shard") || !j.contains("sweep") || !j.contains("rows"))
+        fail("{}: not a partial compare result (written by vitq compare --shard I/N)", path);
+      const auto& sh = j["shard"];
+      const int64_t index = sh.at("index").get<int64_t>(), n = sh.at("count").get<int64_t>(), cells_total = sh.at("cells").get<int64_t>();
+      if (merged.is_null()) {
+        merged = j;
+        total = cells_total;
+        count = n;
+      } else if (j["sweep"] != merged["sweep"]) {
+        fail("{}: a shard of another sweep (its model, images, methods, bits or options differ from {}'s)", path, c.merge.front());
+      } else if (n != count || cells_total != total) {
+        fail("{}: shard {}/{} does not match {}'s split into {} shards", path, index, n, c.merge.front(), count);
+      }
+      if (!shards_seen.insert(index).second) fail("{}: shard {}/{} is given twice", path, index, n);
+      for (const auto& r : j["rows"]) {
+        const int64_t cell = r.at("cell").get<int64_t>();
+        if (cell < 0 || cell >= total) fail("{}: cell {} outside the sweep's {} cells", path, cell, total);
+        if (cells.count(cell)) fail("{}: cell {} ({} W{}A{}) is also in {} (overlapping shards)", path, cell, r["method"].get<std::string>(),
+                                    r["wbits"].get<int>(), r["abits"].get<int>(), cell_source[cell]);
+        cells[cell] = r;
+        cell_source[cell] = path;
+      }
+    } catch (const Error&) {
+      throw;
+    } catch (const std::exception& e) {
+      fail("{}: malformed partial compare result ({})", path, first_line(e.what()));
+    }
+  }
+  std::vector<int64_t> missing;
+  for (int64_t k = 0; k < total; ++k)
+    if (!cells.count(k)) missing.push_back(k);
+  if (!missing.empty()) {
+    std::vector<int64_t> absent;
+    for (int64_t s = 0; s < count; ++s)
+      if (!shards_seen.count(s)) absent.push_back(s);
+    fail("{} of the sweep's {} cells are missing (shards not given: {})", missing.size(), total,
+         absent.empty() ? std::string("none; a shard is incomplete") : fmt::format("{}", fmt::join(absent, ", ")));
+  }
+  merged.erase("shard");
+  merged["command_line"] = merged["sweep"]["command"].get<std::string>() + " --out " + c.out;
+  merged.erase("sweep");  // the merged result is what one run writes
+  merged["rows"] = nlohmann::json::array();
+  for (auto& [k, r] : cells) merged["rows"].push_back(r);
+  write_file_atomic(c.out + ".json", merged.dump(2) + "\n", true);
+  const std::string md = compare_markdown(merged);
+  write_file_atomic(c.out + ".md", md, true);
+  fmt::print("{}\nmerged {} shards ({} cells): wrote {}.md and {}.json\n", md, shards_seen.size(), total, c.out, c.out);
+  return 0;
+}
+}  // namespace
+
 int run_compare(const CompareArgs& c) {
+  if (!c.merge.empty()) return merge_compare(c);
+  for (const auto& [value, name] : {std::pair{c.q.model, "MODEL"}, {c.q.calib, "--calib"}, {c.data, "--data"}})
+    if (value.empty()) fail("compare needs {} (or --merge with the partial results of a sharded sweep)", name);
   const int threads = set_threads(c.q.threads);
+  std::pair<int, int> shard{0, 1};
+  if (!c.shard.empty()) shard = parse_shard(c.shard);
   Graph g = load_model(c.q.model);
   std::vector<std::pair<int, int>> bits;
   for (const auto& b : split(c.bits, ',')) {
@@ -216,6 +336,12 @@ int run_compare(const CompareArgs& c) {
     check_output_path(c.out + ".md", inputs, "--out");
     check_output_path(c.out + ".json", inputs, "--out");
   }
+  // The sweep's cells, bits-major; shard I of N runs cells k with k % N == I (round robin: each shard gets a
+  // share of every bit width, so shards take similar times).
+  const int64_t total = static_cast<int64_t>(bits.size() * methods.size());
+  std::vector<int64_t> mine;
+  for (int64_t k = 0; k < total; ++k)
+    if (k % shard.second == shard.first) mine.push_back(k);
   Dataset data = open_dataset(c.data);
   at::Tensor calib = load_calibration(g, open_dataset(c.q.calib), c.q.calib_size, c.q.seed, !c.q.quiet);
   // FP32 once; every quantized run is compared with these logits.
@@ -228,55 +354,54 @@ int run_compare(const CompareArgs& c) {
   // FP activations of the calibration batch, captured once for every method that searches per layer
   fmt::print(stderr, "capturing FP activations of {} calibration images\n", calib.size(0));
   const LayerTensors fp_layers = capture_layers(g, calib);
-  nlohmann::json rows = nlohmann::json::array();
-  std::string md = fmt::format(
-      "# {}: PTQ methods compared\n\nModel {} ({}), calibration: {} images drawn with seed {} from {}, evaluation: {} "
-      "images of {}. FP32 top-1 {:.2f}%. Convention: {}.\n"
-      "Reproduce: `{}`\n"
-      "Quantizers: each point's label and count (A: activation input, W: weight; bits; t/c/h = per tensor / channel / "
-      "head; s/a = symmetric / asymmetric; +ar = learned rounding; twin / log2 / ptf = non-uniform kinds).\n\n"
-      "| method | bits | top-1 | Δ vs FP32 | agreement | KL(FP‖Q) | search s | quantizers |\n|---|---|---|---|---|---|---|---|\n",
-      g.meta.name, g.meta.name, g.meta.source, calib.size(0), c.q.seed, c.q.calib, fp.images, c.data, fp.top1_pct(),
-      c.q.convention == "paper"
-          ? "each method's own (its paper's quantizers and placement; see the README, Conventions)"
-          : fmt::format("common (weights symmetric per-{}, activations asymmetric per-tensor, image input 8-bit; the "
-                        "methods' own quantizer kinds on those edges)", c.q.weight_granularity),
-      c.command_line);
-  for (const auto& [w, a] : bits) {
-    for (const auto& m : methods) {
-      QuantArgs qa = c.q;
-      qa.wbits = w;
-      qa.abits = a;
-      MethodOptions o = method_options(qa);
-      o.fp_layers = &fp_layers;
-      const std::string base = apply_method_variant(m, o);
-      fmt::print(stderr, "{} W{}A{}\n", m, w, a);
-      auto t0 = std::chrono::steady_clock::now();
-      QuantPlan plan = run_method(g, calib, base, o);
-      const double search_s = seconds_since(t0);
-      plan.method = m;
-      EvalOptions qo = eo;
-      qo.plan = &plan;
-      qo.fp_logits = &fp.logits;
-      qo.keep_logits = false;
-      EvalResult r = evaluate(g, data, qo);
-      const double delta = r.top1_pct() - fp.top1_pct();
-      const std::string quantizers = plan_summary(plan);
-      md += fmt::format("| {} | W{}A{} | {:.2f} | {:+.2f} | {:.2f}% | {:.4f} | {:.1f} | {} |\n", m, w, a, r.top1_pct(), delta,
-                        r.agreement_pct(), r.mean_kl(), search_s, quantizers);
-      rows.push_back({{"method", m}, {"convention", c.q.convention}, {"wbits", w}, {"abits", a}, {"top1", r.top1_pct()}, {"top5", r.top5_pct()},
-                      {"delta_top1", delta}, {"agreement", r.agreement_pct()}, {"kl", r.mean_kl()},
-                      {"search_seconds", search_s}, {"quantizers", quantizers}, {"settings", plan.settings}});
-      fmt::print("{} W{}A{}: top-1 {:.2f}% ({:+.2f}), agreement {:.2f}%, KL {:.4f}, search {:.1f} s\n", m, w, a,
-                 r.top1_pct(), delta, r.agreement_pct(), r.mean_kl(), search_s);
-      write_file_atomic(c.out + ".md", md, true);  // written after every row: a long run keeps what it finished
-      nlohmann::json j = {{"model", g.meta.name}, {"calib", c.q.calib}, {"calib_size", calib.size(0)}, {"seed", c.q.seed},
-                          {"convention", c.q.convention}, {"data", c.data}, {"images", fp.images}, {"fp32_top1", fp.top1_pct()}, {"threads", threads},
-                          {"rows", rows}};
-      write_file_atomic(c.out + ".json", j.dump(2) + "\n", true);
-    }
+  const std::string reproduce = without_shard(c.command_line);
+  nlohmann::json j = {{"model", g.meta.name}, {"source", g.meta.source}, {"calib", c.q.calib}, {"calib_size", calib.size(0)},
+                      {"seed", c.q.seed}, {"convention", c.q.convention}, {"weight_granularity", c.q.weight_granularity},
+                      {"data", c.data}, {"images", fp.images}, {"fp32_top1", fp.top1_pct()}, {"threads", threads},
+                      {"command_line", reproduce}, {"rows", nlohmann::json::array()}};
+  if (!c.shard.empty()) {
+    // what makes two partial results parts of one sweep: the command without --shard, and what it read
+    j["sweep"] = {{"command", without_option(reproduce, "--out")}, {"model", g.meta.name}, {"images", fp.images}, {"fp32_top1", fp.top1_pct()},
+                  {"calib_size", calib.size(0)}, {"methods", methods}, {"bits", c.bits}};
+    j["shard"] = {{"index", shard.first}, {"count", shard.second}, {"cells", total}};
   }
-  fmt::print("\n{}\nwrote {}.md and {}.json\n", md, c.out, c.out);
+  for (int64_t k : mine) {
+    const auto [w, a] = bits[static_cast<size_t>(k) / methods.size()];
+    const std::string& m = methods[static_cast<size_t>(k) % methods.size()];
+    QuantArgs qa = c.q;
+    qa.wbits = w;
+    qa.abits = a;
+    MethodOptions o = method_options(qa);
+    o.fp_layers = &fp_layers;
+    const std::string base = apply_method_variant(m, o);
+    fmt::print(stderr, "{} W{}A{}\n", m, w, a);
+    auto t0 = std::chrono::steady_clock::now();
+    QuantPlan plan = run_method(g, calib, base, o);
+    const double search_s = seconds_since(t0);
+    plan.method = m;
+    EvalOptions qo = eo;
+    qo.plan = &plan;
+    qo.fp_logits = &fp.logits;
+    qo.keep_logits = false;
+    EvalResult r = evaluate(g, data, qo);
+    const double delta = r.top1_pct() - fp.top1_pct();
+    j["rows"].push_back({{"cell", k}, {"method", m}, {"convention", c.q.convention}, {"wbits", w}, {"abits", a},
+                         {"top1", r.top1_pct()}, {"top5", r.top5_pct()}, {"delta_top1", delta}, {"agreement", r.agreement_pct()},
+                         {"kl", r.mean_kl()}, {"search_seconds", search_s}, {"quantizers", plan_summary(plan)},
+                         {"settings", plan.settings}});
+    fmt::print("{} W{}A{}: top-1 {:.2f}% ({:+.2f}), agreement {:.2f}%, KL {:.4f}, search {:.1f} s\n", m, w, a,
+               r.top1_pct(), delta, r.agreement_pct(), r.mean_kl(), search_s);
+    // written after every row: a long run keeps what it finished
+    write_file_atomic(c.out + ".md", compare_markdown(j), true);
+    write_file_atomic(c.out + ".json", j.dump(2) + "\n", true);
+  }
+  if (mine.empty()) {  // a shard with nothing to do (more shards than cells) still writes its (empty) part
+    write_file_atomic(c.out + ".md", compare_markdown(j), true);
+    write_file_atomic(c.out + ".json", j.dump(2) + "\n", true);
+  }
+  fmt::print("\n{}\n{}wrote {}.md and {}.json\n", compare_markdown(j),
+             c.shard.empty() ? "" : fmt::format("shard {} of {}: {} of {} cells; ", shard.first, shard.second, mine.size(), total),
+             c.out, c.out);
   return 0;
 }
 
