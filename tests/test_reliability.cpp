@@ -3,7 +3,9 @@
 // One test per class of bad input (docs/reliability.md lists them).
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
@@ -123,9 +125,26 @@ TEST_F(Reliability, FailedWritesAreErrors) {
   }
   // a folder as the output
   expect_cli_error(run_vitq(quantize_to(model_dir(), data, quoted(dir.path()))), "is a folder");
-  // a FIFO as the output (writing into it could block forever)
+  // a FIFO that nobody reads as the output: an error, not a hang
   ASSERT_EQ(::mkfifo((dir / "fifo").c_str(), 0644), 0);
-  expect_cli_error(run_vitq(quantize_to(model_dir(), data, quoted(dir / "fifo"))), "FIFO");
+  expect_cli_error(run_bash("timeout 120 " + kVitq + " " + quantize_to(model_dir(), data, quoted(dir / "fifo"))),
+                   "a FIFO (named pipe) that nobody reads");
+  // a socket as the output: refused before the work
+  {
+    const int sock = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    const std::string sp = (dir / "sock").string();
+    ASSERT_LT(sp.size(), sizeof(addr.sun_path));
+    std::memcpy(addr.sun_path, sp.c_str(), sp.size() + 1);
+    ASSERT_EQ(::bind(sock, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)), 0);
+    expect_cli_error(run_vitq(quantize_to(model_dir(), data, quoted(dir / "sock"))), "is a socket");
+    ::close(sock);
+  }
+  // devices and pipes are written in place: --json /dev/stdout into the test's pipe
+  r = run_vitq("info " + quoted(model_dir()) + " --json /dev/stdout");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("\"macs_per_image\""), std::string::npos) << r.output;
 }
 
 // 3. A write cut short (the disk fills: here a file-size limit) leaves the previous plan whole, and no temporary.

@@ -97,9 +97,10 @@ void check_output_path(const std::string& output, const std::vector<std::string>
   struct stat st {};
   if (::stat(output.c_str(), &st) == 0) {
     if (S_ISDIR(st.st_mode)) fail("{} {}: is a folder, not a file to write", what, output);
-    if (!S_ISREG(st.st_mode) && !S_ISCHR(st.st_mode)) fail("{} {}: is {}, not a file to write", what, output, kind_of(st.st_mode));
+    if (!S_ISREG(st.st_mode) && !S_ISCHR(st.st_mode) && !S_ISFIFO(st.st_mode))
+      fail("{} {}: is {}, not a file to write", what, output, kind_of(st.st_mode));
     if (::access(output.c_str(), W_OK) != 0) fail("{} {}: not writable: {}", what, output, std::strerror(errno));
-    if (S_ISCHR(st.st_mode)) return;
+    if (!S_ISREG(st.st_mode)) return;  // a device or pipe (/dev/null, /dev/stdout): written in place
   }
   // The file is written beside its final place and renamed: its folder must exist and be writable.
   fs::path dir = fs::path(output).parent_path();
@@ -126,6 +127,21 @@ void make_output_dir(const std::string& dir, const std::string& what) {
 
 void write_file_atomic(const std::string& path_arg, std::string_view bytes, bool overwrite) {
   if (path_arg.empty()) fail("no output path given");
+  struct stat target {};
+  if (::stat(path_arg.c_str(), &target) == 0 && (S_ISCHR(target.st_mode) || S_ISFIFO(target.st_mode))) {
+    // /dev/null, /dev/full, a terminal, /dev/stdout into a pipe: written in place, every write checked. A FIFO
+    // is opened without blocking: with nobody reading it that is an error, not a hang.
+    if (!overwrite) fail("{}: exists (use --force to overwrite it)", path_arg);
+    const bool fifo = S_ISFIFO(target.st_mode);
+    const int fd = ::open(path_arg.c_str(), O_WRONLY | O_CLOEXEC | (fifo ? O_NONBLOCK : 0));
+    if (fd < 0 && fifo && errno == ENXIO) fail("{}: a FIFO (named pipe) that nobody reads", path_arg);
+    if (fd < 0) fail("{}: cannot open: {}", path_arg, std::strerror(errno));
+    if (fifo) ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    const bool ok = write_all(fd, bytes);
+    const int e = errno;
+    if (::close(fd) != 0 || !ok) fail("{}: write failed: {}", path_arg, std::strerror(ok ? errno : e));
+    return;
+  }
   std::error_code ec;
   // Through a link the file it points at is replaced, not the link.
   std::string path = path_arg;
@@ -138,14 +154,6 @@ void write_file_atomic(const std::string& path_arg, std::string_view bytes, bool
   if (::stat(path.c_str(), &st) == 0) {
     if (S_ISDIR(st.st_mode)) fail("{}: is a directory, not a file to write", path_arg);
     if (!overwrite) fail("{}: exists (use --force to overwrite it)", path_arg);
-    if (S_ISCHR(st.st_mode)) {  // /dev/null, /dev/full, a terminal: written in place, every write checked
-      const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
-      if (fd < 0) fail("{}: cannot open: {}", path_arg, std::strerror(errno));
-      const bool ok = write_all(fd, bytes);
-      const int e = errno;
-      if (::close(fd) != 0 || !ok) fail("{}: write failed: {}", path_arg, std::strerror(ok ? errno : e));
-      return;
-    }
     if (!S_ISREG(st.st_mode)) fail("{}: is {}, not a file to write", path_arg, kind_of(st.st_mode));
   }
   fs::path dir = out.parent_path();
