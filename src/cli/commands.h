@@ -7,6 +7,8 @@
 namespace vitq {
 struct EvalResult;
 struct LayerReport;
+class Graph;
+struct QuantPlan;
 }  // namespace vitq
 
 namespace vitq::cli {
@@ -40,7 +42,8 @@ struct CompareArgs {
   size_t limit = 0;
   std::string shard;               // "I/N": run only this share of the (bits, method) cells
   std::vector<std::string> merge;  // partial results to merge into one table instead of running
-
+  std::string report;              // also write the HTML report here (report_command.cpp)
+  size_t report_images = 32;
 };
 int run_compare(const CompareArgs& args);
 
@@ -55,6 +58,22 @@ struct RunArgs {
   int top = 5, threads = 0;
 };
 int run_run(const RunArgs& args);
+struct ReportArgs {
+  std::string compare, model, plan, data, out;
+  size_t images = 32;
+  int worst = 4, threads = 0;
+  bool quiet = false;
+};
+int run_report(const ReportArgs& args);
+// A compare result read and checked (Error: truncated, foreign, a partial shard, rows without numbers).
+nlohmann::json read_compare_result(const std::string& path);
+// The "plan" part of a report: per-layer SQNR on the first `images` of `data_dir`, the `worst` layers (lowest SQNR
+// alone), their activation histograms with the plan's quantizers, bits per layer.
+nlohmann::json plan_report_data(const Graph& g, const QuantPlan& plan, const std::string& plan_file, const std::string& data_dir,
+                                size_t images, int worst, bool progress);
+// Renders `data` (html_report.h) with versions and a time stamp into `out` (atomically).
+void write_report(const std::string& out, nlohmann::json data);
+
 // The files a MODEL argument names (itself, and the model files inside it when it is a folder).
 std::vector<std::string> model_files(const std::string& model);
 // The files a data folder argument names (its labels.txt).

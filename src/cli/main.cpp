@@ -349,6 +349,21 @@ int main(int argc, char** argv) {
   compare->add_option("--merge", ca.merge, "instead of running: merge these partial results (.json of every shard) into one table at --out")->expected(1, -1);
   compare->add_option("--limit", ca.limit, "evaluate only the first N images")->check(kCount);
   compare->add_option("--out", ca.out, "output path without extension (writes .md and .json)")->required();
+  compare->add_option("--report", ca.report, "also write the HTML report (vitq report) here: the table's charts, and the per-layer "
+                      "charts of the lowest bit width's best plan (by agreement) on the first --report-images of --data");
+  compare->add_option("--report-images", ca.report_images, "images for the report's per-layer charts")->check(CLI::Range(1, 256));
+
+  ReportArgs rp;
+  auto* report = app.add_subcommand("report", "one self-contained HTML page with charts from a compare result and/or a plan");
+  report->add_option("MODEL", rp.model, "with --plan: the model it quantizes (directory, .safetensors or .onnx)");
+  report->add_option("--compare", rp.compare, "compare result (.json of vitq compare --out, or of --merge)");
+  report->add_option("--plan", rp.plan, "quantization plan: per-layer SQNR, worst layers' activation histograms, bits per layer");
+  report->add_option("--data", rp.data, "with --plan: labelled image folder; its first --images images are run");
+  report->add_option("--images", rp.images, "images for the per-layer charts")->check(CLI::Range(1, 256));
+  report->add_option("--worst", rp.worst, "worst layers (lowest SQNR alone) whose activations are drawn")->check(CLI::Range(1, 16));
+  report->add_option("--threads", rp.threads, "threads (default: all cores)")->check(CLI::Range(0, 1024));
+  report->add_flag("--quiet", rp.quiet, "no progress messages");
+  report->add_option("--out", rp.out, "HTML file to write")->required();
 
   ExportArgs xa;
   auto* exp = app.add_subcommand("export", "write the model, quantized by a plan, as a standard ONNX file (QDQ)");
@@ -396,6 +411,7 @@ int main(int argc, char** argv) {
     if (*exp) return run_export(xa);
     if (*runc) return run_run(ra);
     if (*quantize) return run_quantize(qa);
+    if (*report) return run_report(rp);
     if (*compare) {
       ca.command_line = "vitq";
       for (int i = 1; i < argc; ++i) ca.command_line += std::string(" ") + argv[i];

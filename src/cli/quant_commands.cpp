@@ -6,6 +6,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <map>
+#include <optional>
+#include <tuple>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -240,6 +242,11 @@ int merge_compare(const CompareArgs& c) {
   std::vector<std::string> inputs = c.merge;
   check_output_path(c.out + ".md", inputs, "--out");
   check_output_path(c.out + ".json", inputs, "--out");
+  if (!c.report.empty()) {
+    inputs.push_back(c.out + ".md");
+    inputs.push_back(c.out + ".json");
+    check_output_path(c.report, inputs, "--report");
+  }
   nlohmann::json merged;
   std::map<int64_t, nlohmann::json> cells;
   std::map<int64_t, std::string> cell_source;
@@ -301,6 +308,10 @@ int merge_compare(const CompareArgs& c) {
   write_file_atomic(c.out + ".json", merged.dump(2) + "\n", true);
   const std::string md = compare_markdown(merged);
   write_file_atomic(c.out + ".md", md, true);
+  if (!c.report.empty()) {
+    write_report(c.report, {{"compare", merged}, {"compare_file", c.out + ".json"}});
+    fmt::print("wrote {}\n", c.report);
+  }
   fmt::print("{}\nmerged {} shards ({} cells): wrote {}.md and {}.json\n", md, shards_seen.size(), total, c.out, c.out);
   return 0;
 }
@@ -335,6 +346,12 @@ int run_compare(const CompareArgs& c) {
       for (const auto& f : data_files(dir)) inputs.push_back(f);
     check_output_path(c.out + ".md", inputs, "--out");
     check_output_path(c.out + ".json", inputs, "--out");
+    if (!c.report.empty()) {
+      if (!c.shard.empty()) fail("--report with --shard: a shard has part of the table; write the report when merging (--merge ... --report F.html)");
+      inputs.push_back(c.out + ".md");
+      inputs.push_back(c.out + ".json");
+      check_output_path(c.report, inputs, "--report");
+    }
   }
   // The sweep's cells, bits-major; shard I of N runs cells k with k % N == I (round robin: each shard gets a
   // share of every bit width, so shards take similar times).
@@ -365,6 +382,9 @@ int run_compare(const CompareArgs& c) {
                   {"calib_size", calib.size(0)}, {"methods", methods}, {"bits", c.bits}};
     j["shard"] = {{"index", shard.first}, {"count", shard.second}, {"cells", total}};
   }
+  std::optional<QuantPlan> report_plan;
+  std::tuple<int, int, double> report_rank;
+  std::string report_label;
   for (int64_t k : mine) {
     const auto [w, a] = bits[static_cast<size_t>(k) / methods.size()];
     const std::string& m = methods[static_cast<size_t>(k) % methods.size()];
@@ -385,6 +405,13 @@ int run_compare(const CompareArgs& c) {
     qo.keep_logits = false;
     EvalResult r = evaluate(g, data, qo);
     const double delta = r.top1_pct() - fp.top1_pct();
+    // the report's per-layer charts: the best plan (by agreement) of the lowest bit width
+    const std::tuple<int, int, double> rank{w + a, w, -r.agreement_pct()};
+    if (!c.report.empty() && (!report_plan || rank < report_rank)) {
+      report_plan = plan;
+      report_rank = rank;
+      report_label = fmt::format("{} W{}A{} of this compare run (not saved)", m, w, a);
+    }
     j["rows"].push_back({{"cell", k}, {"method", m}, {"convention", c.q.convention}, {"wbits", w}, {"abits", a},
                          {"top1", r.top1_pct()}, {"top5", r.top5_pct()}, {"delta_top1", delta}, {"agreement", r.agreement_pct()},
                          {"kl", r.mean_kl()}, {"search_seconds", search_s}, {"quantizers", plan_summary(plan)},
@@ -398,6 +425,12 @@ int run_compare(const CompareArgs& c) {
   if (mine.empty()) {  // a shard with nothing to do (more shards than cells) still writes its (empty) part
     write_file_atomic(c.out + ".md", compare_markdown(j), true);
     write_file_atomic(c.out + ".json", j.dump(2) + "\n", true);
+  }
+  if (report_plan) {
+    write_report(c.report, {{"compare", j},
+                            {"compare_file", c.out + ".json"},
+                            {"plan", plan_report_data(g, *report_plan, report_label, c.data, c.report_images, 4, !c.q.quiet)}});
+    fmt::print("wrote {}\n", c.report);
   }
   fmt::print("\n{}\n{}wrote {}.md and {}.json\n", compare_markdown(j),
              c.shard.empty() ? "" : fmt::format("shard {} of {}: {} of {} cells; ", shard.first, shard.second, mine.size(), total),
