@@ -12,6 +12,7 @@ PKGS=(
   libjpeg62-turbo-dev libpng-dev    # image decoding
   libcli11-dev nlohmann-json3-dev libfmt-dev libspdlog-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  chromium                          # the report test loads vitq report's HTML in headless Chromium
   clang libclang-rt-14-dev libomp-dev # the sanitizer build and the fuzz targets: clang, its ASan/UBSan/libFuzzer
                                     # run-times, its OpenMP run-time (scripts/test.sh --sanitize, scripts/fuzz.sh)
 )

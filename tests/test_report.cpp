@@ -234,3 +234,47 @@ TEST(Report, RendersACompareAloneAndEscapes) {
   EXPECT_EQ(points, 30u);
   EXPECT_THROW(vitq::render_report_html(nlohmann::json::object()), vitq::Error);
 }
+
+// compare --report: the table's charts, and the per-layer charts of the lowest bit width's best plan (by
+// agreement); --merge --report: the table's charts.
+TEST(Report, CompareWritesTheReport) {
+  TempDir dir;
+  const fs::path data = val_subset(dir.path(), 8);
+  auto r = run_vitq("compare " + quoted(model_dir()) + " --calib " + quoted(data) + " --calib-size 4 --data " + quoted(data) +
+                    " --methods minmax,percentile --bits w8a8,w4a4 --quiet --threads 2 --report-images 4 --out " + quoted(dir / "c") +
+                    " --report " + quoted(dir / "c.html"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string page = read_file(dir / "c.html");
+  const size_t begin = page.find("id=\"vitq-data\">") + 15, end = page.find("</script>", begin);
+  const auto j = nlohmann::json::parse(page.substr(begin, end - begin));
+  const auto table = nlohmann::json::parse(read_file(dir / "c.json"));
+  EXPECT_EQ(j["compare"]["rows"], table["rows"]);
+  // the plan drawn: the W4A4 cell with the highest agreement (the first on a tie)
+  std::string best;
+  double agreement = -1;
+  for (const auto& row : table["rows"])
+    if (row["wbits"] == 4 && row["agreement"].get<double>() > agreement) {
+      agreement = row["agreement"].get<double>();
+      best = row["method"].get<std::string>();
+    }
+  EXPECT_EQ(j["plan"]["file"], best + " W4A4 of this compare run (not saved)");
+  EXPECT_EQ(j["plan"]["images"], 4);
+  EXPECT_EQ(j["plan"]["layers"].size(), 74u);
+  PageLoad load = load_in_chromium(dir / "c.html", dir);
+  ASSERT_EQ(load.code, 0);
+  EXPECT_TRUE(load.console.empty()) << load.console.front();
+  const auto charts = rendered_charts(load.dom);
+  for (const char* id : {"chart-top1", "chart-agreement", "chart-sqnr", "chart-bits", "chart-hist-0"})
+    EXPECT_TRUE(charts.count(id)) << id;
+
+  // the same table as a one-shard sweep, merged with --report
+  auto part = table;
+  part["sweep"] = {{"command", "test"}};
+  part["shard"] = {{"index", 0}, {"count", 1}, {"cells", 4}};
+  write_file(dir / "p0.json", part.dump());
+  auto m = run_vitq("compare --merge " + quoted(dir / "p0.json") + " --out " + quoted(dir / "m") + " --report " + quoted(dir / "m.html"));
+  ASSERT_EQ(m.code, 0) << m.output;
+  const std::string merged = read_file(dir / "m.html");
+  EXPECT_NE(merged.find("id=\"chart-top1\""), std::string::npos);
+  EXPECT_EQ(merged.find("id=\"chart-sqnr\""), std::string::npos);  // no plans in a merge
+}

@@ -159,7 +159,7 @@ std::string sqnr_chart(const json& layers, const std::set<std::string>& worst) {
   const auto yt = ticks(lo, hi * 1.08 + 1);
   const double step = 13;
   Frame f{std::max(760.0, 70 + step * static_cast<double>(n) + 30), 470, 56, 30, 40, 190, -0.5, static_cast<double>(n) - 0.5,
-          yt.front(), yt.back()};
+          yt.front(), std::max(yt.back(), hi * 1.08 + 1)};
   std::string s = svg_open("chart-sqnr", f.w, f.h, "Per-layer SQNR");
   s += fmt::format("<text class=\"title\" x=\"{:.1f}\" y=\"20\">SQNR of each layer's output along the depth</text>\n", f.left);
   s += y_axis(f, yt, "SQNR (dB)");
@@ -170,7 +170,7 @@ std::string sqnr_chart(const json& layers, const std::set<std::string>& worst) {
     const bool bad = worst.count(name) > 0;
     const double x = f.px(static_cast<double>(i));
     const bool exact = !std::isfinite(iso[i]);  // inf: the layer's output is unchanged
-    const double v = exact ? yt.back() : iso[i];
+    const double v = exact ? f.y1 : iso[i];
     const double y = f.py(std::max(v, yt.front())), y0 = f.py(std::max(0.0, yt.front()));
     s += fmt::format("<rect class=\"bar{}\" data-layer=\"{}\" x=\"{:.1f}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{:.1f}\">"
                      "<title>{} ({}, {}): alone {}, in context {}</title></rect>\n",
