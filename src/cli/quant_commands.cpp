@@ -19,6 +19,7 @@
 #include "vitq/models/model_loader.h"
 #include "vitq/quant/calibration.h"
 #include "vitq/quant/fake_quant.h"
+#include "vitq/quant/synthetic.h"
 #include "vitq/util/error.h"
 #include "vitq/util/file_io.h"
 
@@ -126,6 +127,20 @@ MethodOptions method_options(const QuantArgs& a) {
   return o;
 }
 
+// --calib: a folder (--calib-size images drawn with --seed) or synthetic[:N] (synthesised from the model, seeded).
+at::Tensor calibration_images(const Graph& g, const QuantArgs& a) {
+  int64_t n = 0;
+  if (parse_synthetic_calib(a.calib, &n)) {
+    SyntheticOptions so;
+    so.images = n ? n : static_cast<int64_t>(a.calib_size);
+    so.seed = a.seed;
+    so.iters = a.synthetic_iters;
+    so.progress = !a.quiet;
+    return synthesize_calibration(g, so);
+  }
+  return load_calibration(g, open_dataset(a.calib), a.calib_size, a.seed, !a.quiet);
+}
+
 int run_quantize(const QuantArgs& a) {
   const int threads = set_threads(a.threads);
   MethodOptions o = method_options(a);
@@ -140,7 +155,7 @@ int run_quantize(const QuantArgs& a) {
   QuantPlan start;
   if (!a.start_plan.empty()) start = load_plan(a.start_plan, g);  // checked against this model before any work
   auto t0 = std::chrono::steady_clock::now();
-  at::Tensor calib = load_calibration(g, open_dataset(a.calib), a.calib_size, a.seed, !a.quiet);
+  at::Tensor calib = calibration_images(g, a);
   const double load_s = seconds_since(t0);
   auto t1 = std::chrono::steady_clock::now();
   QuantPlan plan;
@@ -156,6 +171,7 @@ int run_quantize(const QuantArgs& a) {
   }
   const double search_s = seconds_since(t1);
   plan.settings["calib"] = a.calib;
+  if (int64_t n = 0; parse_synthetic_calib(a.calib, &n)) plan.settings["synthetic_iters"] = a.synthetic_iters;
   plan.settings["threads"] = threads;
   plan.settings["search_seconds"] = search_s;
   save_plan(plan, a.out);
@@ -360,7 +376,7 @@ int run_compare(const CompareArgs& c) {
   for (int64_t k = 0; k < total; ++k)
     if (k % shard.second == shard.first) mine.push_back(k);
   Dataset data = open_dataset(c.data);
-  at::Tensor calib = load_calibration(g, open_dataset(c.q.calib), c.q.calib_size, c.q.seed, !c.q.quiet);
+  at::Tensor calib = calibration_images(g, c.q);
   // FP32 once; every quantized run is compared with these logits.
   EvalOptions eo;
   eo.limit = c.limit;

@@ -1,0 +1,95 @@
+// Data-free calibration (--calib synthetic[:N]): images synthesised from the model (quant/synthetic.h).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "test_util.h"
+#include "vitq/graph/executor.h"
+#include "vitq/models/model_loader.h"
+#include "vitq/quant/synthetic.h"
+#include "vitq/util/error.h"
+
+using namespace vitq::test;
+
+namespace {
+
+vitq::Graph& deit() {
+  static vitq::Graph g = vitq::load_model(model_dir().string());
+  return g;
+}
+
+double mean_max_probability(const vitq::Graph& g, const at::Tensor& x) {
+  at::InferenceMode guard;
+  return at::softmax(vitq::Executor(g).run(x), -1).amax(-1).mean().item<double>();
+}
+
+}  // namespace
+
+TEST(Synthetic, AttentionOutputsAreFound) {
+  const auto layers = vitq::attention_output_layers(deit());
+  ASSERT_EQ(layers.size(), 12u);
+  for (size_t i = 0; i < layers.size(); ++i) EXPECT_EQ(layers[i], "blocks." + std::to_string(i) + ".attn.proj");
+  // Swin's window attention and MobileViT's transformer blocks too (random-weight reference models)
+  for (const char* name : {"swin_tiny_patch4_window7_224-w32", "mobilevit_xxs"}) {
+    vitq::Graph g = vitq::load_model((shared_dir() / "models" / name).string());
+    EXPECT_FALSE(vitq::attention_output_layers(g).empty()) << name;
+  }
+}
+
+TEST(Synthetic, ParsesTheCalibArgument) {
+  int64_t n = -1;
+  EXPECT_TRUE(vitq::parse_synthetic_calib("synthetic", &n));
+  EXPECT_EQ(n, 0);
+  EXPECT_TRUE(vitq::parse_synthetic_calib("synthetic:16", &n));
+  EXPECT_EQ(n, 16);
+  for (const char* folder : {"synthetic_images", "./synthetic", "../shared/data/imagenet/calib1000", ""})
+    EXPECT_FALSE(vitq::parse_synthetic_calib(folder, &n)) << folder;
+  for (const char* bad : {"synthetic:", "synthetic:0", "synthetic:abc", "synthetic:5000", "synthetic:-3"})
+    EXPECT_THROW(vitq::parse_synthetic_calib(bad, &n), vitq::Error) << bad;
+}
+
+TEST(Synthetic, ImagesAreSeededBoundedAndLearnt) {
+  at::set_num_threads(2);
+  vitq::SyntheticOptions o;
+  o.images = 2;
+  o.iters = 6;
+  o.progress = false;
+  const at::Tensor a = vitq::synthesize_calibration(deit(), o);
+  ASSERT_EQ(a.sizes(), (at::IntArrayRef{2, 3, 224, 224}));
+  EXPECT_TRUE(at::isfinite(a).all().item<bool>());
+  // within the pixel range [0, 1] once the normalisation is undone
+  const auto& p = deit().meta.preprocess;
+  for (int c = 0; c < 3; ++c) {
+    const at::Tensor pixels = a.select(1, c) * p.std[c] + p.mean[c];
+    EXPECT_GE(pixels.min().item<double>(), -1e-5) << c;
+    EXPECT_LE(pixels.max().item<double>(), 1 + 1e-5) << c;
+  }
+  EXPECT_TRUE(at::equal(a, vitq::synthesize_calibration(deit(), o)));  // deterministic
+  o.seed = 1;
+  EXPECT_FALSE(at::equal(a, vitq::synthesize_calibration(deit(), o)));
+  // the optimisation does something: the model is surer of the synthesised images than of the starting noise
+  o.seed = 0;
+  o.iters = 0;
+  const at::Tensor noise = vitq::synthesize_calibration(deit(), o);
+  EXPECT_GT(mean_max_probability(deit(), a), mean_max_probability(deit(), noise) + 0.1);
+  o.images = 0;
+  EXPECT_THROW(vitq::synthesize_calibration(deit(), o), vitq::Error);
+}
+
+TEST(Synthetic, QuantizeCalibratesOnSynthesisedImages) {
+  TempDir dir;
+  const fs::path plan = dir / "plan.json";
+  auto r = run_vitq("quantize " + quoted(model_dir()) + " --method minmax --calib synthetic:2 --synthetic-iters 2 --threads 2 --out " +
+                    quoted(plan));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("synthesising 2 calibration images (12 attention blocks)"), std::string::npos) << r.output;
+  const auto j = nlohmann::json::parse(read_file(plan));
+  EXPECT_EQ(j["settings"]["calib"], "synthetic:2");
+  EXPECT_EQ(j["settings"]["synthetic_iters"], 2);
+  EXPECT_EQ(j["settings"]["calib_images"], 2);
+  expect_cli_error(run_vitq("quantize " + quoted(model_dir()) + " --method minmax --calib synthetic:many --out " + quoted(dir / "p2.json")),
+                   "--calib synthetic:many: expected 'synthetic' or 'synthetic:N'");
+  EXPECT_FALSE(fs::exists(dir / "p2.json"));
+}
