@@ -293,6 +293,34 @@ TEST(Methods, Liu2021BeatsMinMaxLayerwiseAtW4A4) {
   EXPECT_GT(sum_l, sum_m);
 }
 
+TEST(Methods, Liu2021KeepsSearchedStepsOnlyWhereTheyWinOnHeldOutImages) {
+  // 8 calibration images, the search scores on the first 4: the next 4 decide, per layer, between min/max and
+  // the searched steps. Every step of the plan is then either the search's (as without the check) or min/max's.
+  MethodOptions o = quick_options(4, 20, 4);
+  o.holdout = true;
+  QuantPlan held = run_method(deit(), calib(8), "liu2021", o);
+  o.holdout = false;
+  QuantPlan free = run_method(deit(), calib(8), "liu2021", o);
+  QuantPlan mm = run_method(deit(), calib(8), "minmax", o);
+  EXPECT_EQ(held.settings["search"]["holdout_images"], 4);
+  EXPECT_FALSE(free.settings["search"].contains("holdout_images"));
+  ASSERT_EQ(held.points.size(), mm.points.size());
+  int64_t searched = 0, reverted = 0;
+  for (size_t i = 0; i < held.points.size(); ++i) {
+    const auto& h = held.points[i];
+    const auto& f = *free.find(h.node, h.slot);
+    const auto& m = *mm.find(h.node, h.slot);
+    const bool as_search = at::allclose(h.params.scale, f.params.scale), as_minmax = at::allclose(h.params.scale, m.params.scale);
+    EXPECT_TRUE(as_search || as_minmax) << h.node << " slot " << h.slot;
+    searched += as_search && !as_minmax;
+    reverted += as_minmax && !as_search;
+  }
+  std::printf("liu2021 W4A4 with the held-out check: %lld steps as searched, %lld back at min/max, %lld layers all min/max\n",
+              static_cast<long long>(searched), static_cast<long long>(reverted), static_cast<long long>(held.settings["search"]["layers_kept_at_minmax"].get<int64_t>()));
+  EXPECT_GT(searched, 0);  // the search still matters
+  EXPECT_GT(reverted, 0);  // and the check does something at 4 bits
+}
+
 TEST(Methods, MixedPrecisionRespectsTheBudget) {
   MethodOptions o = quick_options(6, 4, 2);
   o.mixed_precision = true;

@@ -31,7 +31,7 @@ struct QuantArgs {
   // reconstruction (recon/recon.h)
   std::string reconstruct, recon_loss = "fisher", device = "cpu", start_plan;
   int recon_iters = 300, recon_batch = 8, recon_images = 0;
-  int synthetic_iters = 200;  // --calib synthetic[:N]: optimisation steps (quant/synthetic.h)
+  int synthetic_iters = 50;  // --calib synthetic[:N]: optimisation steps (quant/synthetic.h)
   double recon_lr_round = 2e-2, recon_lr_scale = 2e-3, qdrop = 0.5;
   bool no_joint_bridges = false;
 };

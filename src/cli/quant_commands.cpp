@@ -47,6 +47,7 @@ std::string apply_method_variant(const std::string& spec, MethodOptions& o) {
     const auto& v = parts[i];
     if (v == "norank") o.ranking = false;
     else if (v == "nobc") o.bias_correction = false;
+    else if (v == "holdout") o.holdout = true;
     else if (v == "cosine") o.similarity = "cosine";
     else if (v == "mp") {
       o.mixed_precision = true;
@@ -54,7 +55,7 @@ std::string apply_method_variant(const std::string& spec, MethodOptions& o) {
     } else if (v == "attn8") o.attn_bits = 8;
     else if (v == "recon") {
       if (o.reconstruct.empty() || o.reconstruct == "none") o.reconstruct = "block";
-    } else fail("unknown method variant '+{}' in '{}' (norank, nobc, cosine, mp, attn8, recon)", v, spec);
+    } else fail("unknown method variant '+{}' in '{}' (norank, nobc, holdout, cosine, mp, attn8, recon)", v, spec);
   }
   find_method(parts[0]);
   return parts[0];

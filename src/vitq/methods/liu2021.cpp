@@ -179,6 +179,7 @@ QuantPlan run_liu2021(const Graph& g, const at::Tensor& calib, const MethodOptio
   plan.settings["search"] = {{"alpha", {0.5, 1.2}}, {"steps", o.search_steps}, {"rounds", 1}, {"images", o.search_images}};
 
   std::mt19937_64 rng(o.seed);
+  int64_t kept_minmax = 0;
   Progress bar("liu2021 search", layers.size(), o.progress);
   size_t done = 0;
   for (const auto& name : layers) {
@@ -234,6 +235,38 @@ QuantPlan run_liu2021(const Graph& g, const at::Tensor& calib, const MethodOptio
       }
       (slot == 1 ? a1 : a0) = best_alpha;
     }
+    // Held out: the search scored its candidates on `sub` images only, and the similarity is blind to a scale
+    // error, so a searched step may fit those images and hurt others. Keep it only where it also wins on the
+    // next images of the calibration batch (never scored on): among min/max for both slots, either slot's
+    // searched step alone, or both, the best there (ties keep min/max).
+    const int64_t held = o.holdout ? std::min<int64_t>(calib.size(0) - sub, o.search_images) : 0;
+    if (held > 0 && (a0 != 1.0 || a1 != 1.0)) {
+      std::vector<at::Tensor> hargs = args;
+      for (size_t s = 0; s < args.size(); ++s)
+        if (args[s].defined() && !g.is_const(n.inputs[s])) hargs[s] = search::image_rows(args[s], sub, held, calib.size(0));
+      const at::Tensor hout = search::image_rows(out, sub, held, calib.size(0));
+      auto held_score = [&](double x0, double x1) {
+        std::vector<at::Tensor> q = hargs;
+        q[0] = fake_quant(hargs[0], p0->spec, scaled(r0, p0->spec, x0));
+        q[1] = fake_quant(hargs[1], p1->spec, scaled(r1, p1->spec, x1));
+        auto o_q = run_node(n, q, held)[0];
+        double score = similarity(hout, o_q, pearson);
+        if (rank) score -= o.ranking_weight * ranking_loss(hout, o_q, pairs);
+        return score;
+      };
+      double best = held_score(1.0, 1.0), b0 = 1.0, b1 = 1.0;
+      for (auto [x0, x1] : {std::pair{a0, 1.0}, std::pair{1.0, a1}, std::pair{a0, a1}}) {
+        if (x0 == b0 && x1 == b1) continue;
+        if (const double s = held_score(x0, x1); s > best) {
+          best = s;
+          b0 = x0;
+          b1 = x1;
+        }
+      }
+      a0 = b0;
+      a1 = b1;
+      kept_minmax += (a0 == 1.0 && a1 == 1.0);
+    }
     p0->params = scaled(r0, p0->spec, a0);
     p1->params = scaled(r1, p1->spec, a1);
     if (o.bias_correction && (n.op == OpKind::Linear || n.op == OpKind::Conv2d) && args.size() > 2 && args[2].defined()) {
@@ -246,6 +279,10 @@ QuantPlan run_liu2021(const Graph& g, const at::Tensor& calib, const MethodOptio
     bar.update(++done, name);
   }
   bar.finish();
+  if (o.holdout) {
+    plan.settings["search"]["holdout_images"] = std::min<int64_t>(calib.size(0) - std::min<int64_t>(calib.size(0), o.search_images), o.search_images);
+    plan.settings["search"]["layers_kept_at_minmax"] = kept_minmax;
+  }
   return plan;
 }
 

@@ -32,6 +32,9 @@ struct MethodOptions {
   int search_steps = 100;           // grid points in [0.5, 1.2] x the min-max step
   int search_images = 8;            // calibration images the similarity is measured on (ranges use them all)
   double ranking_weight = 1.0;      // γ
+  // keep a searched step only where it also scores better than min/max on the next search_images calibration
+  // images, which the search did not score on (liu2021.cpp; the variant liu2021+holdout)
+  bool holdout = false;
   bool mixed_precision = false;
   double avg_bits = 0;              // mixed-precision budget (average bits over weights, and over activations)
   // easyquant / ptq4vit: alternating rounds (0 = the paper's: 2 for EasyQuant, 3 for PTQ4ViT)

@@ -83,6 +83,14 @@ at::Tensor first_rows(const at::Tensor& t, int64_t images, int64_t total) {
   return t.narrow(0, 0, images * (t.size(0) / total));
 }
 
+at::Tensor image_rows(const at::Tensor& t, int64_t begin, int64_t count, int64_t total) {
+  if (total <= 0 || t.size(0) % total != 0)
+    fail("activation of {} rows is not a whole number of rows for each of {} images", t.size(0), total);
+  if (begin < 0 || count < 0 || begin + count > total) fail("images [{}, {}) outside the batch of {}", begin, begin + count, total);
+  const int64_t k = t.size(0) / total;
+  return t.narrow(0, begin * k, count * k);
+}
+
 std::vector<at::Tensor> first_images(const Graph& g, const Node& n, const std::vector<at::Tensor>& args, int64_t images,
                                      int64_t total) {
   std::vector<at::Tensor> out = args;

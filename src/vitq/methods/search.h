@@ -49,6 +49,8 @@ std::vector<std::string> two_input_layers(const Graph& g, const QuantPlan& plan)
 // The rows of activation t (of a batch of `total` images) that belong to the first `images` images. Activations
 // are [total·k, ...]: k = 1 for most layers, k = windows per image in Swin's window attention.
 at::Tensor first_rows(const at::Tensor& t, int64_t images, int64_t total);
+// The rows of images [begin, begin + count) (first_rows generalised).
+at::Tensor image_rows(const at::Tensor& t, int64_t begin, int64_t count, int64_t total);
 // first_rows of every activation argument (constants untouched).
 std::vector<at::Tensor> first_images(const Graph& g, const Node& n, const std::vector<at::Tensor>& args, int64_t images,
                                      int64_t total);

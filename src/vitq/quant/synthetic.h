@@ -25,7 +25,7 @@ namespace vitq {
 struct SyntheticOptions {
   int64_t images = 32;
   uint64_t seed = 0;
-  int iters = 200;             // Adam steps over every image
+  int iters = 50;              // Adam steps over every image
   double lr = 0.1;             // Adam step on the normalised pixels
   double patch_weight = 1.0;   // weight of the patch-similarity entropy term (per attention block, averaged)
   double tv_weight = 0.05;     // weight of the total-variation prior
