@@ -66,6 +66,8 @@ struct ReportArgs {
   bool quiet = false;
 };
 int run_report(const ReportArgs& args);
+// The JSON of a compare result, whole or partial (Error: unreadable, invalid or truncated).
+nlohmann::json parse_compare_json(const std::string& path);
 // A compare result read and checked (Error: truncated, foreign, a partial shard, rows without numbers).
 nlohmann::json read_compare_result(const std::string& path);
 // The "plan" part of a report: per-layer SQNR on the first `images` of `data_dir`, the `worst` layers (lowest SQNR

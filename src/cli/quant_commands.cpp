@@ -254,6 +254,19 @@ std::string without_option(const std::string& command_line, const std::string& o
 }
 std::string without_shard(const std::string& command_line) { return without_option(command_line, "--shard"); }
 
+}  // namespace
+
+nlohmann::json parse_compare_json(const std::string& path) {
+  try {
+    return nlohmann::json::parse(read_file(path, "compare result", uint64_t{1} << 30));
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception&) {
+    fail("{}: not a compare result (invalid or truncated JSON)", path);
+  }
+}
+
+namespace {
 int merge_compare(const CompareArgs& c) {
   if (c.merge.size() < 1) fail("--merge needs the partial results (.json) of every shard");
   std::vector<std::string> inputs = c.merge;
@@ -270,14 +283,7 @@ int merge_compare(const CompareArgs& c) {
   int64_t total = -1, count = -1;
   std::set<int64_t> shards_seen;
   for (const auto& path : c.merge) {
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(read_file(path, "compare result", uint64_t{1} << 30));
-    } catch (const Error&) {
-      throw;
-    } catch (const std::exception&) {
-      fail("{}: not a compare result (invalid or truncated JSON)", path);
-    }
+    const nlohmann::json j = parse_compare_json(path);
     try {
       if (!j.is_object() || !j.contains("shard") || !j.contains("sweep") || !j.contains("rows"))
         fail("{}: not a partial compare result (written by vitq compare --shard I/N)", path);

@@ -23,14 +23,7 @@
 namespace vitq::cli {
 
 nlohmann::json read_compare_result(const std::string& path) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(read_file(path, "compare result", uint64_t{1} << 30));
-  } catch (const Error&) {
-    throw;
-  } catch (const std::exception&) {
-    fail("{}: not a compare result (invalid or truncated JSON)", path);
-  }
+  nlohmann::json j = parse_compare_json(path);
   check_compare_result(j, path);
   return j;
 }

@@ -361,8 +361,6 @@ void compact(Graph& g) {
   g = std::move(out);
 }
 
-namespace {
-
 bool is_data_movement(OpKind op) {
   switch (op) {
     case OpKind::Reshape: case OpKind::Transpose: case OpKind::Flatten: case OpKind::Squeeze:
@@ -370,6 +368,8 @@ bool is_data_movement(OpKind op) {
     default: return false;
   }
 }
+
+namespace {
 
 bool is_norm(OpKind op) {
   return op == OpKind::LayerNorm || op == OpKind::GroupNorm || op == OpKind::InstanceNorm;

@@ -29,5 +29,7 @@ void compact(Graph& g);
 // kind of every quantizable layer), gives the attention matmuls canonical names "<scope>.matmul_qk" /
 // "<scope>.matmul_av", and finds the bridge blocks (Graph::bridges, layers tagged kBridge).
 void annotate_roles(Graph& g);
+// Ops that only move or reshape data (Reshape, Transpose, Flatten, Squeeze, Unsqueeze, Identity).
+bool is_data_movement(OpKind op);
 
 }  // namespace vitq

@@ -180,6 +180,10 @@ QuantPlan run_liu2021(const Graph& g, const at::Tensor& calib, const MethodOptio
 
   std::mt19937_64 rng(o.seed);
   int64_t kept_minmax = 0;
+  // The similarity is measured on the first `sub` images (activations are [B, ...]); with the held-out check the
+  // next `held` images decide between the searched steps and min/max.
+  const int64_t sub = std::min<int64_t>(calib.size(0), o.search_images);
+  const int64_t held = o.holdout ? std::min<int64_t>(calib.size(0) - sub, o.search_images) : 0;
   Progress bar("liu2021 search", layers.size(), o.progress);
   size_t done = 0;
   for (const auto& name : layers) {
@@ -202,8 +206,6 @@ QuantPlan run_liu2021(const Graph& g, const at::Tensor& calib, const MethodOptio
       }
       pairs = {at::tensor(i), at::tensor(j)};
     }
-    // The similarity is measured on the first `search_images` images (activations are [B, ...]).
-    const int64_t sub = std::min<int64_t>(calib.size(0), o.search_images);
     const std::vector<at::Tensor> sargs = search::first_images(g, n, args, sub, calib.size(0));
     const at::Tensor sout = search::first_rows(out, sub, calib.size(0));
     auto score_of = [&](const std::vector<at::Tensor>& qargs) {
@@ -239,7 +241,6 @@ QuantPlan run_liu2021(const Graph& g, const at::Tensor& calib, const MethodOptio
     // error, so a searched step may fit those images and hurt others. Keep it only where it also wins on the
     // next images of the calibration batch (never scored on): among min/max for both slots, either slot's
     // searched step alone, or both, the best there (ties keep min/max).
-    const int64_t held = o.holdout ? std::min<int64_t>(calib.size(0) - sub, o.search_images) : 0;
     if (held > 0 && (a0 != 1.0 || a1 != 1.0)) {
       std::vector<at::Tensor> hargs = args;
       for (size_t s = 0; s < args.size(); ++s)
@@ -280,7 +281,7 @@ QuantPlan run_liu2021(const Graph& g, const at::Tensor& calib, const MethodOptio
   }
   bar.finish();
   if (o.holdout) {
-    plan.settings["search"]["holdout_images"] = std::min<int64_t>(calib.size(0) - std::min<int64_t>(calib.size(0), o.search_images), o.search_images);
+    plan.settings["search"]["holdout_images"] = held;
     plan.settings["search"]["layers_kept_at_minmax"] = kept_minmax;
   }
   return plan;

@@ -11,20 +11,13 @@
 #include <set>
 
 #include "vitq/graph/executor.h"
+#include "vitq/graph/passes.h"
 #include "vitq/util/error.h"
 #include "vitq/util/progress.h"
 
 namespace vitq {
 
 namespace {
-
-bool moves_data(OpKind op) {
-  switch (op) {
-    case OpKind::Reshape: case OpKind::Transpose: case OpKind::Flatten: case OpKind::Squeeze:
-    case OpKind::Unsqueeze: case OpKind::Identity: return true;
-    default: return false;
-  }
-}
 
 // Differential entropy of the cosine similarities between the tokens of `x` ([..., N, D], leading dims are
 // images or windows), estimated with a Gaussian kernel density on `m` similarities sampled per group (the same
@@ -63,7 +56,7 @@ std::vector<std::string> attention_output_layers(const Graph& g) {
       stack.pop_back();
       for (int r : readers[static_cast<size_t>(v)]) {
         const Node& q = g.nodes[static_cast<size_t>(r)];
-        if (moves_data(q.op)) {
+        if (is_data_movement(q.op)) {
           stack.push_back(q.outputs[0]);
         } else if ((q.op == OpKind::Linear || q.op == OpKind::Conv2d) && seen.insert(q.name).second) {
           out.push_back(q.name);
