@@ -257,6 +257,66 @@ TEST(OnnxHybrid, UnsupportedOpsAreNamed) {
   }
 }
 
+// A malformed graph whose shape folding would allocate far more than any network (the CI's fuzzer found one) is
+// an error naming the node, before the allocation: a ConstantOfShape of [1e5, 1e5], a broadcast of [N,1] with [1,N],
+// a MatMul of [N,1] by [1,N], a Pad by 1e6, an Expand to [1e5, 1e5]; and an initializer whose dims promise more
+// than its data holds.
+TEST(OnnxHybrid, GraphsThatWouldExhaustMemoryAreErrors) {
+  TempDir dir;
+  const auto big = at::tensor(std::vector<int64_t>{100000, 100000});
+  auto expect_refused = [&](OnnxModel& om, const std::string& node) {
+    auto e = import_error(om.save(dir));
+    EXPECT_NE(e.find("node " + node), std::string::npos) << e;
+    EXPECT_NE(e.find("the graph is malformed"), std::string::npos) << e;
+    EXPECT_EQ(e.find('\n'), std::string::npos) << e;
+  };
+  {
+    OnnxModel om({1, 3, 8, 8});
+    om.init("shape", big);
+    om.node("ConstantOfShape", {"shape"}, "huge");
+    om.node("Add", {"input", "huge"}, "y");
+    expect_refused(om, "huge.ConstantOfShape");
+  }
+  {
+    OnnxModel om({1, 3, 8, 8});
+    om.init("col", at::zeros({60000, 1}));
+    om.init("row", at::zeros({1, 60000}));
+    om.node("Add", {"col", "row"}, "sq");
+    om.node("Add", {"input", "sq"}, "y");
+    expect_refused(om, "sq.Add");
+  }
+  {
+    OnnxModel om({1, 3, 8, 8});
+    om.init("col", at::zeros({60000, 1}));
+    om.init("row", at::zeros({1, 60000}));
+    om.node("MatMul", {"col", "row"}, "outer");
+    om.node("Add", {"input", "outer"}, "y");
+    expect_refused(om, "outer.MatMul");
+  }
+  {
+    OnnxModel om({1, 3, 8, 8});
+    om.init("pads", at::tensor(std::vector<int64_t>{0, 0, 1000000, 0, 0, 0, 1000000, 0}));
+    om.node("Pad", {"input", "pads"}, "padded");
+    expect_refused(om, "padded.Pad");
+  }
+  {  // an initializer whose dims claim 5.3e9 values but whose data holds 8: refused before allocating the 21 GB
+    OnnxModel om({1, 3, 8, 8});
+    om.init("w", at::zeros({2, 4}));
+    om.g->mutable_initializer(0)->set_dims(0, 1325349873);
+    om.node("Add", {"input", "w"}, "y");
+    auto e = import_error(om.save(dir));
+    EXPECT_NE(e.find("tensor w has 32 bytes of data, expected 21205597968"), std::string::npos) << e;
+  }
+  {
+    OnnxModel om({1, 3, 8, 8});
+    om.init("one", at::zeros({1, 1}));
+    om.init("shape", big);
+    om.node("Expand", {"one", "shape"}, "wide");
+    om.node("Add", {"input", "wide"}, "y");
+    expect_refused(om, "wide.Expand");
+  }
+}
+
 // The ONNX export and the safetensors weights of the same network give the same IR: quantizable layers
 // (name, op, weight shape, roles), op census, and logits.
 TEST(OnnxHybrid, SameIrAsSafetensors) {

@@ -111,6 +111,115 @@ at::Tensor resize(const Node& n, const std::vector<at::Tensor>& in) {
 
 }  // namespace
 
+namespace {
+
+// Elements of the broadcast of several shapes (dimension by dimension, the larger size; mismatches are left to the
+// op to report). In double: a fuzzed graph's shapes may overflow int64.
+double broadcast_elements(const std::vector<c10::IntArrayRef>& shapes) {
+  size_t rank = 0;
+  for (const auto& s : shapes) rank = std::max(rank, s.size());
+  double total = 1.0;
+  for (size_t i = 0; i < rank; ++i) {
+    int64_t d = 0;
+    for (const auto& s : shapes)
+      if (i < s.size()) d = std::max(d, s[s.size() - 1 - i]);
+    total *= static_cast<double>(std::max<int64_t>(d, 0));
+  }
+  return total;
+}
+
+double product(const std::vector<int64_t>& dims) {
+  double total = 1.0;
+  for (auto d : dims) total *= static_cast<double>(std::max<int64_t>(d, 0));
+  return total;
+}
+
+}  // namespace
+
+double output_elements_bound(const Node& n, const std::vector<at::Tensor>& in, int64_t batch) {
+  double largest_input = 0.0;
+  for (const auto& t : in)
+    if (t.defined()) largest_input = std::max(largest_input, static_cast<double>(t.numel()));
+  auto has = [&](size_t i) { return i < in.size() && in[i].defined(); };
+  auto dims4 = [&](size_t i) { return has(i) && in[i].dim() == 4; };
+  switch (n.op) {
+    case OpKind::Add:
+    case OpKind::Sub:
+    case OpKind::Mul:
+    case OpKind::Div:
+    case OpKind::Pow:
+    case OpKind::Equal:
+    case OpKind::Where: {
+      std::vector<c10::IntArrayRef> shapes;
+      for (const auto& t : in)
+        if (t.defined()) shapes.push_back(t.sizes());
+      return broadcast_elements(shapes);
+    }
+    case OpKind::MatMul: {
+      if (!has(0) || !has(1) || in[0].dim() == 0 || in[1].dim() == 0) return largest_input;
+      const auto a = in[0].sizes(), b = in[1].sizes();
+      double m = a.size() >= 2 ? static_cast<double>(a[a.size() - 2]) : 1.0;
+      double k = b.size() >= 2 ? static_cast<double>(b[b.size() - 1]) : 1.0;
+      auto lead = [](c10::IntArrayRef s) { return s.size() > 2 ? s.slice(0, s.size() - 2) : c10::IntArrayRef(); };
+      return broadcast_elements({lead(a), lead(b)}) * m * k;
+    }
+    case OpKind::Linear:
+      if (!has(0) || !has(1) || in[0].dim() == 0 || in[1].dim() == 0 || in[0].size(-1) == 0) return largest_input;
+      return static_cast<double>(in[0].numel()) / static_cast<double>(in[0].size(-1)) * static_cast<double>(in[1].size(0));
+    case OpKind::Conv2d:
+    case OpKind::AvgPool: {
+      if (!dims4(0)) return largest_input;
+      auto pads = n.getints("pads", {0, 0, 0, 0});
+      if (pads.size() != 4) return largest_input;
+      const auto& x = in[0];
+      double channels = static_cast<double>(x.size(1));
+      if (n.op == OpKind::Conv2d && has(1) && in[1].dim() >= 1) channels = std::max(channels, static_cast<double>(in[1].size(0)));
+      // ceil_mode may add one row and column
+      return static_cast<double>(x.size(0)) * channels * static_cast<double>(x.size(2) + pads[0] + pads[2] + 1) *
+             static_cast<double>(x.size(3) + pads[1] + pads[3] + 1);
+    }
+    case OpKind::Pad: {
+      if (!has(0)) return largest_input;
+      auto pads = ints_from(n, in, "pads", 1);
+      const auto rank = static_cast<size_t>(in[0].dim());
+      if (pads.size() != 2 * rank) return largest_input;
+      std::vector<int64_t> dims(in[0].sizes().begin(), in[0].sizes().end());
+      for (size_t a = 0; a < rank; ++a) dims[a] += pads[a] + pads[a + rank];
+      return product(dims);
+    }
+    case OpKind::Resize: {
+      if (!dims4(0)) return largest_input;
+      std::vector<int64_t> sizes = n.getints("sizes");
+      if (sizes.empty() && has(3) && in[3].numel() > 0) sizes = to_ints(in[3]);
+      double nc = static_cast<double>(in[0].size(0)) * static_cast<double>(in[0].size(1));
+      if (sizes.size() >= 2) return nc * product({sizes[sizes.size() - 2], sizes[sizes.size() - 1]});
+      return static_cast<double>(in[0].numel()) * 64.0 * 64.0;  // scales are at most 64 (resize() checks)
+    }
+    case OpKind::ConstantOfShape: return has(0) ? product(to_ints(in[0])) : largest_input;
+    case OpKind::Expand: {
+      if (!has(0)) return largest_input;
+      std::vector<int64_t> shape;
+      if (n.has("shape")) shape = ShapeSpec{n.getints("shape"), n.getints("batch_mult")}.resolve(batch);
+      else if (has(1)) shape = to_ints(in[1]);
+      return broadcast_elements({in[0].sizes(), c10::IntArrayRef(shape)});
+    }
+    case OpKind::Gather: {
+      if (!has(0) || !has(1) || in[0].dim() == 0) return largest_input;
+      int64_t axis = n.geti("axis", 0);
+      axis = axis < 0 ? axis + in[0].dim() : axis;
+      if (axis < 0 || axis >= in[0].dim() || in[0].size(axis) == 0) return largest_input;
+      return static_cast<double>(in[0].numel()) / static_cast<double>(in[0].size(axis)) * static_cast<double>(in[1].numel());
+    }
+    case OpKind::Concat: {
+      double total = 0.0;
+      for (const auto& t : in)
+        if (t.defined()) total += static_cast<double>(t.numel());
+      return total;
+    }
+    default: return largest_input;  // elementwise, reductions, views, normalisations: no larger than an input
+  }
+}
+
 std::vector<at::Tensor> run_node(const Node& n, const std::vector<at::Tensor>& in, int64_t batch) {
   auto arg = [&](size_t i) -> const at::Tensor& {
     if (i >= in.size() || !in[i].defined()) fail("node {} ({}): missing input {}", n.name, op_name(n.op), i);

@@ -63,6 +63,11 @@ class Executor {
   std::vector<int> last_use_;         // value id -> index of the last node reading it
 };
 
+// An upper bound on the elements of the largest output node n would produce from inputs `in`, computed from shapes
+// and attributes alone, before anything is allocated (in double: a malformed graph's sizes may overflow int64).
+// For guarding runs of untrusted graphs (shape folding at import).
+double output_elements_bound(const Node& n, const std::vector<at::Tensor>& in, int64_t batch);
+
 // Runs one node on already-resolved inputs. Exposed for constant folding.
 std::vector<at::Tensor> run_node(const Node& node, const std::vector<at::Tensor>& inputs, int64_t batch);
 

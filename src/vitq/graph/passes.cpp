@@ -51,8 +51,32 @@ void make_identity(Node& n, int input) {
 
 void fold_shape_subgraphs(Graph& g, int64_t height, int64_t width) {
   Executor ex(g);
-  auto run1 = ex.run_all(at::zeros({1, 3, height, width}));
-  auto run2 = ex.run_all(at::zeros({2, 3, height, width}));
+  // The graph comes from a file: before each node runs, bound what it would allocate, so that a malformed one
+  // (a ConstantOfShape of [1e6, 1e6], a broadcast of [N,1] with [1,N]) is an error, not an exhausted memory.
+  // A real network's tensors, even at the batch of 2 images below, are far below these limits.
+  auto guarded_run = [&](int64_t batch) {
+    const double image = static_cast<double>(batch) * 3.0 * static_cast<double>(height) * static_cast<double>(width);
+    const double per_tensor = std::max(1024.0 * image, double{1 << 22}), all = std::max(8192.0 * image, double{1 << 25});
+    double total = 0.0;
+    ExecHooks hooks;
+    hooks.replace = [&](const Node& n, const std::vector<at::Tensor>& in) {
+      double bound = output_elements_bound(n, in, batch);
+      if (bound > per_tensor)
+        fail("node {} ({}): its output would have {:.3g} elements ({:.3g} times the input image); the graph is "
+             "malformed", n.name, op_name(n.op), bound, bound / image);
+      return std::vector<at::Tensor>{};
+    };
+    hooks.on_output = [&](const Node& n, const std::vector<at::Tensor>& outs) {
+      for (const auto& t : outs)
+        if (t.defined()) total += static_cast<double>(t.numel());
+      if (total > all)
+        fail("node {} ({}): the graph's values add up to {:.3g} elements ({:.3g} times the input image); the "
+             "graph is malformed", n.name, op_name(n.op), total, total / image);
+    };
+    return ex.run_all(at::zeros({batch, 3, height, width}), &hooks);
+  };
+  auto run1 = guarded_run(1);
+  auto run2 = guarded_run(2);
   // static: computable without knowing the image (constants, shapes, and what is computed only from them)
   std::vector<bool> is_static(g.values.size(), false);
   for (size_t v = 0; v < g.values.size(); ++v) is_static[v] = g.is_const(static_cast<int>(v));

@@ -33,23 +33,41 @@ at::Tensor to_tensor(const onnx::TensorProto& t, const std::string& where) {
     case onnx::TensorProto::UINT8: st = at::kByte; break;
     default: fail("{}: tensor {} has unsupported data type {}", where, t.name(), t.data_type());
   }
-  auto out = at::empty(shape, at::TensorOptions().dtype(st));
-  const size_t bytes = static_cast<size_t>(out.numel()) * out.element_size();
+  // The element count from the dims, checked against the data the file holds before anything is allocated:
+  // a corrupt dims field must not become a request for gigabytes.
+  const size_t element_size = c10::elementSize(st);
+  size_t numel = 1;
+  for (auto d : shape) {
+    if (d < 0) fail("{}: tensor {} has a negative dimension {}", where, t.name(), d);
+    if (d != 0 && numel > (SIZE_MAX / element_size) / static_cast<size_t>(d))
+      fail("{}: tensor {} has dims whose product overflows", where, t.name());
+    numel *= static_cast<size_t>(d);
+  }
+  const size_t bytes = numel * element_size;
   if (!t.raw_data().empty()) {
     if (t.raw_data().size() != bytes) fail("{}: tensor {} has {} bytes of data, expected {}", where, t.name(), t.raw_data().size(), bytes);
+  } else {
+    size_t values = 0;
+    switch (st) {
+      case at::kFloat: values = static_cast<size_t>(t.float_data_size()); break;
+      case at::kDouble: values = static_cast<size_t>(t.double_data_size()); break;
+      case at::kLong: values = static_cast<size_t>(t.int64_data_size()); break;
+      case at::kInt: case at::kBool: values = static_cast<size_t>(t.int32_data_size()); break;
+      default: fail("{}: tensor {}: typed data of this type is not supported (use raw_data)", where, t.name());
+    }
+    if (values != numel) fail("{}: tensor {} has {} values, expected {}", where, t.name(), values, numel);
+  }
+  auto out = at::empty(shape, at::TensorOptions().dtype(st));
+  if (!t.raw_data().empty()) {
     std::memcpy(out.data_ptr(), t.raw_data().data(), bytes);
     return out;
   }
-  auto check = [&](int n) {
-    if (n != out.numel()) fail("{}: tensor {} has {} values, expected {}", where, t.name(), n, out.numel());
-  };
   switch (st) {
-    case at::kFloat: check(t.float_data_size()); std::copy(t.float_data().begin(), t.float_data().end(), out.data_ptr<float>()); break;
-    case at::kDouble: check(t.double_data_size()); std::copy(t.double_data().begin(), t.double_data().end(), out.data_ptr<double>()); break;
-    case at::kLong: check(t.int64_data_size()); std::copy(t.int64_data().begin(), t.int64_data().end(), out.data_ptr<int64_t>()); break;
-    case at::kInt: check(t.int32_data_size()); std::copy(t.int32_data().begin(), t.int32_data().end(), out.data_ptr<int32_t>()); break;
+    case at::kFloat: std::copy(t.float_data().begin(), t.float_data().end(), out.data_ptr<float>()); break;
+    case at::kDouble: std::copy(t.double_data().begin(), t.double_data().end(), out.data_ptr<double>()); break;
+    case at::kLong: std::copy(t.int64_data().begin(), t.int64_data().end(), out.data_ptr<int64_t>()); break;
+    case at::kInt: std::copy(t.int32_data().begin(), t.int32_data().end(), out.data_ptr<int32_t>()); break;
     case at::kBool: {
-      check(t.int32_data_size());
       auto* p = out.data_ptr<bool>();
       for (int i = 0; i < t.int32_data_size(); ++i) p[i] = t.int32_data(i) != 0;
       break;
