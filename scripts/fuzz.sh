@@ -11,6 +11,7 @@
 # Targets: safetensors config image labels plan onnx (onnx only when built with the ONNX front end).
 # FUZZ_KEEP_GOING=1: go on after a finding (libFuzzer -fork=1 -ignore_crashes/timeouts/ooms), for long runs.
 # FUZZ_NO_BUILD=1: use the fuzz targets already in build-asan/fuzz as they are.
+# FUZZ_SEED=N: libFuzzer's -seed (default 1, so that CI's smoke run mutates the same way every time; 0 = random).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/sanitizers.sh
@@ -75,7 +76,7 @@ for t in "${TARGETS[@]}"; do
   log=$LOG_DIR/$t.log
   before=$(ls "$CRASH_DIR/$t" | sort)
   rc=0
-  nice -n 10 "$ASAN_BUILD_DIR/fuzz/fuzz_$t" "fuzz/corpus/$t" $(opts "$t") -rss_limit_mb=2048 \
+  nice -n 10 "$ASAN_BUILD_DIR/fuzz/fuzz_$t" "fuzz/corpus/$t" $(opts "$t") -rss_limit_mb=2048 -seed="${FUZZ_SEED:-1}" \
     -max_total_time="$SECS" -print_final_stats=1 -artifact_prefix="$CRASH_DIR/$t/" "${extra[@]}" >"$log" 2>&1 || rc=$?
   runs=$(grep -oE 'stat::number_of_executed_units: [0-9]+' "$log" | tail -1 | grep -oE '[0-9]+$' || true)
   [ -n "$runs" ] || runs=$(grep -oE '^#[0-9]+' "$log" | tail -1 | tr -d '#' || true)

@@ -248,6 +248,12 @@ TEST(OnnxHybrid, UnsupportedOpsAreNamed) {
     auto e = import_error(om.save(dir));
     EXPECT_NE(e.find("unsupported ONNX op com.microsoft.FusedConv"), std::string::npos) << e;
   }
+  {  // a Gemm whose B is a missing optional input (""): refused, not read at index -1 (a fuzzer finding)
+    OnnxModel om({1, 3, 8, 8});
+    om.node("Gemm", {"input", ""}, "fc");
+    auto e = import_error(om.save(dir));
+    EXPECT_NE(e.find("only Gemm with alpha=beta=1, transA=0 and a constant B"), std::string::npos) << e;
+  }
   {  // a supported op with a variant the executor lacks
     OnnxModel om({1, 3, 8, 8});
     om.init("scales", at::tensor(std::vector<float>{1, 1, 2, 2}));

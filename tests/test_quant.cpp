@@ -321,25 +321,36 @@ TEST(Methods, Liu2021KeepsSearchedStepsOnlyWhereTheyWinOnHeldOutImages) {
   EXPECT_GT(reverted, 0);  // and the check does something at 4 bits
 }
 
+// Both sensitivities (the paper's nuclear norm, vitq's KL of the predictions with one layer quantized): the
+// average weight bits stay within the budget, more than one width is used, the plan records which measure chose.
 TEST(Methods, MixedPrecisionRespectsTheBudget) {
+  for (const std::string sensitivity : {"nuclear", "kl"}) {
+    MethodOptions o = quick_options(6, 4, 2);
+    o.mixed_precision = true;
+    o.avg_bits = 6;
+    o.mp_sensitivity = sensitivity;
+    QuantPlan plan = run_method(deit(), calib(4), "liu2021", o);
+    double wbits = 0, params = 0;
+    std::set<int> used;
+    for (const auto& p : plan.points)
+      if (p.weight) {
+        const auto& n = *std::find_if(deit().nodes.begin(), deit().nodes.end(), [&](const Node& x) { return x.name == p.node; });
+        const double count = static_cast<double>(deit().const_tensor(n.inputs[1]).numel());
+        wbits += count * p.spec.bits;
+        params += count;
+        used.insert(p.spec.bits);
+      }
+    std::printf("mixed precision (%s): average weight bits %.3f, bit widths used %zu\n", sensitivity.c_str(), wbits / params, used.size());
+    EXPECT_LE(wbits / params, 6.0 + 1e-9);
+    EXPECT_GT(used.size(), 1u);
+    EXPECT_EQ(plan.settings["mixed_precision"]["sensitivity"], sensitivity);
+    o.avg_bits = 3;
+    EXPECT_THROW(run_method(deit(), calib(4), "liu2021", o), Error);
+  }
   MethodOptions o = quick_options(6, 4, 2);
   o.mixed_precision = true;
   o.avg_bits = 6;
-  QuantPlan plan = run_method(deit(), calib(4), "liu2021", o);
-  double wbits = 0, params = 0;
-  std::set<int> used;
-  for (const auto& p : plan.points)
-    if (p.weight) {
-      const auto& n = *std::find_if(deit().nodes.begin(), deit().nodes.end(), [&](const Node& x) { return x.name == p.node; });
-      const double count = static_cast<double>(deit().const_tensor(n.inputs[1]).numel());
-      wbits += count * p.spec.bits;
-      params += count;
-      used.insert(p.spec.bits);
-    }
-  std::printf("mixed precision: average weight bits %.3f, bit widths used %zu\n", wbits / params, used.size());
-  EXPECT_LE(wbits / params, 6.0 + 1e-9);
-  EXPECT_GT(used.size(), 1u);
-  o.avg_bits = 3;
+  o.mp_sensitivity = "hessian";
   EXPECT_THROW(run_method(deit(), calib(4), "liu2021", o), Error);
 }
 

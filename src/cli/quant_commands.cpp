@@ -49,13 +49,14 @@ std::string apply_method_variant(const std::string& spec, MethodOptions& o) {
     else if (v == "nobc") o.bias_correction = false;
     else if (v == "holdout") o.holdout = true;
     else if (v == "cosine") o.similarity = "cosine";
-    else if (v == "mp") {
+    else if (v == "mp" || v == "mpkl") {
       o.mixed_precision = true;
+      if (v == "mpkl") o.mp_sensitivity = "kl";
       if (o.avg_bits == 0) o.avg_bits = o.placement.wbits;
     } else if (v == "attn8") o.attn_bits = 8;
     else if (v == "recon") {
       if (o.reconstruct.empty() || o.reconstruct == "none") o.reconstruct = "block";
-    } else fail("unknown method variant '+{}' in '{}' (norank, nobc, holdout, cosine, mp, attn8, recon)", v, spec);
+    } else fail("unknown method variant '+{}' in '{}' (norank, nobc, holdout, cosine, mp, mpkl, attn8, recon)", v, spec);
   }
   find_method(parts[0]);
   return parts[0];

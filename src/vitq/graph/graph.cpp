@@ -117,10 +117,16 @@ int Graph::add_node(OpKind op, const std::string& name, std::vector<int> inputs,
   return idx;
 }
 
-bool Graph::is_const(int value) const { return consts[static_cast<size_t>(value)].defined(); }
+// A missing optional input (-1, an ONNX input named "") is not a constant: callers check inputs from files.
+bool Graph::is_const(int value) const {
+  return value >= 0 && static_cast<size_t>(value) < consts.size() && consts[static_cast<size_t>(value)].defined();
+}
 
 const at::Tensor& Graph::const_tensor(int value) const {
-  if (!is_const(value)) fail("value {} is not a constant", values[static_cast<size_t>(value)].name);
+  if (!is_const(value)) {
+    if (value < 0 || static_cast<size_t>(value) >= values.size()) fail("a missing input is not a constant");
+    fail("value {} is not a constant", values[static_cast<size_t>(value)].name);
+  }
   return consts[static_cast<size_t>(value)];
 }
 

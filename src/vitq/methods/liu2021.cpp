@@ -12,10 +12,15 @@
 // matmuls: of the attention scores / output); bits in {4, 6, 8} are assigned greedily, most sensitivity-
 // weighted error removed per bit first, under a budget on the average weight bits and the average activation
 // bits (weighted by element count), so the model is no larger than a uniform model at that many bits.
+// Variant +mpkl (vitq's): a layer's error at b bits is instead measured where it matters, as the KL divergence of
+// the model's predictions from FP32 with that layer alone quantized at b bits (min/max steps), on the first
+// search_images calibration images; the greedy allocation is the same. The nuclear-norm proxy weighs a layer's
+// own output error by the size of that output, which says little about what the error does to the prediction.
 #include <ATen/ATen.h>
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <random>
 
 #include "vitq/graph/executor.h"
@@ -81,10 +86,35 @@ double nuclear_norm(const Node& n, const at::Tensor& out) {
 
 // Greedy bit allocation under the average-bits budget; returns bits per layer.
 std::map<std::string, int> allocate_bits(const Graph& g, const LayerTensors& t, const MethodOptions& o,
-                                         const std::vector<std::string>& layers, int64_t images) {
+                                         const std::vector<std::string>& layers, const at::Tensor& calib) {
+  const int64_t images = calib.size(0);
   const std::vector<int> choices = {4, 6, 8};
   if (o.avg_bits < choices.front() || o.avg_bits > choices.back())
     fail("--avg-bits must be between {} and {}, got {}", choices.front(), choices.back(), o.avg_bits);
+  if (o.mp_sensitivity != "nuclear" && o.mp_sensitivity != "kl")
+    fail("mixed-precision sensitivity must be nuclear or kl, got '{}'", o.mp_sensitivity);
+  const bool kl = o.mp_sensitivity == "kl";
+  // kl: the FP32 predictions on the scoring images, and a run with one layer's inputs fake-quantized
+  std::unique_ptr<Executor> ex;
+  at::Tensor kl_images, ref_logp;
+  if (kl) {
+    ex = std::make_unique<Executor>(g);
+    kl_images = calib.narrow(0, 0, std::min<int64_t>(images, o.search_images));
+    ref_logp = at::log_softmax(ex->run(kl_images).to(at::kDouble), -1);
+  }
+  auto kl_with = [&](const std::string& name, const QuantPoint* p0, const QuantParams& q0, const QuantPoint* p1,
+                     const QuantParams& q1) {
+    ExecHooks hooks;
+    hooks.transform_input = [&](const Node& node, size_t slot, const at::Tensor& x) {
+      if (node.name != name) return x;
+      if (slot == 0 && p0) return fake_quant(x, p0->spec, q0);
+      if (slot == 1 && p1) return fake_quant(x, p1->spec, q1);
+      return x;
+    };
+    auto logp = at::log_softmax(ex->run(kl_images, &hooks).to(at::kDouble), -1);
+    return (ref_logp.exp() * (ref_logp - logp)).sum(-1).mean().item<double>();
+  };
+  Progress bar(kl ? "liu2021 bit allocation (KL per layer)" : "liu2021 bit allocation", layers.size(), o.progress && kl);
   struct Layer {
     std::string name;
     double sens = 0, wsize = 0, asize = 0;
@@ -100,7 +130,7 @@ std::map<std::string, int> allocate_bits(const Graph& g, const LayerTensors& t, 
     const int64_t batch = out.size(0);
     Layer l;
     l.name = name;
-    l.sens = nuclear_norm(n, search::first_rows(out, std::min<int64_t>(4, images), images));
+    l.sens = kl ? 1.0 : nuclear_norm(n, search::first_rows(out, std::min<int64_t>(4, images), images));
     const bool matmul = n.op == OpKind::MatMul;
     l.wsize = matmul ? 0.0 : static_cast<double>(args[1].numel());
     // activation elements per image (Swin's window rows and MobileViT's patch rows are several rows an image)
@@ -116,8 +146,10 @@ std::map<std::string, int> allocate_bits(const Graph& g, const LayerTensors& t, 
         if (p.node == name) (p.slot == 0 ? p0 : p1) = &p;
       QuantParams q0 = scaled(range_of(args[0], p0->spec), p0->spec, 1.0);
       QuantParams q1 = scaled(range_of(args[1], p1->spec), p1->spec, 1.0);
-      l.err.push_back(1.0 - similarity(out, quantized_output(n, args, p0, q0, p1, q1, batch), true));
+      l.err.push_back(kl ? kl_with(name, p0, q0, p1, q1)
+                         : 1.0 - similarity(out, quantized_output(n, args, p0, q0, p1, q1, batch), true));
     }
+    bar.update(ls.size() + 1, name);
     wtotal += l.wsize;
     atotal += l.asize;
     ls.push_back(std::move(l));
@@ -150,6 +182,7 @@ std::map<std::string, int> allocate_bits(const Graph& g, const LayerTensors& t, 
   }
   std::map<std::string, int> bits;
   for (const auto& l : ls) bits[l.name] = choices[l.pick];
+  bar.finish();
   return bits;
 }
 
@@ -167,10 +200,10 @@ QuantPlan run_liu2021(const Graph& g, const at::Tensor& calib, const MethodOptio
   for (const auto& n : g.nodes)
     if (is_quantizable(g, n) && !placement.keep_fp.count(n.name)) layers.push_back(n.name);
   if (o.mixed_precision) {
-    placement.layer_bits = allocate_bits(g, t, o, layers, calib.size(0));
+    placement.layer_bits = allocate_bits(g, t, o, layers, calib);
     nlohmann::json bits = nlohmann::json::object();
     for (const auto& [name, b] : placement.layer_bits) bits[name] = b;
-    plan.settings["mixed_precision"] = {{"avg_bits", o.avg_bits}, {"bits", bits}};
+    plan.settings["mixed_precision"] = {{"avg_bits", o.avg_bits}, {"sensitivity", o.mp_sensitivity}, {"bits", bits}};
   }
   plan.points = default_placement(g, placement);
   plan.settings["similarity"] = o.similarity;

@@ -37,6 +37,10 @@ struct MethodOptions {
   bool holdout = false;
   bool mixed_precision = false;
   double avg_bits = 0;              // mixed-precision budget (average bits over weights, and over activations)
+  // what a layer's error at b bits is weighed by: "nuclear" (the paper: nuclear norm of its output x (1 − Pearson
+  // of its own output)) or "kl" (KL of the model's predictions from FP32 with that layer alone at b bits, on the
+  // first search_images calibration images; the variant liu2021+mpkl)
+  std::string mp_sensitivity = "nuclear";
   // easyquant / ptq4vit: alternating rounds (0 = the paper's: 2 for EasyQuant, 3 for PTQ4ViT)
   int rounds = 0;
   // fqvit: bits of the softmax output; 4 or fewer = Log-Int-Softmax (log2 codes), 8 = uniform 8-bit codes
