@@ -42,11 +42,13 @@ cp $SEEDS/config/*.json "$OUT/config/"
 prefix() { printf '\x30\x20\x03\x18\x10\x57'; }
 for f in $SEEDS/image/*.png; do { prefix; cat "$f"; } > "$OUT/image/$(basename "$f")"; done
 n=0
-for f in $(find "$SHARED/data/imagenet" -name '*.JPEG' -size -24k 2>/dev/null | sort | head -6); do
+# (sed, not head: head leaves early, and sort, still writing, dies of SIGPIPE, which pipefail makes this script's
+# exit status — CI lost a run to it on a loaded machine)
+for f in $(find "$SHARED/data/imagenet" -name '*.JPEG' -size -24k 2>/dev/null | sort | sed -n 1,6p); do
   { prefix; cat "$f"; } > "$OUT/image/$(basename "$f")"; n=$((n + 1))
 done
 if [ "$n" -gt 0 ]; then  # a truncated JPEG (the decoder must reject or pad it)
-  f=$(find "$SHARED/data/imagenet" -name '*.JPEG' -size -24k | sort | head -1)
+  f=$(find "$SHARED/data/imagenet" -name '*.JPEG' -size -24k | sort | sed -n 1p)
   { prefix; head -c 2000 "$f"; } > "$OUT/image/truncated.jpg"
 fi
 

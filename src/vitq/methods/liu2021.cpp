@@ -12,16 +12,21 @@
 // matmuls: of the attention scores / output); bits in {4, 6, 8} are assigned greedily, most sensitivity-
 // weighted error removed per bit first, under a budget on the average weight bits and the average activation
 // bits (weighted by element count), so the model is no larger than a uniform model at that many bits.
-// Variant +mpkl (vitq's): a layer's error at b bits is instead measured where it matters, as the KL divergence of
-// the model's predictions from FP32 with that layer alone quantized at b bits (min/max steps), on the first
-// search_images calibration images; the greedy allocation is the same. The nuclear-norm proxy weighs a layer's
-// own output error by the size of that output, which says little about what the error does to the prediction.
+// Variant +mpkl (vitq's, experimental): widths are given to each layer's weight and activation input(s)
+// separately, and chosen by the model's predictions rather than a proxy. On the first half of the calibration
+// images (at most 16), the KL divergence of the predictions from FP32 is measured for every weight (input) at
+// every width with everything else at the uniform width the budget allows (min/max steps). From that uniform
+// model, swaps at an unchanged budget (one weight or input up a width, one at least as large down) are ranked
+// by the error they are measured to remove, and a swap is kept only if the whole model's KL on those images
+// falls. The result is kept only if its KL is also lower than the uniform model's on the other half (at most 16
+// images, which chose nothing); otherwise the model stays uniform.
 #include <ATen/ATen.h>
 
 #include <algorithm>
 #include <cmath>
 #include <memory>
 #include <random>
+#include <unordered_map>
 
 #include "vitq/graph/executor.h"
 #include "vitq/methods/method.h"
@@ -84,9 +89,15 @@ double nuclear_norm(const Node& n, const at::Tensor& out) {
   return at::linalg_svdvals(mats.to(at::kDouble)).sum(-1).mean().item<double>();
 }
 
-// Greedy bit allocation under the average-bits budget; returns bits per layer.
-std::map<std::string, int> allocate_bits(const Graph& g, const LayerTensors& t, const MethodOptions& o,
-                                         const std::vector<std::string>& layers, const at::Tensor& calib) {
+// Greedy bit allocation under the average-bits budget: bits per quantization point (layer, slot), and what
+// decided them (plan settings).
+struct Allocation {
+  std::map<std::pair<std::string, int>, int> bits;
+  nlohmann::json info = nlohmann::json::object();
+};
+
+Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOptions& o,
+                         const std::vector<std::string>& layers, const at::Tensor& calib) {
   const int64_t images = calib.size(0);
   const std::vector<int> choices = {4, 6, 8};
   if (o.avg_bits < choices.front() || o.avg_bits > choices.back())
@@ -94,84 +105,150 @@ std::map<std::string, int> allocate_bits(const Graph& g, const LayerTensors& t, 
   if (o.mp_sensitivity != "nuclear" && o.mp_sensitivity != "kl")
     fail("mixed-precision sensitivity must be nuclear or kl, got '{}'", o.mp_sensitivity);
   const bool kl = o.mp_sensitivity == "kl";
-  // kl: the FP32 predictions on the scoring images, and a run with one layer's inputs fake-quantized
-  std::unique_ptr<Executor> ex;
-  at::Tensor kl_images, ref_logp;
-  if (kl) {
-    ex = std::make_unique<Executor>(g);
-    kl_images = calib.narrow(0, 0, std::min<int64_t>(images, o.search_images));
-    ref_logp = at::log_softmax(ex->run(kl_images).to(at::kDouble), -1);
-  }
-  auto kl_with = [&](const std::string& name, const QuantPoint* p0, const QuantParams& q0, const QuantPoint* p1,
-                     const QuantParams& q1) {
-    ExecHooks hooks;
-    hooks.transform_input = [&](const Node& node, size_t slot, const at::Tensor& x) {
-      if (node.name != name) return x;
-      if (slot == 0 && p0) return fake_quant(x, p0->spec, q0);
-      if (slot == 1 && p1) return fake_quant(x, p1->spec, q1);
-      return x;
-    };
-    auto logp = at::log_softmax(ex->run(kl_images, &hooks).to(at::kDouble), -1);
-    return (ref_logp.exp() * (ref_logp - logp)).sum(-1).mean().item<double>();
+  // The min/max quantizers of every layer's two slots at every choice (placements per choice computed once).
+  struct Slots {
+    const QuantPoint* p[2] = {nullptr, nullptr};
+    QuantParams q[2];
   };
-  Progress bar(kl ? "liu2021 bit allocation (KL per layer)" : "liu2021 bit allocation", layers.size(), o.progress && kl);
-  struct Layer {
-    std::string name;
-    double sens = 0, wsize = 0, asize = 0;
-    std::vector<double> err;  // per choice: 1 - similarity with min/max steps at those bits
+  std::vector<std::vector<QuantPoint>> placements;
+  for (int bits : choices) {
+    PlacementOptions po = o.placement;
+    po.wbits = po.abits = bits;
+    po.layer_bits.clear();
+    po.keep_fp.clear();
+    placements.push_back(default_placement(g, po));
+  }
+  std::vector<std::vector<Slots>> at(layers.size());  // [layer][choice]
+  // What the allocation assigns a width to: a layer's slots together (nuclear: the paper's one width a layer),
+  // or (kl) its weight and its activation input(s) separately, so that a weight can go to 4 bits without its
+  // input. The image's input to the patch embedding stays at 8 bits as placed.
+  struct Item {
+    size_t layer;
+    bool slot[2];
+    double sens = 1, wsize = 0, asize = 0;
+    std::vector<double> err;  // per choice: nuclear: 1 - Pearson of the layer's output; kl: the model's KL
     size_t pick = 0;
   };
-  std::vector<Layer> ls;
+  std::vector<Item> items;
   double wtotal = 0, atotal = 0;
-  for (const auto& name : layers) {
+  for (size_t li = 0; li < layers.size(); ++li) {
+    const auto& name = layers[li];
     const Node& n = node_named(g, name);
     const auto& args = t.inputs.at(name);
     const auto& out = t.outputs.at(name);
-    const int64_t batch = out.size(0);
-    Layer l;
-    l.name = name;
-    l.sens = kl ? 1.0 : nuclear_norm(n, search::first_rows(out, std::min<int64_t>(4, images), images));
-    const bool matmul = n.op == OpKind::MatMul;
-    l.wsize = matmul ? 0.0 : static_cast<double>(args[1].numel());
-    // activation elements per image (Swin's window rows and MobileViT's patch rows are several rows an image)
-    l.asize = static_cast<double>(args[0].numel() + (matmul ? args[1].numel() : 0)) / static_cast<double>(images);
-    for (int bits : choices) {
-      PlacementOptions po = o.placement;
-      po.wbits = po.abits = bits;
-      po.layer_bits.clear();
-      po.keep_fp.clear();
-      auto pts = default_placement(g, po);
-      QuantPoint *p0 = nullptr, *p1 = nullptr;
-      for (auto& p : pts)
-        if (p.node == name) (p.slot == 0 ? p0 : p1) = &p;
-      QuantParams q0 = scaled(range_of(args[0], p0->spec), p0->spec, 1.0);
-      QuantParams q1 = scaled(range_of(args[1], p1->spec), p1->spec, 1.0);
-      l.err.push_back(kl ? kl_with(name, p0, q0, p1, q1)
-                         : 1.0 - similarity(out, quantized_output(n, args, p0, q0, p1, q1, batch), true));
+    for (const auto& pts : placements) {
+      Slots sl;
+      for (const auto& p : pts)
+        if (p.node == name) sl.p[p.slot == 0 ? 0 : 1] = &p;
+      for (int k = 0; k < 2; ++k) sl.q[k] = scaled(range_of(args[static_cast<size_t>(k)], sl.p[k]->spec), sl.p[k]->spec, 1.0);
+      at[li].push_back(sl);
     }
-    bar.update(ls.size() + 1, name);
-    wtotal += l.wsize;
-    atotal += l.asize;
-    ls.push_back(std::move(l));
+    const bool matmul = n.op == OpKind::MatMul, image_input = n.inputs[0] == g.input;
+    const double wsize = matmul ? 0.0 : static_cast<double>(args[1].numel());
+    // activation elements per image (Swin's window rows and MobileViT's patch rows are several rows an image)
+    const double asize = static_cast<double>(args[0].numel() + (matmul ? args[1].numel() : 0)) / static_cast<double>(images);
+    if (!kl) {
+      Item it{li, {!image_input, true}};
+      it.sens = nuclear_norm(n, search::first_rows(out, std::min<int64_t>(4, images), images));
+      it.wsize = wsize;
+      it.asize = asize;
+      for (const auto& sl : at[li])
+        it.err.push_back(1.0 - similarity(out, quantized_output(n, args, sl.p[0], sl.q[0], sl.p[1], sl.q[1], out.size(0)), true));
+      items.push_back(it);
+    } else if (matmul) {
+      Item it{li, {true, true}};
+      it.asize = asize;
+      items.push_back(it);
+    } else {
+      Item w{li, {false, true}};
+      w.wsize = wsize;
+      items.push_back(w);
+      if (!image_input) {
+        Item a{li, {true, false}};
+        a.asize = asize;
+        items.push_back(a);
+      }
+    }
+    wtotal += wsize;
+    // kl: the image's input to the patch embedding is 8 bits at any budget, as in the uniform model, and outside
+    // the activation budget (the nuclear variant counts it at the layer's width, as it always has)
+    atotal += kl && image_input ? 0.0 : asize;
   }
+
+  // kl: the model's predictions with every item quantized as `assign` says (min/max steps), against FP32's.
+  // Each item's error at each choice is measured around the uniform model at the base width (the widest choice
+  // not above the budget), with everything else at the base width: the point the allocation moves from, so the
+  // interactions of the other layers' errors are in the measure.
+  const size_t base = static_cast<size_t>(std::upper_bound(choices.begin(), choices.end(), static_cast<int>(o.avg_bits + 1e-9)) - choices.begin()) - 1;
+  std::unique_ptr<Executor> ex;
+  auto model_kl = [&](const at::Tensor& imgs, const at::Tensor& ref_logp, const std::vector<size_t>& assign) {
+    std::unordered_map<std::string, std::pair<const Slots*, const Slots*>> slots;  // slot 0's, slot 1's
+    for (size_t li = 0; li < layers.size(); ++li) slots[layers[li]] = {&at[li][base], &at[li][base]};
+    for (size_t i = 0; i < items.size(); ++i) {
+      auto& e = slots[layers[items[i].layer]];
+      if (items[i].slot[0]) e.first = &at[items[i].layer][assign[i]];
+      if (items[i].slot[1]) e.second = &at[items[i].layer][assign[i]];
+    }
+    ExecHooks hooks;
+    hooks.transform_input = [&](const Node& node, size_t slot, const at::Tensor& x) {
+      auto it = slots.find(node.name);
+      if (it == slots.end() || slot > 1) return x;
+      const Slots& sl = slot == 0 ? *it->second.first : *it->second.second;
+      return fake_quant(x, sl.p[slot]->spec, sl.q[slot]);
+    };
+    auto logp = at::log_softmax(ex->run(imgs, &hooks).to(at::kDouble), -1);
+    return (ref_logp.exp() * (ref_logp - logp)).sum(-1).mean().item<double>();
+  };
+  // kl: half the calibration images (at most 16) score, the other half (at most 16) check; the KL of a few images
+  // is dominated by whichever one flips, and 8 proved too few
+  const int64_t sub = std::min<int64_t>(16, std::max<int64_t>(1, images / 2));
+  const int64_t held = std::min<int64_t>(images - sub, 16);
+  at::Tensor score_imgs, score_ref;
+  if (kl) {
+    ex = std::make_unique<Executor>(g);
+    score_imgs = calib.narrow(0, 0, sub);
+    score_ref = at::log_softmax(ex->run(score_imgs).to(at::kDouble), -1);
+    std::vector<size_t> assign(items.size(), base);
+    const double base_kl = model_kl(score_imgs, score_ref, assign);
+    Progress bar("liu2021 bit allocation (model KL per weight/input and width)", items.size(), o.progress);
+    for (size_t i = 0; i < items.size(); ++i) {
+      for (size_t c = 0; c < choices.size(); ++c) {
+        assign[i] = c;
+        items[i].err.push_back(c == base ? base_kl : model_kl(score_imgs, score_ref, assign));
+      }
+      assign[i] = base;
+      bar.update(i + 1, layers[items[i].layer]);
+    }
+    bar.finish();
+    if (o.progress)
+      std::fprintf(stderr, "liu2021 bit allocation: KL %.4f with everything at %d bits (%lld images)\n", base_kl, choices[base],
+                   static_cast<long long>(sub));
+  }
+
+  int a_swaps = 0, a_evaluated = 0;
+  // The greedy: from the start width (nuclear: the narrowest; kl: the base), the upgrade removing the most error
+  // per bit first, while the budget allows.
+  const size_t start_pick = kl ? base : 0;
   double wused = 0, aused = 0;
-  for (const auto& l : ls) {
-    wused += l.wsize * choices[0];
-    aused += l.asize * choices[0];
+  for (auto& it : items) {
+    it.pick = start_pick;
+    wused += it.wsize * choices[start_pick];
+    aused += it.asize * choices[start_pick];
   }
   const double wbudget = o.avg_bits * wtotal + 1e-6, abudget = o.avg_bits * atotal + 1e-6;
   for (;;) {
     double best_gain = 0;
-    Layer* best = nullptr;
-    for (auto& l : ls) {
-      if (l.pick + 1 >= choices.size()) continue;
-      const double db = choices[l.pick + 1] - choices[l.pick];
-      if (wused + l.wsize * db > wbudget || aused + l.asize * db > abudget) continue;
-      const double gain = l.sens * (l.err[l.pick] - l.err[l.pick + 1]);
-      const double cost = db * (l.wsize / std::max(wtotal, 1.0) + l.asize / std::max(atotal, 1.0));
+    Item* best = nullptr;
+    for (auto& it : items) {
+      if (it.pick + 1 >= choices.size()) continue;
+      const double db = choices[it.pick + 1] - choices[it.pick];
+      if (wused + it.wsize * db > wbudget || aused + it.asize * db > abudget) continue;
+      const double gain = it.sens * (it.err[it.pick] - it.err[it.pick + 1]);
+      const double cost = db * (it.wsize / std::max(wtotal, 1.0) + it.asize / std::max(atotal, 1.0));
+      if (kl && gain <= 0) continue;
       if (gain / cost > best_gain || !best) {
         best_gain = gain / cost;
-        best = &l;
+        best = &it;
       }
     }
     if (!best) break;
@@ -180,10 +257,96 @@ std::map<std::string, int> allocate_bits(const Graph& g, const LayerTensors& t, 
     aused += best->asize * db;
     ++best->pick;
   }
-  std::map<std::string, int> bits;
-  for (const auto& l : ls) bits[l.name] = choices[l.pick];
-  bar.finish();
-  return bits;
+  // kl: then swaps at an unchanged budget — one weight (input) one width up, another weight (input) at least as
+  // large one width down — ranked by the error they are measured to remove, each tried on the scoring images with
+  // everything else as allocated so far and kept only if the model's KL falls: the measured one-at-a-time
+  // errors do not add up (a greedy on them alone made the model worse), so every move is checked as a whole.
+  if (kl) {
+    std::vector<size_t> cur;
+    for (const auto& it : items) cur.push_back(it.pick);
+    double cur_kl = model_kl(score_imgs, score_ref, cur);
+    std::vector<char> moved(items.size(), 0);
+    const int max_rounds = 24, tries = 6;
+    int swaps = 0, evaluated = 0;
+    for (int round = 0; round < max_rounds; ++round) {
+      struct Cand {
+        size_t up, down;
+        double predicted;
+      };
+      std::vector<Cand> cands;
+      auto size_of = [&](const Item& it) { return it.wsize > 0 ? it.wsize : it.asize; };
+      for (size_t u = 0; u < items.size(); ++u) {
+        const auto& iu = items[u];
+        if (moved[u] || iu.pick + 1 >= choices.size()) continue;
+        const double gain = iu.err[iu.pick] - iu.err[iu.pick + 1];
+        if (gain <= 0) continue;
+        for (size_t d = 0; d < items.size(); ++d) {
+          const auto& id = items[d];
+          if (d == u || moved[d] || id.pick == 0 || (id.wsize > 0) != (iu.wsize > 0)) continue;
+          const double up_bits = (choices[iu.pick + 1] - choices[iu.pick]) * size_of(iu);
+          const double down_bits = (choices[id.pick] - choices[id.pick - 1]) * size_of(id);
+          if (up_bits > down_bits) continue;
+          const double predicted = gain - (id.err[id.pick - 1] - id.err[id.pick]);
+          if (predicted > 0) cands.push_back({u, d, predicted});
+        }
+      }
+      if (cands.empty()) break;
+      std::sort(cands.begin(), cands.end(), [](const Cand& a, const Cand& b) { return a.predicted > b.predicted; });
+      double best_kl = cur_kl;
+      const Cand* best = nullptr;
+      for (size_t k = 0; k < cands.size() && k < static_cast<size_t>(tries); ++k) {
+        auto trial = cur;
+        ++trial[cands[k].up];
+        --trial[cands[k].down];
+        const double v = model_kl(score_imgs, score_ref, trial);
+        ++evaluated;
+        if (v < best_kl) {
+          best_kl = v;
+          best = &cands[k];
+        }
+      }
+      if (!best) break;
+      ++items[best->up].pick;
+      --items[best->down].pick;
+      ++cur[best->up];
+      --cur[best->down];
+      moved[best->up] = moved[best->down] = 1;
+      cur_kl = best_kl;
+      ++swaps;
+      if (o.progress)
+        std::fprintf(stderr, "liu2021 bit allocation: swap %d: %s %s up, %s %s down: KL %.4f\n", swaps, layers[items[best->up].layer].c_str(),
+                     items[best->up].wsize > 0 ? "W" : "A", layers[items[best->down].layer].c_str(), items[best->down].wsize > 0 ? "W" : "A", cur_kl);
+    }
+    a_swaps = swaps;
+    a_evaluated = evaluated;
+  }
+  Allocation a;
+  a.info["sensitivity"] = o.mp_sensitivity;
+  // kl: the mixed allocation is kept only if its KL is also lower than the uniform base width's on the next
+  // calibration images, which chose nothing (with too few calibration images, on the scoring ones).
+  bool uniform = false;
+  if (kl) {
+    std::vector<size_t> mixed, flat(items.size(), base);
+    for (const auto& it : items) mixed.push_back(it.pick);
+    at::Tensor check_imgs = held > 0 ? calib.narrow(0, sub, held) : score_imgs;
+    at::Tensor check_ref = held > 0 ? at::log_softmax(ex->run(check_imgs).to(at::kDouble), -1) : score_ref;
+    const double kl_mixed = model_kl(check_imgs, check_ref, mixed), kl_flat = model_kl(check_imgs, check_ref, flat);
+    const double kl_mixed_scoring = model_kl(score_imgs, score_ref, mixed);
+    uniform = !(kl_mixed < kl_flat);
+    a.info["swaps"] = a_swaps;
+    a.info["swaps_evaluated"] = a_evaluated;
+    a.info["check"] = {{"images", check_imgs.size(0)}, {"held_out", held > 0}, {"kl_mixed", kl_mixed},
+                       {"kl_uniform", kl_flat}, {"kl_mixed_scoring", kl_mixed_scoring}, {"kept", uniform ? "uniform" : "mixed"}};
+    if (o.progress)
+      std::fprintf(stderr, "liu2021 bit allocation: KL of the mixed allocation on the scoring images %.4f; on %lld %s images: "
+                   "mixed %.4f, uniform %d bits %.4f: %s kept\n", kl_mixed_scoring,
+                   static_cast<long long>(check_imgs.size(0)), held > 0 ? "held-out" : "scoring", kl_mixed, choices[base], kl_flat,
+                   uniform ? "uniform" : "mixed");
+  }
+  for (const auto& it : items)
+    for (int k = 0; k < 2; ++k)
+      if (it.slot[k]) a.bits[{layers[it.layer], k}] = choices[uniform ? base : it.pick];
+  return a;
 }
 
 QuantPlan run_liu2021(const Graph& g, const at::Tensor& calib, const MethodOptions& o) {
@@ -199,13 +362,23 @@ QuantPlan run_liu2021(const Graph& g, const at::Tensor& calib, const MethodOptio
   std::vector<std::string> layers;
   for (const auto& n : g.nodes)
     if (is_quantizable(g, n) && !placement.keep_fp.count(n.name)) layers.push_back(n.name);
+  Allocation alloc;
   if (o.mixed_precision) {
-    placement.layer_bits = allocate_bits(g, t, o, layers, calib);
-    nlohmann::json bits = nlohmann::json::object();
-    for (const auto& [name, b] : placement.layer_bits) bits[name] = b;
-    plan.settings["mixed_precision"] = {{"avg_bits", o.avg_bits}, {"sensitivity", o.mp_sensitivity}, {"bits", bits}};
+    alloc = allocate_bits(g, t, o, layers, calib);
+    nlohmann::json bits = nlohmann::json::object();  // "W"/"A" widths per layer (a matmul: A for both inputs)
+    for (const auto& [point, b] : alloc.bits) {
+      const Node& n = node_named(g, point.first);
+      bits[point.first][point.second == 1 && n.op != OpKind::MatMul ? "W" : "A"] = b;
+    }
+    plan.settings["mixed_precision"] = alloc.info;
+    plan.settings["mixed_precision"]["avg_bits"] = o.avg_bits;
+    plan.settings["mixed_precision"]["bits"] = bits;
   }
   plan.points = default_placement(g, placement);
+  for (auto& p : plan.points) {
+    auto it = alloc.bits.find({p.node, p.slot});
+    if (it != alloc.bits.end()) p.spec.bits = it->second;
+  }
   plan.settings["similarity"] = o.similarity;
   plan.settings["ranking"] = o.ranking;
   plan.settings["bias_correction"] = o.bias_correction;

@@ -37,9 +37,9 @@ struct MethodOptions {
   bool holdout = false;
   bool mixed_precision = false;
   double avg_bits = 0;              // mixed-precision budget (average bits over weights, and over activations)
-  // what a layer's error at b bits is weighed by: "nuclear" (the paper: nuclear norm of its output x (1 − Pearson
-  // of its own output)) or "kl" (KL of the model's predictions from FP32 with that layer alone at b bits, on the
-  // first search_images calibration images; the variant liu2021+mpkl)
+  // how widths are chosen: "nuclear" (the paper: one width a layer, its output's nuclear norm x (1 − Pearson of its
+  // output)) or "kl" (vitq's, the variant liu2021+mpkl: weights and inputs separately, by the model's KL from
+  // FP32, swaps from the uniform model each checked on calibration images; liu2021.cpp)
   std::string mp_sensitivity = "nuclear";
   // easyquant / ptq4vit: alternating rounds (0 = the paper's: 2 for EasyQuant, 3 for PTQ4ViT)
   int rounds = 0;
