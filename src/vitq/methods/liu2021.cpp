@@ -225,7 +225,9 @@ Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOpti
                    static_cast<long long>(sub));
   }
 
-  int a_swaps = 0, a_evaluated = 0;
+  Allocation a;
+  a.info["sensitivity"] = o.mp_sensitivity;
+  double kl_mixed_scoring = 0;  // kl: the allocation's KL on the scoring images, as the swaps leave it
   // The greedy: from the start width (nuclear: the narrowest; kl: the base), the upgrade removing the most error
   // per bit first, while the budget allows.
   const size_t start_pick = kl ? base : 0;
@@ -317,11 +319,10 @@ Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOpti
         std::fprintf(stderr, "liu2021 bit allocation: swap %d: %s %s up, %s %s down: KL %.4f\n", swaps, layers[items[best->up].layer].c_str(),
                      items[best->up].wsize > 0 ? "W" : "A", layers[items[best->down].layer].c_str(), items[best->down].wsize > 0 ? "W" : "A", cur_kl);
     }
-    a_swaps = swaps;
-    a_evaluated = evaluated;
+    a.info["swaps"] = swaps;
+    a.info["swaps_evaluated"] = evaluated;
+    kl_mixed_scoring = cur_kl;
   }
-  Allocation a;
-  a.info["sensitivity"] = o.mp_sensitivity;
   // kl: the mixed allocation is kept only if its KL is also lower than the uniform base width's on the next
   // calibration images, which chose nothing (with too few calibration images, on the scoring ones).
   bool uniform = false;
@@ -331,10 +332,7 @@ Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOpti
     at::Tensor check_imgs = held > 0 ? calib.narrow(0, sub, held) : score_imgs;
     at::Tensor check_ref = held > 0 ? at::log_softmax(ex->run(check_imgs).to(at::kDouble), -1) : score_ref;
     const double kl_mixed = model_kl(check_imgs, check_ref, mixed), kl_flat = model_kl(check_imgs, check_ref, flat);
-    const double kl_mixed_scoring = model_kl(score_imgs, score_ref, mixed);
     uniform = !(kl_mixed < kl_flat);
-    a.info["swaps"] = a_swaps;
-    a.info["swaps_evaluated"] = a_evaluated;
     a.info["check"] = {{"images", check_imgs.size(0)}, {"held_out", held > 0}, {"kl_mixed", kl_mixed},
                        {"kl_uniform", kl_flat}, {"kl_mixed_scoring", kl_mixed_scoring}, {"kept", uniform ? "uniform" : "mixed"}};
     if (o.progress)
