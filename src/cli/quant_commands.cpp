@@ -56,7 +56,7 @@ std::string apply_method_variant(const std::string& spec, MethodOptions& o) {
     } else if (v == "attn8") o.attn_bits = 8;
     else if (v == "recon") {
       if (o.reconstruct.empty() || o.reconstruct == "none") o.reconstruct = "block";
-    } else fail("unknown method variant '+{}' in '{}' (norank, nobc, holdout, cosine, mp, mpkl, attn8, recon)", v, spec);
+    } else fail("unknown method variant '+{}' in '{}' (norank, nobc, holdout, cosine, mp, mpkl, attn8, noreparam, nolog, recon)", v, spec);
   }
   find_method(parts[0]);
   return parts[0];

@@ -161,6 +161,7 @@ std::vector<IntGrid> input_grids(const at::Tensor& x, const QuantPoint& p) {
 
 // Why an input quantizer cannot feed a GEMM as its left operand ("" if it can).
 std::string left_problem(const QuantPoint& p, bool allow_per_head) {
+  if (p.spec.kind == QuantKind::LogSqrt2) return "log-sqrt2 input (its odd codes are not on a power-of-two grid)";
   if (p.spec.kind == QuantKind::TwinUniform || p.spec.kind == QuantKind::Log2) {
     if (!per_tensor(p)) return fmt::format("{} input with more than one step", quant_kind_name(p.spec.kind));
     if (p.spec.kind == QuantKind::Log2 && p.spec.bits > 4) return "log2 input above 4 bits";
@@ -471,6 +472,7 @@ class NativeMatMul {
 }  // namespace
 
 struct Int8Model::Impl {
+  Graph owned;  // the model with the plan's reparameterisations applied (RepQ-ViT)
   const Graph& graph;
   const QuantPlan& plan;
   QuantizedModel sim;
@@ -485,7 +487,8 @@ struct Int8Model::Impl {
   std::vector<char> mul_done;                           // a Mul by a constant folded into the MatMul before it
   std::vector<const QuantPoint*> softmax_codes;         // a Softmax whose only reader quantizes it per tensor: emits codes
 
-  Impl(const Graph& g, const QuantPlan& p) : graph(g), plan(p), sim(g, p), exec(g) {
+  Impl(const Graph& model, const QuantPlan& p) : owned(with_reparams(model, p)), graph(owned), plan(p), sim(owned, p), exec(owned) {
+    const Graph& g = owned;
     linear.resize(g.nodes.size());
     matmul.resize(g.nodes.size());
     conv.resize(g.nodes.size());

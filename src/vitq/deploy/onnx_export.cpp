@@ -248,7 +248,7 @@ class Exporter {
     const auto& s = p.spec;
     if (s.granularity == Granularity::PerGroup) fail("export: {}: per-group activation quantizers cannot be exported", describe(p));
     if (s.kind == QuantKind::TwinUniform) return twin(p, x, base);
-    if (s.kind == QuantKind::Log2) return log2q(p, x, base);
+    if (is_log_kind(s.kind)) return log2q(p, x, base);
     std::string xin = x;
     const bool is8 = s.bits == 8 && ((s.is_signed && s.qmin() == -128 && s.qmax() == 127) || (!s.is_signed && s.qmax() == 255));
     if (!is8) {  // clip to the grid's range first: QDQ saturates only at the 8-bit limits
@@ -297,11 +297,13 @@ class Exporter {
     auto d = init(p.params.scale.to(at::kFloat), base + ".scale");
     auto zero = scalar(0.0f, base + ".zero");
     auto y = op1("Div", {x, d}, base + ".y");
-    // c = max(round(-log2 y), 0); x̂ = d·2^-c when y > 0 and c <= top, else 0
-    auto neg_log2 = op1("Mul", {op1("Log", {y}, base + ".ln"), scalar(static_cast<float>(-1.0 / std::log(2.0)), base + ".inv_ln2")},
+    // c = max(round(-k·log2 y), 0); x̂ = d·2^(-c/k) when y > 0 and c <= top, else 0 (k = 1: log2, 2: log√2)
+    const double k = p.spec.kind == QuantKind::LogSqrt2 ? 2.0 : 1.0;
+    auto neg_log2 = op1("Mul", {op1("Log", {y}, base + ".ln"), scalar(static_cast<float>(-k / std::log(2.0)), base + ".inv_ln2")},
                         base + ".neg_log2");
     auto c = op1("Max", {op1("Round", {neg_log2}, base + ".round"), zero}, base + ".c");
-    auto value = op1("Mul", {d, op1("Pow", {scalar(2.0f, base + ".two"), op1("Neg", {c}, base + ".neg_c")}, base + ".pow")}, base + ".value");
+    auto two = scalar(static_cast<float>(std::exp2(1.0 / k)), base + ".two");  // 2 or √2
+    auto value = op1("Mul", {d, op1("Pow", {two, op1("Neg", {c}, base + ".neg_c")}, base + ".pow")}, base + ".value");
     auto keep = op1("And", {op1("Greater", {y, zero}, base + ".positive"), op1("LessOrEqual", {c, scalar(top, base + ".top")}, base + ".in_range")},
                     base + ".keep");
     ++res_.standard_op_quantizers;
@@ -671,8 +673,10 @@ class Exporter {
 }  // namespace
 
 ExportResult export_onnx(const Graph& graph, const QuantPlan* plan) {
-  if (plan) check_plan(*plan, graph, "export");
-  return Exporter(graph, plan).run();
+  if (!plan) return Exporter(graph, plan).run();
+  check_plan(*plan, graph, "export");
+  const Graph reparameterised = with_reparams(graph, *plan);  // RepQ-ViT's folded LayerNorms and weights
+  return Exporter(reparameterised, plan).run();
 }
 
 }  // namespace vitq

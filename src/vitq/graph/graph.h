@@ -124,6 +124,8 @@ class Graph {
   std::vector<Value> values;
   std::vector<at::Tensor> consts;  // indexed by value id; defined only for constants
   std::vector<Node> nodes;
+  // LayerNorms whose outputs a plan's reparameterisation already changed (QuantPlan::reparams, with_reparams)
+  std::vector<std::string> reparameterised;
   int input = -1;   // value id of the image batch
   int output = -1;  // value id of the logits [B, num_classes]
 

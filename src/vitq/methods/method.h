@@ -41,6 +41,10 @@ struct MethodOptions {
   // output)) or "kl" (vitq's, the variant liu2021+mpkl: weights and inputs separately, by the model's KL from
   // FP32, swaps from the uniform model each checked on calibration images; liu2021.cpp)
   std::string mp_sensitivity = "nuclear";
+  // repqvit: the scale reparameterisation of post-LayerNorm inputs (off: they get the per-tensor search, the
+  // variant repqvit+noreparam) and the log√2 post-softmax quantizer (off: uniform with the search, repqvit+nolog)
+  bool reparam = true;
+  bool log_softmax = true;
   // easyquant / ptq4vit: alternating rounds (0 = the paper's: 2 for EasyQuant, 3 for PTQ4ViT)
   int rounds = 0;
   // fqvit: bits of the softmax output; 4 or fewer = Log-Int-Softmax (log2 codes), 8 = uniform 8-bit codes
@@ -80,6 +84,7 @@ MethodInfo method_easyquant();
 MethodInfo method_fqvit();
 MethodInfo method_ptq4vit();
 MethodInfo method_qhyvit();
+MethodInfo method_repqvit();
 
 // The reconstruction stage any plan can go through (`+recon`): blocks as `mode` says ("layer" / "block"),
 // bridge blocks joint when given. Prints one line per block when options.progress.

@@ -8,7 +8,8 @@ namespace vitq {
 const std::vector<MethodInfo>& method_registry() {
   static const std::vector<MethodInfo> methods = {baseline_minmax(), baseline_percentile(), baseline_omse(),
                                                   method_liu2021(), method_easyquant(), method_fqvit(),
-                                                  method_ptq4vit(), method_qhyvit()};
+                                                  method_ptq4vit(), method_qhyvit(),
+                                                  method_repqvit()};
   return methods;
 }
 

@@ -25,6 +25,17 @@ QuantizedModel::QuantizedModel(const Graph& g, const QuantPlan& plan, c10::Devic
   constants_.assign(g.nodes.size(), {});
   activations_.assign(g.nodes.size(), {});
   auto idx = node_index(g);
+  // reparameterised constants (RepQ-ViT) replace the graph's on every node that reads them
+  const auto changed = reparam_constants(g, plan);
+  if (!changed.empty())
+    for (size_t i = 0; i < g.nodes.size(); ++i) {
+      const Node& n = g.nodes[i];
+      for (size_t s = 0; s < n.inputs.size(); ++s)
+        if (auto it = changed.find(n.inputs[s]); it != changed.end()) {
+          constants_[i].resize(n.inputs.size());
+          constants_[i][s] = it->second.to(device);
+        }
+    }
   for (const auto& p : plan.points) {
     auto it = idx.find(p.node);
     if (it == idx.end()) fail("plan point {} is not in the model", p.node);
@@ -34,7 +45,8 @@ QuantizedModel::QuantizedModel(const Graph& g, const QuantPlan& plan, c10::Devic
     consts.resize(n.inputs.size());
     acts.resize(n.inputs.size(), nullptr);
     if (p.weight) {
-      const auto& w = g.const_tensor(n.inputs[static_cast<size_t>(p.slot)]);
+      const int v = n.inputs[static_cast<size_t>(p.slot)];
+      const auto& w = changed.count(v) ? changed.at(v) : g.const_tensor(v);
       consts[static_cast<size_t>(p.slot)] = quantize_point(p, w).to(device);
     } else {
       acts[static_cast<size_t>(p.slot)] = &p;
@@ -114,6 +126,7 @@ std::string point_label(const QuantPoint& p) {
   std::string s = fmt::format("{}{}", p.weight ? "W" : "A", p.spec.bits);
   if (p.spec.kind == QuantKind::TwinUniform) return s + "twin";
   if (p.spec.kind == QuantKind::Log2) return s + "log2";
+  if (p.spec.kind == QuantKind::LogSqrt2) return s + "log√2";
   if (p.spec.kind == QuantKind::PowerOfTwoFactor) return s + "ptf";
   const char* g = p.spec.granularity == Granularity::PerTensor ? "t" : p.spec.granularity == Granularity::PerChannel ? "c"
                   : p.spec.granularity == Granularity::PerHead ? "h" : "g";
@@ -134,6 +147,9 @@ std::string plan_summary(const QuantPlan& plan) {
 }
 
 std::vector<LayerReport> layer_report(const Graph& g, const QuantPlan& plan, const at::Tensor& images) {
+  // a reparameterised plan is measured against the reparameterised FP model (the same function; its layers' inputs
+  // are the ones the plan's quantizers see)
+  if (!plan.reparams.empty() && g.reparameterised.empty()) return layer_report(with_reparams(g, plan), plan, images);
   at::InferenceMode guard;
   Executor fp(g);
   std::map<std::string, std::vector<at::Tensor>> fp_inputs;

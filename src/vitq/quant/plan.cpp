@@ -252,6 +252,11 @@ nlohmann::json plan_to_json(const QuantPlan& p) {
   }
   j["bias"] = nlohmann::json::object();
   for (const auto& [node, b] : p.bias) j["bias"][node] = tensor_to_json(b);
+  if (!p.reparams.empty()) {
+    j["reparams"] = nlohmann::json::array();
+    for (const auto& r : p.reparams)
+      j["reparams"].push_back({{"layernorm", r.layernorm}, {"scale", tensor_to_json(r.scale)}, {"shift", tensor_to_json(r.shift)}});
+  }
   return j;
 }
 
@@ -298,6 +303,17 @@ QuantPlan plan_from_json(const nlohmann::json& j, const std::string& where) {
         if (p.bias[node].numel() && p.bias[node].abs().max().item<double>() > 1e6)
           fail("{}: corrected bias of {} has values beyond ±1e6 (a corrupt plan?)", where, node);
       }
+    if (j.contains("reparams")) {
+      if (version < 4) fail("{}: reparameterisations need plan format version 4", where);
+      if (!j["reparams"].is_array()) fail("{}: plan reparams must be a JSON array", where);
+      for (const auto& e : j["reparams"]) {
+        Reparam r;
+        r.layernorm = e.at("layernorm").get<std::string>();
+        r.scale = tensor_from_json(e.at("scale"));
+        r.shift = tensor_from_json(e.at("shift"));
+        p.reparams.push_back(std::move(r));
+      }
+    }
   } catch (const Error& e) {
     throw Error(e.what());
   } catch (const std::exception& e) {
@@ -332,6 +348,16 @@ void check_codes(const QuantPoint& q, const at::Tensor& w, const std::string& wh
 void check_plan(const QuantPlan& p, const Graph& g, const std::string& where) {
   if (p.model != g.meta.name)
     fail("{}: plan is for model '{}', not '{}'", where, p.model, g.meta.name);
+  std::map<int, at::Tensor> changed;
+  try {
+    changed = reparam_constants(g, p);
+  } catch (const Error& e) {
+    fail("{}: {}", where, e.what());
+  }
+  auto constant = [&](int v) -> const at::Tensor& {
+    auto it = changed.find(v);
+    return it != changed.end() ? it->second : g.const_tensor(v);
+  };
   std::set<std::pair<std::string, int>> points;
   for (const auto& q : p.points) {
     if (!points.emplace(q.node, q.slot).second) fail("{}: {} slot {} is listed twice in the plan", where, q.node, q.slot);
@@ -363,7 +389,7 @@ void check_plan(const QuantPlan& p, const Graph& g, const std::string& where) {
         fail("{}: {} slot {}: a power-of-two-factor quantizer has one zero point for all channels", where, q.node, q.slot);
     }
     if (q.weight) {
-      const auto& w = g.const_tensor(n->inputs[static_cast<size_t>(q.slot)]);
+      const auto& w = constant(n->inputs[static_cast<size_t>(q.slot)]);
       const auto expected = reduce_amax(w, q.spec).sizes().vec();
       if (q.params.scale.sizes().vec() != expected || q.params.zero_point.sizes().vec() != expected)
         fail("{}: the scales of {} have shape [{}], its weight [{}] needs [{}]", where, q.node,
@@ -405,6 +431,61 @@ void check_plan(const QuantPlan& p, const Graph& g, const std::string& where) {
       fail("{}: plan corrects the bias of {}, which is not a Linear or Conv2d layer with a bias", where, node);
     if (b.numel() != g.const_tensor(n->inputs[1]).size(0)) fail("{}: corrected bias of {} has the wrong size", where, node);
   }
+}
+
+std::map<int, at::Tensor> reparam_constants(const Graph& g, const QuantPlan& p) {
+  std::map<int, at::Tensor> out;
+  if (p.reparams.empty()) return out;
+  std::vector<std::string> names;
+  for (const auto& r : p.reparams) names.push_back(r.layernorm);
+  if (!g.reparameterised.empty()) {
+    if (g.reparameterised != names) fail("the model is already reparameterised by another plan");
+    return out;
+  }
+  const auto readers = g.consumers();
+  std::set<std::string> seen;
+  for (const auto& r : p.reparams) {
+    if (!seen.insert(r.layernorm).second) fail("LayerNorm {} is reparameterised twice", r.layernorm);
+    const Node* ln = g.find_node(r.layernorm);
+    if (!ln || ln->op != OpKind::LayerNorm) fail("reparameterisation of {}, which is not a LayerNorm of the model", r.layernorm);
+    if (ln->inputs.size() < 3 || !g.is_const(ln->inputs[1]) || !g.is_const(ln->inputs[2]))
+      fail("reparameterisation of {}: the LayerNorm has no constant weight and bias", r.layernorm);
+    const auto& gamma = g.const_tensor(ln->inputs[1]);
+    const auto& beta = g.const_tensor(ln->inputs[2]);
+    const int64_t c = gamma.numel();
+    if (gamma.dim() != 1 || r.scale.dim() != 1 || r.shift.dim() != 1 || r.scale.numel() != c || r.shift.numel() != c)
+      fail("reparameterisation of {}: scale and shift must have the LayerNorm's {} channels", r.layernorm, c);
+    if (!(r.scale > 0).all().item<bool>() || !at::isfinite(r.scale).all().item<bool>() || !at::isfinite(r.shift).all().item<bool>())
+      fail("reparameterisation of {}: scales must be positive and finite, shifts finite", r.layernorm);
+    auto scale = r.scale.to(at::kDouble), shift = r.shift.to(at::kDouble);
+    out[ln->inputs[1]] = (gamma.to(at::kDouble) / scale).to(gamma.scalar_type());
+    out[ln->inputs[2]] = ((beta.to(at::kDouble) + shift) / scale).to(beta.scalar_type());
+    const auto& rd = readers[static_cast<size_t>(ln->outputs[0])];
+    if (rd.empty() || ln->outputs[0] == g.output) fail("reparameterisation of {}: its output is not read by a layer", r.layernorm);
+    for (int k : rd) {
+      const Node& n = g.nodes[static_cast<size_t>(k)];
+      if (n.op != OpKind::Linear || n.inputs[0] != ln->outputs[0] || n.inputs.size() < 3 || n.inputs[2] < 0 ||
+          !g.is_const(n.inputs[1]) || !g.is_const(n.inputs[2]))
+        fail("reparameterisation of {}: its output is read by {}, which is not a Linear layer with a constant weight and bias",
+             r.layernorm, n.name);
+      const auto& w = g.const_tensor(n.inputs[1]);
+      const auto& b = g.const_tensor(n.inputs[2]);
+      if (w.dim() != 2 || w.size(1) != c || out.count(n.inputs[1]) || out.count(n.inputs[2]))
+        fail("reparameterisation of {}: {} does not take its {} channels, or shares its weights", r.layernorm, n.name, c);
+      auto wd = w.to(at::kDouble);
+      out[n.inputs[1]] = (wd * scale.unsqueeze(0)).to(w.scalar_type());
+      out[n.inputs[2]] = (b.to(at::kDouble) - at::mv(wd, shift)).to(b.scalar_type());
+    }
+  }
+  return out;
+}
+
+Graph with_reparams(const Graph& g, const QuantPlan& p) {
+  Graph out = g;
+  for (auto& [v, t] : reparam_constants(g, p)) out.consts[static_cast<size_t>(v)] = t;
+  if (out.reparameterised.empty())
+    for (const auto& r : p.reparams) out.reparameterised.push_back(r.layernorm);
+  return out;
 }
 
 QuantPlan load_plan(const std::string& path, const Graph& g) {

@@ -47,16 +47,28 @@ struct IntOp {
   QuantParams out_params;
 };
 
+// RepQ-ViT's scale reparameterisation of one LayerNorm (methods/repqvit.cpp): its output x becomes, per channel c,
+// x'_c = (x_c + shift_c) / scale_c, through γ'_c = γ_c / scale_c and β'_c = (β_c + shift_c) / scale_c, and every
+// Linear that reads it absorbs the change: W' = W · diag(scale), b' = b − W · shift — the FP model computes the
+// same function, and a per-tensor quantizer of x' can equal a per-channel one of x. The plan's quantizers are those
+// of the reparameterised model (its weight points quantize W').
+struct Reparam {
+  std::string layernorm;  // node name
+  at::Tensor scale;       // [C], positive
+  at::Tensor shift;       // [C]
+};
+
 struct QuantPlan {
   // 2: quantizer kinds (twin uniform, log2, PTF), scale2, integer ops. 3: learned weight codes (AdaRound).
-  // Versions 1 and 2 load.
-  static constexpr int kVersion = 3;
+  // 4: reparameterisations, the log√2 quantizer. Versions 1 to 3 load.
+  static constexpr int kVersion = 4;
   std::string model;      // Graph::meta.name
   std::string method;
   nlohmann::json settings = nlohmann::json::object();  // bits, calibration set, size, seed, method options
   std::vector<QuantPoint> points;
   std::map<std::string, at::Tensor> bias;  // node -> replacement bias (bias correction)
   std::vector<IntOp> int_ops;
+  std::vector<Reparam> reparams;
 
   QuantPoint* find(const std::string& node, int slot);
   const QuantPoint* find(const std::string& node, int slot) const;
@@ -75,6 +87,14 @@ std::vector<QuantPoint> default_placement(const Graph& graph, const PlacementOpt
 // Whether (node, slot) may carry a quantizer: inputs 0/1 of quantizable layers, the activation input of a
 // LayerNorm / Softmax / GELU, both inputs of a residual add.
 bool is_quant_point(const Graph& graph, const Node& node, int slot);
+
+// The constants the plan's reparameterisations change, by value id (LayerNorm γ/β, the readers' weights and
+// biases); empty when it has none, or when `graph` is already reparameterised by them (with_reparams). Error when a
+// reparameterisation does not fit the graph (not a LayerNorm, a reader that is not a Linear with a bias, sizes).
+std::map<int, at::Tensor> reparam_constants(const Graph& graph, const QuantPlan& plan);
+// The graph with the plan's reparameterisations applied (a copy sharing the unchanged tensors), marked so that
+// applying them again changes nothing: what the exporter, the integer runtime and the reconstruction work on.
+Graph with_reparams(const Graph& graph, const QuantPlan& plan);
 
 nlohmann::json plan_to_json(const QuantPlan& plan);
 QuantPlan plan_from_json(const nlohmann::json& j, const std::string& where);

@@ -63,14 +63,17 @@ const char* quant_kind_name(QuantKind k) {
     case QuantKind::TwinUniform: return "twin_uniform";
     case QuantKind::Log2: return "log2";
     case QuantKind::PowerOfTwoFactor: return "ptf";
+    case QuantKind::LogSqrt2: return "log_sqrt2";
   }
   return "?";
 }
 
+bool is_log_kind(QuantKind k) { return k == QuantKind::Log2 || k == QuantKind::LogSqrt2; }
+
 QuantKind parse_quant_kind(const std::string& name) {
-  for (auto k : {QuantKind::Uniform, QuantKind::TwinUniform, QuantKind::Log2, QuantKind::PowerOfTwoFactor})
+  for (auto k : {QuantKind::Uniform, QuantKind::TwinUniform, QuantKind::Log2, QuantKind::PowerOfTwoFactor, QuantKind::LogSqrt2})
     if (name == quant_kind_name(k)) return k;
-  fail("unknown quantizer kind '{}' (uniform, twin_uniform, log2, ptf)", name);
+  fail("unknown quantizer kind '{}' (uniform, twin_uniform, log2, log_sqrt2, ptf)", name);
 }
 
 int64_t QuantSpec::qmin() const {
@@ -82,7 +85,7 @@ int64_t QuantSpec::qmax() const { return is_signed ? (int64_t{1} << (bits - 1)) 
 void QuantSpec::validate() const {
   if (bits < 2 || bits > 8) fail("bits must be between 2 and 8, got {}", bits);
   if (granularity == Granularity::PerGroup && group_size <= 0) fail("per-group quantization needs a positive group size");
-  if (kind == QuantKind::Log2 && is_signed) fail("a log2 quantizer is for non-negative data (unsigned)");
+  if (is_log_kind(kind) && is_signed) fail("a {} quantizer is for non-negative data (unsigned)", quant_kind_name(kind));
   if (kind == QuantKind::PowerOfTwoFactor && granularity != Granularity::PerChannel)
     fail("a power-of-two-factor quantizer is per channel");
   if (kind != QuantKind::Uniform && kind != QuantKind::PowerOfTwoFactor && granularity == Granularity::PerGroup)
@@ -94,6 +97,7 @@ std::string QuantSpec::describe() const {
   if (granularity == Granularity::PerChannel || granularity == Granularity::PerHead) g += fmt::format("({})", axis);
   if (granularity == Granularity::PerGroup) g += fmt::format("({})", group_size);
   if (kind == QuantKind::Log2) return fmt::format("log2 {}-bit", bits);
+  if (kind == QuantKind::LogSqrt2) return fmt::format("log-sqrt2 {}-bit", bits);
   const std::string k = kind == QuantKind::Uniform ? "" : std::string(" ") + quant_kind_name(kind);
   return fmt::format("{}{} {}{} per-{}", is_signed ? "int" : "uint", bits, symmetric ? "sym" : "asym", k, g);
 }
@@ -155,16 +159,19 @@ at::Tensor twin_fake_quant(const at::Tensor& x, const QuantSpec& s, const QuantP
   return x + (q - x).detach();       // straight-through
 }
 
+// codes per octave: 1 for log2, 2 for log√2
+double log_steps(const QuantSpec& s) { return s.kind == QuantKind::LogSqrt2 ? 2.0 : 1.0; }
+
 at::Tensor log2_codes(const at::Tensor& x, const QuantSpec& s, const QuantParams& p) {
   auto y = x / p.scale;
-  auto c = at::clamp_min(at::round(-at::log2(y)), 0.0);
+  auto c = at::clamp_min(at::round(-log_steps(s) * at::log2(y)), 0.0);
   const double top = log2_max_code(s);
   return at::where((y > 0) & (c <= top), c, at::full_like(c, top + 1));
 }
 
 at::Tensor log2_fake_quant(const at::Tensor& x, const QuantSpec& s, const QuantParams& p) {
   auto c = log2_codes(x, s, p);
-  auto q = at::where(c <= log2_max_code(s), p.scale * at::exp2(-c), at::zeros_like(x));
+  auto q = at::where(c <= log2_max_code(s), p.scale * at::exp2(-c / log_steps(s)), at::zeros_like(x));
   if (!x.requires_grad()) return q;
   return x + (q - x).detach();
 }
@@ -195,7 +202,7 @@ QuantParams twin_gelu_params(int bits, double coarse, double negative_floor) {
 QuantParams log2_params() { return {at::ones({1}), at::zeros({1}), {}}; }
 
 at::Tensor quantize_codes(const at::Tensor& x, const QuantSpec& s, const QuantParams& p) {
-  if (s.kind == QuantKind::Log2) return log2_codes(x, s, p);
+  if (is_log_kind(s.kind)) return log2_codes(x, s, p);
   if (s.kind == QuantKind::TwinUniform) fail("quantize_codes: twin-uniform codes are not a single grid");
   check_axis(x, s);
   auto xg = grouped(x, s);
@@ -205,7 +212,7 @@ at::Tensor quantize_codes(const at::Tensor& x, const QuantSpec& s, const QuantPa
 
 at::Tensor fake_quant(const at::Tensor& x, const QuantSpec& s, const QuantParams& p) {
   if (s.kind == QuantKind::TwinUniform) return twin_fake_quant(x, s, p);
-  if (s.kind == QuantKind::Log2) return log2_fake_quant(x, s, p);
+  if (is_log_kind(s.kind)) return log2_fake_quant(x, s, p);
   check_axis(x, s);
   auto xg = grouped(x, s);
   auto scale = group_param(p.scale, s), zp = group_param(p.zero_point, s);
@@ -236,16 +243,16 @@ at::Tensor reference_elementwise(const at::Tensor& x_in, const QuantSpec& s, con
       else
         o[i] = c1 <= n ? static_cast<float>(std::max(c1, 0.0)) * d1 : static_cast<float>(c2) * d2;
     }
-  } else {  // Log2
-    const double top = log2_max_code(s);
+  } else {  // Log2, LogSqrt2
+    const double top = log2_max_code(s), k = s.kind == QuantKind::LogSqrt2 ? 2.0 : 1.0;
     for (int64_t i = 0; i < x.numel(); ++i) {
       const float y = xs[i] / d1;
       if (!(y > 0)) {
         o[i] = 0;
         continue;
       }
-      const double c = std::max(0.0, std::nearbyint(-std::log2(static_cast<double>(y))));
-      o[i] = c <= top ? static_cast<float>(d1 * std::exp2(-c)) : 0.0f;
+      const double c = std::max(0.0, std::nearbyint(-k * std::log2(static_cast<double>(y))));
+      o[i] = c <= top ? static_cast<float>(d1 * std::exp2(-c / k)) : 0.0f;
     }
   }
   return out.reshape(x_in.sizes());
@@ -253,7 +260,7 @@ at::Tensor reference_elementwise(const at::Tensor& x_in, const QuantSpec& s, con
 }  // namespace
 
 at::Tensor fake_quant_reference(const at::Tensor& x_in, const QuantSpec& s, const QuantParams& p) {
-  if (s.kind == QuantKind::TwinUniform || s.kind == QuantKind::Log2) {
+  if (s.kind == QuantKind::TwinUniform || is_log_kind(s.kind)) {
     if (p.scale.numel() != 1) fail("the reference of a {} quantizer takes one scale", quant_kind_name(s.kind));
     return reference_elementwise(x_in, s, p);
   }

@@ -28,10 +28,14 @@ Granularity parse_granularity(const std::string& name);
 //                     signed (post-GELU): x < 0 on the fine grid (-(2^(b-1)-1)..0)·Δ1, x >= 0 on the coarse grid.
 //   Log2              FQ-ViT's log quantizer for values in [0, scale]: c = round(-log2(x/scale)) (rounded in the
 //                     log domain), x̂ = scale·2^-c for c <= 2^b - 1, 0 beyond (and for x <= 0).
+//   LogSqrt2          RepQ-ViT's log√2 quantizer for values in [0, scale]: c = round(-2·log2(x/scale)) (at least 0),
+//                     x̂ = scale·2^(-c/2) for c <= 2^b - 1, 0 beyond (and for x <= 0) — twice log2's resolution.
 //   PowerOfTwoFactor  FQ-ViT's PTF: per-channel uniform (axis = channel) whose scales are s·2^α_c, α_c in 0..3,
 //                     and one zero point for every channel — a uniform per-channel quantizer with that
 //                     constraint, checked when a plan is loaded.
-enum class QuantKind { Uniform, TwinUniform, Log2, PowerOfTwoFactor };
+enum class QuantKind { Uniform, TwinUniform, Log2, PowerOfTwoFactor, LogSqrt2 };
+// Log2 or LogSqrt2
+bool is_log_kind(QuantKind k);
 const char* quant_kind_name(QuantKind k);
 QuantKind parse_quant_kind(const std::string& name);
 
@@ -70,7 +74,7 @@ QuantParams params_from_range(const at::Tensor& lo, const at::Tensor& hi, const 
 // the clamp range), so gradients reach x and, LSQ-style, scale when it requires grad.
 at::Tensor fake_quant(const at::Tensor& x, const QuantSpec& spec, const QuantParams& params);
 // Integer codes (float tensor holding integers) of a Uniform / PowerOfTwoFactor quantizer; for Log2 the
-// exponent c (2^b for values that quantize to 0).
+// exponent c (2^b for values that quantize to 0), for LogSqrt2 likewise (x̂ = scale·2^(-c/2)).
 at::Tensor quantize_codes(const at::Tensor& x, const QuantSpec& spec, const QuantParams& params);
 // Plain-loop reference of fake_quant on CPU (round half to even, as libtorch's round), for the tests; covers
 // every kind.

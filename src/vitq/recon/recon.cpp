@@ -638,9 +638,11 @@ std::vector<at::Tensor> fisher_weights(const std::map<int, at::Tensor>& grads, c
 
 }  // namespace
 
-std::vector<BlockResult> reconstruct(const Graph& g, const at::Tensor& calib, QuantPlan& plan, const std::vector<Block>& blocks,
+std::vector<BlockResult> reconstruct(const Graph& model, const at::Tensor& calib, QuantPlan& plan, const std::vector<Block>& blocks,
                                      const ReconOptions& o) {
   o.validate();
+  // a reparameterised plan (RepQ-ViT) trains the reparameterised model's weights and LayerNorms (the same FP function)
+  const Graph g = with_reparams(model, plan);
   if (blocks.empty()) fail("reconstruction: the plan quantizes no layer, there is nothing to reconstruct");
   const c10::Device dev(o.device);
   const int64_t n = o.images > 0 ? std::min<int64_t>(o.images, calib.size(0)) : calib.size(0);
@@ -695,8 +697,9 @@ std::vector<BlockResult> reconstruct(const Graph& g, const at::Tensor& calib, Qu
   return results;
 }
 
-double block_output_mse(const Graph& g, const at::Tensor& images, const QuantPlan& plan, const Block& b) {
+double block_output_mse(const Graph& model, const at::Tensor& images, const QuantPlan& plan, const Block& b) {
   at::InferenceMode guard;
+  const Graph g = with_reparams(model, plan);
   Executor ex(g);
   Stream fp(ex, images), q(ex, images);
   QuantizedModel qm(g, plan);

@@ -40,7 +40,8 @@ std::vector<ActivationHistogram> activation_histograms(const Graph& g, const Qua
     }
     return t;
   };
-  Executor(g).run(images, &capture);
+  const Graph reparameterised = with_reparams(g, plan);  // the inputs the quantizers see (RepQ-ViT's plans)
+  Executor(reparameterised).run(images, &capture);
 
   std::vector<ActivationHistogram> out;
   for (const auto& name : nodes) {
@@ -78,8 +79,8 @@ std::vector<ActivationHistogram> activation_histograms(const Graph& g, const Qua
       at::Tensor s1 = p.params.scale.abs(), step_top = s1, step_bottom = s1;
       if (p.spec.kind == QuantKind::TwinUniform && p.params.scale2.defined()) step_top = p.params.scale2.abs();
       at::Tensor top_margin = 0.5 * step_top, bottom_margin = 0.5 * step_bottom;
-      if (p.spec.kind == QuantKind::Log2) {
-        top_margin = (std::sqrt(2.0) - 1) * s1;
+      if (is_log_kind(p.spec.kind)) {
+        top_margin = (p.spec.kind == QuantKind::Log2 ? std::sqrt(2.0) - 1 : std::pow(2.0, 0.25) - 1) * s1;
         bottom_margin = at::zeros_like(s1);
       }
       h.outside = (v > top + top_margin).logical_or(v < bottom - bottom_margin).sum().item<int64_t>();

@@ -1,0 +1,187 @@
+// RepQ-ViT on the shared DeiT-Tiny: the reparameterisation keeps the FP function, its per-tensor quantizer gives
+// exactly the per-channel quantization it stands for (checked against a plain per-channel reference), plans carry it
+// through save / load and reject broken ones, and the log√2 quantizer matches its definition.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <iostream>
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+
+#include "test_util.h"
+#include "vitq/data/dataset.h"
+#include "vitq/graph/executor.h"
+#include "vitq/methods/method.h"
+#include "vitq/models/model_loader.h"
+#include "vitq/quant/calibration.h"
+#include "vitq/quant/fake_quant.h"
+#include "vitq/util/error.h"
+
+using namespace vitq;
+using namespace vitq::test;
+
+namespace {
+const Graph& model() {
+  static Graph g = load_model(model_dir().string());
+  return g;
+}
+const at::Tensor& images() {
+  static at::Tensor t = load_calibration(model(), open_dataset(imagenet("calib1000").string()), 4, 0, false);
+  return t;
+}
+const QuantPlan& plan4() {
+  static QuantPlan p = [] {
+    MethodOptions o;
+    o.progress = false;
+    o.placement.wbits = o.placement.abits = 4;
+    return run_method(model(), images(), "repqvit", o);
+  }();
+  return p;
+}
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+double max_rel_diff(const at::Tensor& a, const at::Tensor& b) {
+  return (a - b).abs().max().item<double>() / std::max(1e-12, b.abs().max().item<double>());
+}
+}  // namespace
+
+TEST(RepQvit, ReparameterisationKeepsTheFpFunction) {
+  const QuantPlan& plan = plan4();
+  // DeiT: norm1 and norm2 of every block (the final norm reaches the head through the class-token slice)
+  EXPECT_EQ(plan.reparams.size(), 24u);
+  EXPECT_EQ(plan.settings.at("reparameterised_layernorms").get<int>(), 24);
+  bool some_channel_moved = false;
+  for (const auto& r : plan.reparams) {
+    EXPECT_TRUE((r.scale > 0).all().item<bool>()) << r.layernorm;
+    some_channel_moved |= (r.scale - 1).abs().max().item<double>() > 0.1 && r.shift.abs().max().item<double>() > 0;
+  }
+  EXPECT_TRUE(some_channel_moved);
+  at::InferenceMode guard;
+  const auto fp = Executor(model()).run(images());
+  const Graph rg = with_reparams(model(), plan);
+  EXPECT_EQ(rg.reparameterised.size(), 24u);
+  const auto* gamma = &rg.const_tensor(rg.find_node("blocks.0.norm1")->inputs[1]);
+  EXPECT_FALSE(at::equal(*gamma, model().const_tensor(model().find_node("blocks.0.norm1")->inputs[1])));
+  EXPECT_LT(max_rel_diff(Executor(rg).run(images()), fp), 1e-4);
+  // applying it to the reparameterised graph again changes nothing
+  EXPECT_TRUE(reparam_constants(rg, plan).empty());
+  // the simulation applies it too: a plan with only the reparameterisations is the FP model
+  QuantPlan only = plan;
+  only.points.clear();
+  EXPECT_LT(max_rel_diff(QuantizedModel(model(), only).run(images()), fp), 1e-4);
+  // and the quantized model runs and mostly agrees with FP on these images at W4A4
+  auto q = QuantizedModel(model(), plan).run(images());
+  EXPECT_TRUE(at::isfinite(q).all().item<bool>());
+}
+
+TEST(RepQvit, PerTensorQuantizerOfTheReparameterisedInputIsThePerChannelOne) {
+  const QuantPlan& plan = plan4();
+  const std::string layer = "blocks.3.mlp.fc1", ln = "blocks.3.norm2";
+  const Reparam* r = nullptr;
+  for (const auto& x : plan.reparams)
+    if (x.layernorm == ln) r = &x;
+  ASSERT_NE(r, nullptr);
+  const QuantPoint* in = plan.find(layer, 0);
+  ASSERT_NE(in, nullptr);
+  EXPECT_EQ(in->params.scale.numel(), 1);
+  // only this input quantized (weights FP), on the reparameterised model
+  QuantPlan one = plan;
+  one.points = {*in};
+  at::InferenceMode guard;
+  at::Tensor out_q;
+  ExecHooks h;
+  h.on_output = [&](const Node& n, const std::vector<at::Tensor>& o) {
+    if (n.name == layer) out_q = o[0];
+  };
+  QuantizedModel(model(), one).run(images(), &h);
+  // reference: the original model's FP input of the layer, quantized per channel with step s̃·r1_c and zero point
+  // z̃ + shift_c / step_c, through the original weight and bias
+  auto fp = capture_layers(model(), images());
+  const auto x = fp.inputs.at(layer)[0].to(at::kDouble);
+  const double s = in->params.scale.item<double>(), z = in->params.zero_point.item<double>();
+  const auto step = s * r->scale.to(at::kDouble);
+  const auto zc = z + at::round(r->shift.to(at::kDouble) / step);
+  EXPECT_TRUE(at::allclose(r->shift.to(at::kDouble) / step, at::round(r->shift.to(at::kDouble) / step), 0, 1e-3));
+  const double top = std::pow(2.0, in->spec.bits) - 1;
+  const auto codes = at::clamp(at::round(x / step) + zc, 0.0, top);
+  const auto xq = (codes - zc) * step;
+  const Node* n = model().find_node(layer);
+  const auto w = model().const_tensor(n->inputs[1]).to(at::kDouble), b = model().const_tensor(n->inputs[2]).to(at::kDouble);
+  const auto ref = at::matmul(xq, w.t()) + b;
+  // equal but for the rare element whose x / s_c lies on a rounding boundary, where x' / s̃ (computed in float from
+  // reparameterised constants) may round the other way: one code step on one channel of one token
+  const auto diff = (out_q.to(at::kDouble) - ref).abs().amax(-1);  // per token
+  const double tol = 1e-4 * ref.abs().max().item<double>();
+  const double tokens_off = (diff > tol).to(at::kDouble).mean().item<double>();
+  std::cout << "tokens off " << tokens_off << ", max rel diff " << max_rel_diff(out_q.to(at::kDouble), ref) << "\n";
+  EXPECT_LT(tokens_off, 0.01);
+  EXPECT_LT(max_rel_diff(out_q.to(at::kDouble), ref), 0.05);
+  // and it is not what a per-tensor quantizer of the original input would give
+  const auto plain = at::matmul((at::clamp(at::round(x / s) + z, 0.0, top) - z) * s, w.t()) + b;
+  EXPECT_GT(max_rel_diff(plain, ref), 1e-2);
+}
+
+TEST(RepQvit, PlansCarryTheReparameterisationAndBrokenOnesAreRejected) {
+  TempDir dir;
+  const std::string path = (dir / "repq.json").string();
+  save_plan(plan4(), path);
+  QuantPlan loaded = load_plan(path, model());
+  ASSERT_EQ(loaded.reparams.size(), plan4().reparams.size());
+  at::InferenceMode guard;
+  EXPECT_TRUE(at::equal(QuantizedModel(model(), loaded).run(images()), QuantizedModel(model(), plan4()).run(images())));
+  int log_sqrt2 = 0;
+  for (const auto& p : loaded.points) log_sqrt2 += p.spec.kind == QuantKind::LogSqrt2;
+  EXPECT_EQ(log_sqrt2, 12);  // softmax · v of every block
+  const auto j = plan_to_json(plan4());
+  auto edit_and_load = [&](const std::function<void(nlohmann::json&)>& edit) {
+    auto copy = j;
+    edit(copy);
+    const std::string p = (dir / "broken.json").string();
+    std::ofstream(p) << copy.dump();
+    return error_of([&] { load_plan(p, model()); });
+  };
+  EXPECT_NE(edit_and_load([](nlohmann::json& c) { c["reparams"][0]["scale"]["data"][3] = -1.0; }).find("positive"),
+            std::string::npos);
+  EXPECT_NE(edit_and_load([](nlohmann::json& c) { c["reparams"][0]["layernorm"] = "blocks.0.attn.qkv"; }).find("not a LayerNorm"),
+            std::string::npos);
+  EXPECT_NE(edit_and_load([](nlohmann::json& c) { c["reparams"][1] = c["reparams"][0]; }).find("twice"), std::string::npos);
+  EXPECT_NE(edit_and_load([](nlohmann::json& c) {
+              c["reparams"][0]["scale"]["data"].erase(0);
+              c["reparams"][0]["scale"]["shape"][0] = 191;
+            }).find("channels"),
+            std::string::npos);
+  EXPECT_NE(edit_and_load([](nlohmann::json& c) { c["version"] = 3; }).find("version 4"), std::string::npos);
+  EXPECT_NE(edit_and_load([](nlohmann::json& c) { c["reparams"][0]["layernorm"] = "norm"; }).find("not a Linear"),
+            std::string::npos);
+}
+
+TEST(RepQvit, LogSqrt2QuantizerFollowsItsDefinition) {
+  QuantSpec s;
+  s.bits = 4;
+  s.symmetric = false;
+  s.is_signed = false;
+  s.kind = QuantKind::LogSqrt2;
+  EXPECT_EQ(parse_quant_kind("log_sqrt2"), QuantKind::LogSqrt2);
+  QuantParams p{at::full({1}, 0.5f), at::zeros({1}), {}};
+  // x / 0.5 = 1 -> c 0; 0.7 -> c = round(1.03) = 1 -> 0.5·2^-0.5; 2.0 (above the scale) -> c 0; 2^-7.5 -> c 15;
+  // 2^-8 -> c 16 > 15 -> 0; 0 and negatives -> 0
+  auto x = at::tensor({0.5f, 0.35f, 1.0f, 0.5f * std::pow(2.0f, -7.5f), 0.5f * std::pow(2.0f, -8.0f), 0.0f, -0.2f});
+  auto want = at::tensor({0.5f, 0.5f * std::pow(2.0f, -0.5f), 0.5f, 0.5f * std::pow(2.0f, -7.5f), 0.0f, 0.0f, 0.0f});
+  EXPECT_TRUE(at::allclose(fake_quant(x, s, p), want, 1e-6, 1e-9)) << fake_quant(x, s, p);
+  auto codes = quantize_codes(x, s, p);
+  EXPECT_EQ(codes[1].item<float>(), 1.0f);
+  EXPECT_EQ(codes[3].item<float>(), 15.0f);
+  EXPECT_EQ(codes[4].item<float>(), 16.0f);  // 2^b: quantizes to 0
+  auto r = at::rand({4096}, at::TensorOptions().dtype(at::kFloat));
+  EXPECT_TRUE(at::allclose(fake_quant(r, s, p), fake_quant_reference(r, s, p), 1e-5, 1e-7));
+  s.is_signed = true;
+  EXPECT_THROW(s.validate(), Error);
+}
