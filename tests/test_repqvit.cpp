@@ -64,6 +64,14 @@ TEST(RepQvit, ReparameterisationKeepsTheFpFunction) {
     some_channel_moved |= (r.scale - 1).abs().max().item<double>() > 0.1 && r.shift.abs().max().item<double>() > 0;
   }
   EXPECT_TRUE(some_channel_moved);
+  // constant channels (LayerNorm γ = 0 in this model: blocks.0.norm2, blocks.1.norm1) get an ordinary step, so the
+  // per-tensor zero point (the mean of the channels') stays inside the grid rather than pinned to its end
+  for (const auto& r : plan.reparams) EXPECT_GT(r.scale.min().item<double>(), 1e-3) << r.layernorm;
+  for (const auto& p : plan.points)
+    if (!p.weight && p.slot == 0 && (p.node.find("qkv") != std::string::npos || p.node.find("fc1") != std::string::npos)) {
+      EXPECT_GT(p.params.zero_point.item<double>(), 0) << p.node;
+      EXPECT_LT(p.params.zero_point.item<double>(), 15) << p.node;
+    }
   at::InferenceMode guard;
   const auto fp = Executor(model()).run(images());
   const Graph rg = with_reparams(model(), plan);

@@ -54,6 +54,8 @@ std::string apply_method_variant(const std::string& spec, MethodOptions& o) {
       if (v == "mpkl") o.mp_sensitivity = "kl";
       if (o.avg_bits == 0) o.avg_bits = o.placement.wbits;
     } else if (v == "attn8") o.attn_bits = 8;
+    else if (v == "noreparam") o.reparam = false;
+    else if (v == "nolog") o.log_softmax = false;
     else if (v == "recon") {
       if (o.reconstruct.empty() || o.reconstruct == "none") o.reconstruct = "block";
     } else fail("unknown method variant '+{}' in '{}' (norank, nobc, holdout, cosine, mp, mpkl, attn8, noreparam, nolog, recon)", v, spec);

@@ -11,8 +11,9 @@
 //      (and the 0.1st / ... at the bottom), whichever quantizes the calibration tensor with the least squared error
 //      (per channel for per-channel weights).
 // Convention "paper": weights asymmetric per channel, activations asymmetric per tensor, the image input at 8 bits
-// (as the official code); "common": the placement as given. Calibration sees each layer's FP input (the official
-// code calibrates in a forward pass of the partly quantized model). A LayerNorm whose output is read by anything
+// (as the official code); "common": the placement as given. Calibration is one pass of the calibration batch through
+// the model being quantized, as in the official code: each quantizer sees what the already quantized layers before it
+// produce. A LayerNorm whose output is read by anything
 // but Linear layers with a bias (Swin's window partition, for instance) is not reparameterised: its readers' inputs
 // get the per-tensor search.
 #include <ATen/ATen.h>
@@ -123,6 +124,18 @@ ChannelParams search_channels(const at::Tensor& x_in, int bits) {
     best.zero_point = at::where(better, zp, best.zero_point);
     best_err = at::where(better, err, best_err);
   }
+  // A constant channel (a LayerNorm γ of 0 leaves β alone) has no range: give it the median step, with the zero
+  // point that puts its value mid-grid (within half a step), rather than a step of ~0 and a zero point of ~1e8,
+  // which would pull the mean zero point (the per-tensor one) off the grid and, through it, offset every other
+  // channel of the reparameterised input.
+  const auto lo = std::get<0>(sorted.min(1));
+  const auto range = std::get<0>(sorted.max(1)) - lo;
+  const auto flat = range <= 1e-6 * std::max(1e-30, range.max().item<double>());
+  if (flat.any().item<bool>() && !flat.all().item<bool>()) {
+    const double median_step = best.step.masked_select(~flat).median().item<double>();
+    best.step = at::where(flat, at::full_like(best.step, median_step), best.step);
+    best.zero_point = at::where(flat, at::round(-lo / median_step + top / 2), best.zero_point);
+  }
   return best;
 }
 
@@ -165,72 +178,101 @@ QuantPlan run_repqvit(const Graph& g, const at::Tensor& calib, const MethodOptio
       p.spec.validate();
     }
   }
-  LayerTensors storage;
-  const LayerTensors& fp = fp_layer_tensors(g, calib, o, storage);
-  auto fp_input = [&](const std::string& node, int slot) -> const at::Tensor& {
-    auto it = fp.inputs.find(node);
-    if (it == fp.inputs.end() || static_cast<int>(it->second.size()) <= slot || !it->second[static_cast<size_t>(slot)].defined())
-      fail("repqvit: no calibration input captured for {} slot {}", node, slot);
-    return it->second[static_cast<size_t>(slot)];
-  };
 
-  // 1-2. LayerNorms whose readers are all Linear layers with a quantized input: per-channel, reparameterised
-  std::set<std::string> reparam_done;  // reader layers whose input quantizer comes from a reparameterisation
-  int reparameterised = 0;
+  // LayerNorms whose readers are all Linear layers with an asymmetric per-tensor input quantizer of one width
+  struct Group {
+    std::vector<const Node*> layers;
+    bool done = false;
+    at::Tensor scale, shift;                   // float [C], on the activations' device
+    std::map<std::string, at::Tensor> w, b;    // reader -> W', b'
+  };
+  std::vector<Group> groups;
+  std::map<std::string, size_t> group_of;  // reader layer -> its group
   for (const auto& ln : g.nodes) {
     if (ln.op != OpKind::LayerNorm || !o.reparam) continue;
-    auto layers = reparam_readers(g, ln, readers);
-    if (layers.empty()) continue;
-    const QuantPoint* first = nullptr;
-    bool all_quantized = true;
-    for (const Node* n : layers) {
+    Group grp;
+    grp.layers = reparam_readers(g, ln, readers);
+    if (grp.layers.empty()) continue;
+    const QuantPoint* first = plan.find(grp.layers[0]->name, 0);
+    bool fits = true;
+    for (const Node* n : grp.layers) {
       const QuantPoint* p = plan.find(n->name, 0);
-      all_quantized &= p && p->spec.kind == QuantKind::Uniform && !p->spec.symmetric && !p->spec.is_signed &&
-                       p->spec.granularity == Granularity::PerTensor && (!first || p->spec.bits == first->spec.bits);
-      if (!first) first = p;
+      fits &= p && first && p->spec.kind == QuantKind::Uniform && !p->spec.symmetric && !p->spec.is_signed &&
+              p->spec.granularity == Granularity::PerTensor && p->spec.bits == first->spec.bits;
     }
-    if (!all_quantized || !first) continue;
-    const int bits = first->spec.bits;
-    ChannelParams cp = search_channels(fp_input(layers[0]->name, 0), bits);
-    const double top = static_cast<double>((int64_t{1} << bits) - 1);
-    const double s_mean = cp.step.mean().item<double>();
-    const double z_mean = std::clamp(std::nearbyint(cp.zero_point.mean().item<double>()), 0.0, top);
-    Reparam r;
-    r.layernorm = ln.name;
-    r.scale = (cp.step / s_mean).to(at::kFloat);
-    r.shift = (cp.step * (cp.zero_point - z_mean)).to(at::kFloat);
-    plan.reparams.push_back(std::move(r));
-    for (const Node* n : layers) {
-      QuantPoint* p = plan.find(n->name, 0);
-      p->params = {at::full({1}, static_cast<float>(s_mean)), at::full({1}, static_cast<float>(z_mean)), {}};
-      reparam_done.insert(n->name);
-    }
-    ++reparameterised;
+    if (!fits) continue;
+    for (const Node* n : grp.layers) group_of[n->name] = groups.size();
+    groups.push_back(std::move(grp));
   }
-  const auto changed = reparam_constants(g, plan);
 
-  // 3-4. the other quantizers; weights of reparameterised layers are W'
-  Progress bar("repqvit clipping search", plan.points.size(), o.progress);
-  size_t done = 0;
-  for (auto& p : plan.points) {
-    bar.update(done++, p.node);
-    const Node* n = g.find_node(p.node);
-    if (p.weight) {
-      const int v = n->inputs[static_cast<size_t>(p.slot)];
-      p.params = search_clipping(changed.count(v) ? changed.at(v) : g.const_tensor(v), p.spec);
-    } else if (p.slot == 0 && reparam_done.count(p.node)) {
-      continue;
-    } else if (p.spec.kind == QuantKind::LogSqrt2) {
-      p.params = search_log_scale(fp_input(p.node, p.slot), p.spec);
-    } else {
-      p.params = search_clipping(fp_input(p.node, p.slot), p.spec);
+  // One pass of the calibration batch through the model being quantized, as the official code calibrates: each
+  // quantizer takes its parameters from the first input it sees — the output of the layers before it, already
+  // quantized — and quantizes it. At a reparameterised LayerNorm's first reader the per-channel parameters are
+  // searched, turned into the reparameterisation, and the readers run as the reparameterised model does (x', W', b').
+  Progress bar("repqvit calibration", plan.points.size(), o.progress);
+  size_t calibrated = 0;
+  auto calibrate = [&](QuantPoint& p, const at::Tensor& t) {
+    if (p.params.scale.defined()) return;
+    if (p.spec.kind == QuantKind::LogSqrt2) p.params = search_log_scale(t, p.spec);
+    else p.params = search_clipping(t, p.spec);
+    bar.update(++calibrated, p.node);
+  };
+  ExecHooks h;
+  h.transform_input = [&](const Node& n, size_t slot, const at::Tensor& t) -> at::Tensor {
+    QuantPoint* p = plan.find(n.name, static_cast<int>(slot));
+    auto git = group_of.find(n.name);
+    if (git != group_of.end() && slot <= 2) {
+      Group& grp = groups[git->second];
+      if (slot == 0 && !grp.done) {
+        const int bits = p->spec.bits;
+        ChannelParams cp = search_channels(t, bits);
+        const double top = static_cast<double>((int64_t{1} << bits) - 1);
+        const double s_mean = cp.step.mean().item<double>();
+        const double z_mean = std::clamp(std::nearbyint(cp.zero_point.mean().item<double>()), 0.0, top);
+        const auto scale = cp.step / s_mean, shift = cp.step * (cp.zero_point - z_mean);
+        const Node* ln = g.nodes[static_cast<size_t>(g.values[static_cast<size_t>(n.inputs[0])].producer)].op == OpKind::LayerNorm
+                             ? &g.nodes[static_cast<size_t>(g.values[static_cast<size_t>(n.inputs[0])].producer)]
+                             : nullptr;
+        if (!ln) fail("repqvit: the input of {} is not a LayerNorm output", n.name);
+        plan.reparams.push_back({ln->name, scale.to(at::kFloat), shift.to(at::kFloat)});
+        for (const Node* r : grp.layers) {
+          const auto wd = g.const_tensor(r->inputs[1]).to(at::kDouble);
+          grp.w[r->name] = (wd * scale.unsqueeze(0)).to(at::kFloat);
+          grp.b[r->name] = (g.const_tensor(r->inputs[2]).to(at::kDouble) - at::mv(wd, shift)).to(at::kFloat);
+          QuantPoint* in = plan.find(r->name, 0);
+          in->params = {at::full({1}, static_cast<float>(s_mean)), at::full({1}, static_cast<float>(z_mean)), {}};
+          bar.update(++calibrated, r->name);
+        }
+        grp.scale = scale.to(t.device(), at::kFloat);
+        grp.shift = shift.to(t.device(), at::kFloat);
+        grp.done = true;
+      }
+      if (slot == 0) {
+        auto xp = (t + grp.shift) / grp.scale;
+        return fake_quant(xp, p->spec, p->params);
+      }
+      if (slot == 2) return grp.b.at(n.name).to(t.device());
+      const auto& w = grp.w.at(n.name);
+      if (!p) return w.to(t.device());
+      calibrate(*p, w);
+      return quantize_point(*p, w).to(t.device());
     }
+    if (!p) return t;
+    calibrate(*p, t);
+    return quantize_point(*p, t);
+  };
+  {
+    at::InferenceMode guard;
+    Executor(g).run(calib, &h);
   }
-  bar.finish(fmt::format("{} LayerNorms reparameterised", reparameterised));
-  plan.settings["reparameterised_layernorms"] = reparameterised;
+  for (const auto& p : plan.points)
+    if (!p.params.scale.defined()) fail("repqvit: {} input {} was not reached by the calibration pass", p.node, p.slot);
+  bar.finish(fmt::format("{} LayerNorms reparameterised", plan.reparams.size()));
+  plan.settings["reparameterised_layernorms"] = plan.reparams.size();
   plan.settings["clipping_percentiles"] = kPercentiles;
   plan.settings["softmax_quantizer"] = o.log_softmax ? "log_sqrt2" : "uniform";
   plan.settings["weights"] = paper ? "asymmetric per-channel (paper)" : "as placed (common)";
+  plan.settings["calibration"] = "one pass of the model being quantized (sequential)";
   return plan;
 }
 
