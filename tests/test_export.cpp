@@ -87,7 +87,7 @@ QuantPoint make_point(bool weight, QuantSpec spec, const at::Tensor& data) {
     shape[static_cast<size_t>(spec.axis)] = c;
     p.params.scale = (0.01 * at::pow(2.0, at::randint(0, 4, {c}).to(at::kFloat))).reshape(shape);
     p.params.zero_point = at::full(shape, -5.0);
-  } else if (spec.kind == QuantKind::Log2) {
+  } else if (is_log_kind(spec.kind)) {
     p.params = log2_params();
     p.params.scale = p.params.scale * 2.0;
   } else {
@@ -162,6 +162,8 @@ TEST(Export, EveryQuantizerKindMatchesFakeQuant) {
   expect_tiny_match(spec(8, true, false, Granularity::PerTensor, 0, QuantKind::TwinUniform), w8, pos, "A8 twin uniform unsigned");
   expect_tiny_match(spec(6, true, true, Granularity::PerTensor, 0, QuantKind::TwinUniform), w8, x * 0.1, "A6 twin uniform signed");
   expect_tiny_match(spec(4, true, false, Granularity::PerTensor, 0, QuantKind::Log2), w8, pos, "A4 log2");
+  expect_tiny_match(spec(4, true, false, Granularity::PerTensor, 0, QuantKind::LogSqrt2), w8, pos, "A4 log-sqrt2");
+  expect_tiny_match(spec(8, false, true), spec(4, false, true, Granularity::PerChannel, 0), x, "W4 asymmetric per-channel");
 }
 
 // The FP32 export of every architecture computes what vitq's executor computes, at batch 1 and 2.
@@ -242,13 +244,14 @@ TEST(Export, DeitPlansAgreeWithFakeQuant) {
   data.samples.resize(16);
   at::Tensor x = load_calibration(g, data, 16, 0, false);
   at::Tensor calib = load_calibration(g, open_dataset(imagenet("calib1000").string()), 4, 0, false);
-  for (std::string method : {"minmax", "ptq4vit", "fqvit"}) {
+  for (std::string method : {"minmax", "ptq4vit", "fqvit", "repqvit"}) {
     MethodOptions o;
     o.progress = false;
     o.search_steps = 5;
     o.search_images = 2;
     o.rounds = 1;
     if (method == "fqvit") o.convention = "common";
+    if (method == "repqvit") o.placement.wbits = o.placement.abits = 4;  // its reparameterisation and log√2 at W4A4
     QuantPlan plan = run_method(g, calib, method, o);
     at::InferenceMode guard;
     auto want = QuantizedModel(g, plan).run(x);
@@ -267,9 +270,9 @@ TEST(Export, DeitPlansAgreeWithFakeQuant) {
     for (auto& c : perturbed.consts)
       if (c.defined() && c.is_floating_point()) c = c * (1 + 1e-6 * at::randn_like(c));
     const double chaos = (want - QuantizedModel(perturbed, plan).run(x)).abs().mean().item<double>();
-    std::printf("DeiT-Tiny %-8s W8A8: %d Q/DQ, %d int8 weights, %d standard-op quantizers; agreement %.3f, max rel %.3g, "
+    std::printf("DeiT-Tiny %-8s W%dA%d: %d Q/DQ, %d int8 weights, %d standard-op quantizers; agreement %.3f, max rel %.3g, "
                 "mean |ORT - fake-quant| %.3g; fake-quant with constants perturbed by 1e-6 %.3g; mean |fake-quant - FP| %.3g\n",
-                method.c_str(), r.qdq_activations, r.int8_weights, r.standard_op_quantizers, agree, d, mean_abs, chaos, quant_effect);
+                method.c_str(), o.placement.wbits, o.placement.abits, r.qdq_activations, r.int8_weights, r.standard_op_quantizers, agree, d, mean_abs, chaos, quant_effect);
     EXPECT_GE(agree, 15.0 / 16.0) << method;
     EXPECT_LE(mean_abs, 2.0 * chaos + 1e-3) << method;
     EXPECT_GT(r.qdq_activations + r.standard_op_quantizers, 0) << method;

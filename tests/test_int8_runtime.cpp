@@ -45,7 +45,7 @@ QuantPoint point(const std::string& node, int slot, bool weight, const QuantSpec
   p.spec = s;
   if (s.kind == QuantKind::TwinUniform) {
     p.params = s.is_signed ? twin_gelu_params(s.bits, 0.05) : twin_softmax_params(s.bits, 3);
-  } else if (s.kind == QuantKind::Log2) {
+  } else if (is_log_kind(s.kind)) {
     p.params = log2_params();
     p.params.scale = p.params.scale * 2.0;
   } else {
@@ -134,6 +134,7 @@ TEST(Int8Runtime, LinearEveryInputKindMatchesFakeQuant) {
       {"A6 twin uniform signed", spec(6, true, true, Granularity::PerTensor, 0, QuantKind::TwinUniform), x * 0.1, &wc},
       {"A4 log2", spec(4, true, false, Granularity::PerTensor, 0, QuantKind::Log2), pos, &wc},
       {"A3 log2 (one grid)", spec(3, true, false, Granularity::PerTensor, 0, QuantKind::Log2), pos, &wc},
+      {"A4 log-sqrt2 (even and odd codes)", spec(4, true, false, Granularity::PerTensor, 0, QuantKind::LogSqrt2), pos, &wc},
   };
   for (const auto& c : cases) {
     auto plan = plan_of(g, {point("fc", 0, false, c.act, flat(c.data)), *c.weight});
@@ -165,6 +166,7 @@ TEST(Int8Runtime, MatMulEveryInputKindMatchesFakeQuant) {
       {"per-head sym x asym", spec(8, true, true, Granularity::PerHead, 1), spec(8, false, true), x},
       {"twin unsigned x asym", spec(8, true, false, Granularity::PerTensor, 0, QuantKind::TwinUniform), spec(8, false, true), pos},
       {"log2 x asym", spec(4, true, false, Granularity::PerTensor, 0, QuantKind::Log2), spec(8, false, true), pos},
+      {"log-sqrt2 x asym", spec(4, true, false, Granularity::PerTensor, 0, QuantKind::LogSqrt2), spec(8, false, true), pos},
   };
   for (const auto& c : cases) {
     auto plan = plan_of(g, {point("mm", 0, false, c.a, c.data), point("mm", 1, false, c.b, xt(c.data))});
@@ -233,14 +235,19 @@ TEST(Int8Runtime, DeitPlansAgreeWithFakeQuant) {
   data.samples.resize(16);
   at::Tensor x = load_calibration(g, data, 16, 0, false);
   at::Tensor calib = load_calibration(g, open_dataset(imagenet("calib1000").string()), 4, 0, false);
-  for (std::string method : {"minmax", "ptq4vit", "fqvit"}) {
+  for (std::string method : {"minmax", "ptq4vit", "fqvit", "repqvit"}) {
     MethodOptions o;
     o.progress = false;
     o.search_steps = 5;
     o.search_images = 2;
     o.rounds = 1;
+    if (method == "repqvit") {  // symmetric weights (the integer GEMMs' kind); reparameterised LayerNorms, log√2 at 4 bits
+      o.convention = "common";
+      o.placement.wbits = o.placement.abits = 4;
+    }
     QuantPlan plan = run_method(g, calib, method, o);
     Int8Model m(g, plan);
+    if (method == "repqvit") EXPECT_EQ(m.stats().log2_inputs, 12);
     EXPECT_EQ(m.stats().native_linear, 49) << method;
     EXPECT_EQ(m.stats().native_matmul, 24) << method;
     EXPECT_EQ(m.stats().native_conv, 1) << method;
@@ -255,8 +262,8 @@ TEST(Int8Runtime, DeitPlansAgreeWithFakeQuant) {
     const double chaos = (want - QuantizedModel(perturbed, plan).run(x)).abs().mean().item<double>();
     const double agree = (want.argmax(1) == got.argmax(1)).to(at::kDouble).mean().item<double>();
     const double mean_abs = (want - got).abs().mean().item<double>();
-    std::printf("DeiT-Tiny %-8s W8A8 int8 runtime: agreement %.3f, mean |int8 - fake-quant| %.3g (max %.3g); simulation under 1e-6 noise %.3g\n",
-                method.c_str(), agree, mean_abs, (want - got).abs().max().item<double>(), chaos);
+    std::printf("DeiT-Tiny %-8s W%dA%d int8 runtime: agreement %.3f, mean |int8 - fake-quant| %.3g (max %.3g); simulation under 1e-6 noise %.3g\n",
+                method.c_str(), o.placement.wbits, o.placement.abits, agree, mean_abs, (want - got).abs().max().item<double>(), chaos);
     EXPECT_GE(agree, 15.0 / 16.0) << method;
     EXPECT_LE(mean_abs, 2.0 * chaos + 1e-3) << method;
   }

@@ -56,9 +56,10 @@ std::string apply_method_variant(const std::string& spec, MethodOptions& o) {
     } else if (v == "attn8") o.attn_bits = 8;
     else if (v == "noreparam") o.reparam = false;
     else if (v == "nolog") o.log_softmax = false;
+    else if (v == "erq") o.erq_lambda = 0.1;
     else if (v == "recon") {
       if (o.reconstruct.empty() || o.reconstruct == "none") o.reconstruct = "block";
-    } else fail("unknown method variant '+{}' in '{}' (norank, nobc, holdout, cosine, mp, mpkl, attn8, noreparam, nolog, recon)", v, spec);
+    } else fail("unknown method variant '+{}' in '{}' (norank, nobc, holdout, cosine, mp, mpkl, attn8, noreparam, nolog, erq, recon)", v, spec);
   }
   find_method(parts[0]);
   return parts[0];

@@ -126,7 +126,7 @@ IntGrid uniform_grid(const at::Tensor& x, const QuantPoint& p, bool as_signed = 
   return g;
 }
 
-// The grids of a twin-uniform or log2 input (x̂ = Σ step · codes, no zero points).
+// The grids of a twin-uniform, log2 or log√2 input (x̂ = Σ step · codes, no zero points).
 std::vector<IntGrid> split_grids(const at::Tensor& x_in, const QuantPoint& p) {
   auto x = x_in.contiguous();
   std::vector<IntGrid> out;
@@ -141,6 +141,18 @@ std::vector<IntGrid> split_grids(const at::Tensor& x_in, const QuantPoint& p) {
     const auto fine_type = p.spec.is_signed ? at::kChar : at::kByte;
     out.push_back({fine.to(fine_type), d1, 0});
     out.push_back({coarse.to(at::kByte), d2, 0});
+  } else if (p.spec.kind == QuantKind::LogSqrt2) {
+    // c = 2k: s·2^-k; c = 2k + 1: (s/√2)·2^-k — a power-of-two grid each (k <= 7 at 4 bits)
+    const float s = p.params.scale.item<float>();
+    auto c = quantize_codes(x, p.spec, p.params);  // 2^b for zero
+    const double top = static_cast<double>((int64_t{1} << p.spec.bits) - 1);
+    auto valid = c <= top;
+    auto k = at::floor(c / 2);
+    auto odd = (c - 2 * k) > 0.5;
+    auto even_part = at::where(valid & ~odd, at::exp2(7 - k), at::zeros_like(c));
+    auto odd_part = at::where(valid & odd, at::exp2(7 - k), at::zeros_like(c));
+    out.push_back({even_part.to(at::kByte), s / 128.0f, 0});
+    out.push_back({odd_part.to(at::kByte), static_cast<float>(s / std::sqrt(2.0) / 128.0), 0});
   } else {  // Log2: c = log2 code (2^b = zero); split at c = 7
     const float s = p.params.scale.item<float>();
     auto c = quantize_codes(x, p.spec, p.params);  // exponent, top + 1 for zero
@@ -155,16 +167,15 @@ std::vector<IntGrid> split_grids(const at::Tensor& x_in, const QuantPoint& p) {
 }
 
 std::vector<IntGrid> input_grids(const at::Tensor& x, const QuantPoint& p) {
-  if (p.spec.kind == QuantKind::TwinUniform || p.spec.kind == QuantKind::Log2) return split_grids(x, p);
+  if (p.spec.kind == QuantKind::TwinUniform || is_log_kind(p.spec.kind)) return split_grids(x, p);
   return {uniform_grid(x, p)};
 }
 
 // Why an input quantizer cannot feed a GEMM as its left operand ("" if it can).
 std::string left_problem(const QuantPoint& p, bool allow_per_head) {
-  if (p.spec.kind == QuantKind::LogSqrt2) return "log-sqrt2 input (its odd codes are not on a power-of-two grid)";
-  if (p.spec.kind == QuantKind::TwinUniform || p.spec.kind == QuantKind::Log2) {
+  if (p.spec.kind == QuantKind::TwinUniform || is_log_kind(p.spec.kind)) {
     if (!per_tensor(p)) return fmt::format("{} input with more than one step", quant_kind_name(p.spec.kind));
-    if (p.spec.kind == QuantKind::Log2 && p.spec.bits > 4) return "log2 input above 4 bits";
+    if (is_log_kind(p.spec.kind) && p.spec.bits > 4) return fmt::format("{} input above 4 bits", quant_kind_name(p.spec.kind));
     return "";
   }
   if (p.spec.kind != QuantKind::Uniform) return fmt::format("{} input", quant_kind_name(p.spec.kind));
@@ -510,7 +521,7 @@ struct Int8Model::Impl {
       }
       input_point[i] = p0;
       if (p0->spec.kind == QuantKind::TwinUniform) ++stats.twin_inputs;
-      if (p0->spec.kind == QuantKind::Log2) ++stats.log2_inputs;
+      if (is_log_kind(p0->spec.kind)) ++stats.log2_inputs;
     }
     gelu_fused.assign(g.nodes.size(), 0);
     gelu_done.assign(g.nodes.size(), 0);
@@ -584,7 +595,7 @@ struct Int8Model::Impl {
     if (w.spec.kind != QuantKind::Uniform || !w.spec.symmetric) return "asymmetric or non-uniform weight quantizer";
     if (w.spec.granularity != Granularity::PerTensor && !(w.spec.granularity == Granularity::PerChannel && w.spec.axis == 0))
       return fmt::format("per-{} weight quantizer", granularity_name(w.spec.granularity));
-    const auto& weight = graph.const_tensor(n.inputs[1]);
+    const auto& weight = plan_weight(plan, n.name, graph.const_tensor(n.inputs[1]));
     const bool is_conv = n.op == OpKind::Conv2d;
     if (is_conv && (in.spec.kind != QuantKind::Uniform || !per_tensor(in))) return "non-uniform or per-axis input of a convolution";
     if (weight.dim() != (is_conv ? 4 : 2)) return fmt::format("weight of rank {}", weight.dim());

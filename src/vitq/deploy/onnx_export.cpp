@@ -359,7 +359,7 @@ class Exporter {
     const QuantPoint* p = point(n, slot);
     if (p && p->weight) {
       if (!g_.is_const(v)) fail("export: {} is a weight point on a non-constant input", describe(*p));
-      return quant_weight(*p, g_.const_tensor(v), transpose_weight);
+      return quant_weight(*p, slot == 1 ? plan_weight(*plan_, n.name, g_.const_tensor(v)) : g_.const_tensor(v), transpose_weight);
     }
     if (slot == 2 && plan_) {  // bias correction replaces the bias
       auto it = plan_->bias.find(n.name);

@@ -45,6 +45,11 @@ struct MethodOptions {
   // variant repqvit+noreparam) and the log√2 post-softmax quantizer (off: uniform with the search, repqvit+nolog)
   bool reparam = true;
   bool log_softmax = true;
+  // repqvit: ERQ-style ridge update of every Linear weight before it is quantized, W* = argmin ||W* x̂ − W x||² +
+  // λ ||W* − W||² (x̂ its quantized input, x the same input unquantized), λ = erq_lambda × the mean of diag(x̂ᵀx̂);
+  // 0 = off
+  // (the variant repqvit+erq sets 0.1)
+  double erq_lambda = 0;
   // easyquant / ptq4vit: alternating rounds (0 = the paper's: 2 for EasyQuant, 3 for PTQ4ViT)
   int rounds = 0;
   // fqvit: bits of the softmax output; 4 or fewer = Log-Int-Softmax (log2 codes), 8 = uniform 8-bit codes

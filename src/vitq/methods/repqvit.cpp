@@ -7,7 +7,11 @@
 //      x' gives exactly the codes the per-channel quantizer gives x, and the readers' W' = W·diag(r1) absorb the
 //      per-channel steps — the weight quantizers are then calibrated on W'.
 //   3. Post-softmax values: the log√2 quantizer (QuantKind::LogSqrt2), its scale searched.
-//   4. Every other quantizer: RepQ-ViT's clipping search — the range of the 99.9th / 99.99th / 99.999th percentile
+//   4. Optionally (repqvit+erq, ERQ: Zhong et al., ICML 2024, its activation-error part): before a Linear's weight is
+//      quantized, a closed-form ridge regression updates it so that the layer's output from its quantized input x̂
+//      matches its output from the unquantized one x (both in the model being quantized): W* = (W x x̂ᵀ + λW)(x̂ x̂ᵀ
+//      + λI)⁻¹ (QuantPlan::weights).
+//   5. Every other quantizer: RepQ-ViT's clipping search — the range of the 99.9th / 99.99th / 99.999th percentile
 //      (and the 0.1st / ... at the bottom), whichever quantizes the calibration tensor with the least squared error
 //      (per channel for per-channel weights).
 // Convention "paper": weights asymmetric per channel, activations asymmetric per tensor, the image input at 8 bits
@@ -209,6 +213,24 @@ QuantPlan run_repqvit(const Graph& g, const at::Tensor& calib, const MethodOptio
   // quantizer takes its parameters from the first input it sees — the output of the layers before it, already
   // quantized — and quantizes it. At a reparameterised LayerNorm's first reader the per-channel parameters are
   // searched, turned into the reparameterisation, and the readers run as the reparameterised model does (x', W', b').
+  // ERQ-style ridge update: each Linear's weight absorbs the error of its quantized input
+  const bool erq = o.erq_lambda > 0;
+  std::map<std::string, std::pair<at::Tensor, at::Tensor>> layer_input;  // Linear -> (its input, quantized)
+  auto ridge = [&](const Node& n, const at::Tensor& w_in) -> at::Tensor {
+    const auto w = w_in.to(at::kDouble);
+    const int64_t in = w.size(1);
+    const auto& [x_in, xq_in] = layer_input.at(n.name);
+    const auto x = x_in.to(at::kDouble).reshape({-1, in}), xq = xq_in.to(at::kDouble).reshape({-1, in});
+    auto a = at::matmul(xq.t(), xq);
+    const double lambda = o.erq_lambda * a.diagonal().mean().item<double>();
+    a = a + lambda * at::eye(in, a.options());
+    const auto b = at::matmul(w, at::matmul(x.t(), xq)) + lambda * w;
+    auto updated = at::linalg_solve(a, b.t()).t().contiguous();  // a is symmetric
+    layer_input.erase(n.name);
+    if (!at::isfinite(updated).all().item<bool>()) return w_in;
+    plan.weights[n.name] = updated.to(at::kFloat);
+    return plan.weights[n.name];
+  };
   Progress bar("repqvit calibration", plan.points.size(), o.progress);
   size_t calibrated = 0;
   auto calibrate = [&](QuantPoint& p, const at::Tensor& t) {
@@ -248,18 +270,28 @@ QuantPlan run_repqvit(const Graph& g, const at::Tensor& calib, const MethodOptio
         grp.done = true;
       }
       if (slot == 0) {
-        auto xp = (t + grp.shift) / grp.scale;
-        return fake_quant(xp, p->spec, p->params);
+        auto x = (t + grp.shift) / grp.scale;
+        auto xq = fake_quant(x, p->spec, p->params);
+        if (erq) layer_input[n.name] = {x, xq};
+        return xq;
       }
       if (slot == 2) return grp.b.at(n.name).to(t.device());
-      const auto& w = grp.w.at(n.name);
+      at::Tensor w = grp.w.at(n.name);
       if (!p) return w.to(t.device());
+      if (erq && !p->params.scale.defined()) w = ridge(n, w);
       calibrate(*p, w);
       return quantize_point(*p, w).to(t.device());
     }
     if (!p) return t;
+    if (erq && n.op == OpKind::Linear && slot == 1 && !p->params.scale.defined() && layer_input.count(n.name)) {
+      const at::Tensor w = ridge(n, t);
+      calibrate(*p, w);
+      return quantize_point(*p, w);
+    }
     calibrate(*p, t);
-    return quantize_point(*p, t);
+    auto q = quantize_point(*p, t);
+    if (erq && n.op == OpKind::Linear && slot == 0) layer_input[n.name] = {t, q};
+    return q;
   };
   {
     at::InferenceMode guard;
@@ -273,6 +305,10 @@ QuantPlan run_repqvit(const Graph& g, const at::Tensor& calib, const MethodOptio
   plan.settings["softmax_quantizer"] = o.log_softmax ? "log_sqrt2" : "uniform";
   plan.settings["weights"] = paper ? "asymmetric per-channel (paper)" : "as placed (common)";
   plan.settings["calibration"] = "one pass of the model being quantized (sequential)";
+  if (erq) {
+    plan.settings["erq_lambda"] = o.erq_lambda;
+    plan.settings["erq_updated_weights"] = plan.weights.size();
+  }
   return plan;
 }
 

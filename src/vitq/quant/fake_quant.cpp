@@ -46,7 +46,7 @@ QuantizedModel::QuantizedModel(const Graph& g, const QuantPlan& plan, c10::Devic
     acts.resize(n.inputs.size(), nullptr);
     if (p.weight) {
       const int v = n.inputs[static_cast<size_t>(p.slot)];
-      const auto& w = changed.count(v) ? changed.at(v) : g.const_tensor(v);
+      const auto& w = plan_weight(plan, p.slot == 1 ? p.node : "", changed.count(v) ? changed.at(v) : g.const_tensor(v));
       consts[static_cast<size_t>(p.slot)] = quantize_point(p, w).to(device);
     } else {
       acts[static_cast<size_t>(p.slot)] = &p;
@@ -183,7 +183,7 @@ std::vector<LayerReport> layer_report(const Graph& g, const QuantPlan& plan, con
     std::vector<at::Tensor> args = fp_inputs[n.name];
     for (size_t slot = 0; slot < args.size(); ++slot) {
       if (const QuantPoint* p = plan.find(n.name, static_cast<int>(slot))) {
-        args[slot] = quantize_point(*p, args[slot]);
+        args[slot] = quantize_point(*p, slot == 1 ? plan_weight(plan, n.name, args[slot]) : args[slot]);
         r.quantizers += fmt::format("{}{}", r.quantizers.empty() ? "" : " ", point_label(*p));
       }
     }

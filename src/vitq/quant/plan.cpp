@@ -252,6 +252,10 @@ nlohmann::json plan_to_json(const QuantPlan& p) {
   }
   j["bias"] = nlohmann::json::object();
   for (const auto& [node, b] : p.bias) j["bias"][node] = tensor_to_json(b);
+  if (!p.weights.empty()) {
+    j["weights"] = nlohmann::json::object();
+    for (const auto& [node, w] : p.weights) j["weights"][node] = tensor_to_json(w);
+  }
   if (!p.reparams.empty()) {
     j["reparams"] = nlohmann::json::array();
     for (const auto& r : p.reparams)
@@ -303,6 +307,14 @@ QuantPlan plan_from_json(const nlohmann::json& j, const std::string& where) {
         if (p.bias[node].numel() && p.bias[node].abs().max().item<double>() > 1e6)
           fail("{}: corrected bias of {} has values beyond ±1e6 (a corrupt plan?)", where, node);
       }
+    if (j.contains("weights")) {
+      if (version < 4) fail("{}: weight updates need plan format version 4", where);
+      for (const auto& [node, w] : j["weights"].items()) {
+        p.weights[node] = tensor_from_json(w);
+        if (p.weights[node].numel() && p.weights[node].abs().max().item<double>() > 1e6)
+          fail("{}: updated weight of {} has values beyond ±1e6 (a corrupt plan?)", where, node);
+      }
+    }
     if (j.contains("reparams")) {
       if (version < 4) fail("{}: reparameterisations need plan format version 4", where);
       if (!j["reparams"].is_array()) fail("{}: plan reparams must be a JSON array", where);
@@ -389,7 +401,7 @@ void check_plan(const QuantPlan& p, const Graph& g, const std::string& where) {
         fail("{}: {} slot {}: a power-of-two-factor quantizer has one zero point for all channels", where, q.node, q.slot);
     }
     if (q.weight) {
-      const auto& w = constant(n->inputs[static_cast<size_t>(q.slot)]);
+      const auto& w = q.slot == 1 ? plan_weight(p, q.node, constant(n->inputs[1])) : constant(n->inputs[static_cast<size_t>(q.slot)]);
       const auto expected = reduce_amax(w, q.spec).sizes().vec();
       if (q.params.scale.sizes().vec() != expected || q.params.zero_point.sizes().vec() != expected)
         fail("{}: the scales of {} have shape [{}], its weight [{}] needs [{}]", where, q.node,
@@ -425,12 +437,24 @@ void check_plan(const QuantPlan& p, const Graph& g, const std::string& where) {
       }
     }
   }
+  for (const auto& [node, w] : p.weights) {
+    const Node* n = g.find_node(node);
+    if (!n || (n->op != OpKind::Linear && n->op != OpKind::Conv2d) || !g.is_const(n->inputs[1]))
+      fail("{}: plan updates the weight of {}, which is not a Linear or Conv2d layer with a constant weight", where, node);
+    if (w.sizes() != g.const_tensor(n->inputs[1]).sizes()) fail("{}: updated weight of {} has the wrong shape", where, node);
+    if (!p.find(node, 1)) fail("{}: plan updates the weight of {} but does not quantize it", where, node);
+  }
   for (const auto& [node, b] : p.bias) {
     const Node* n = g.find_node(node);
     if (!n || (n->op != OpKind::Linear && n->op != OpKind::Conv2d) || n->inputs.size() < 3)
       fail("{}: plan corrects the bias of {}, which is not a Linear or Conv2d layer with a bias", where, node);
     if (b.numel() != g.const_tensor(n->inputs[1]).size(0)) fail("{}: corrected bias of {} has the wrong size", where, node);
   }
+}
+
+const at::Tensor& plan_weight(const QuantPlan& p, const std::string& node, const at::Tensor& model_weight) {
+  auto it = p.weights.find(node);
+  return it != p.weights.end() ? it->second : model_weight;
 }
 
 std::map<int, at::Tensor> reparam_constants(const Graph& g, const QuantPlan& p) {

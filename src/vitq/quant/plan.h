@@ -60,13 +60,17 @@ struct Reparam {
 
 struct QuantPlan {
   // 2: quantizer kinds (twin uniform, log2, PTF), scale2, integer ops. 3: learned weight codes (AdaRound).
-  // 4: reparameterisations, the log√2 quantizer. Versions 1 to 3 load.
+  // 4: reparameterisations, weight updates, the log√2 quantizer. Versions 1 to 3 load.
   static constexpr int kVersion = 4;
   std::string model;      // Graph::meta.name
   std::string method;
   nlohmann::json settings = nlohmann::json::object();  // bits, calibration set, size, seed, method options
   std::vector<QuantPoint> points;
   std::map<std::string, at::Tensor> bias;  // node -> replacement bias (bias correction)
+  // node -> the weight its weight quantizer quantizes instead of the model's (after any reparameterisation): weights
+  // updated to absorb activation error (ERQ-style ridge regression). Like `bias`, a quantization parameter: the FP
+  // model keeps its weights.
+  std::map<std::string, at::Tensor> weights;
   std::vector<IntOp> int_ops;
   std::vector<Reparam> reparams;
 
@@ -92,6 +96,8 @@ bool is_quant_point(const Graph& graph, const Node& node, int slot);
 // biases); empty when it has none, or when `graph` is already reparameterised by them (with_reparams). Error when a
 // reparameterisation does not fit the graph (not a LayerNorm, a reader that is not a Linear with a bias, sizes).
 std::map<int, at::Tensor> reparam_constants(const Graph& graph, const QuantPlan& plan);
+// The weight the plan quantizes for layer `node` (plan.weights, else `model_weight`).
+const at::Tensor& plan_weight(const QuantPlan& plan, const std::string& node, const at::Tensor& model_weight);
 // The graph with the plan's reparameterisations applied (a copy sharing the unchanged tensors), marked so that
 // applying them again changes nothing: what the exporter, the integer runtime and the reconstruction work on.
 Graph with_reparams(const Graph& graph, const QuantPlan& plan);

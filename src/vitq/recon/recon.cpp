@@ -291,7 +291,7 @@ class BlockTrainer {
       t.node = it->second;
       const Node& n = g_.nodes[it->second];
       if (p.weight) {
-        const at::Tensor w = g_.const_tensor(n.inputs[static_cast<size_t>(p.slot)]).to(dev_, at::kFloat);
+        const at::Tensor w = plan_weight(plan, p.node, g_.const_tensor(n.inputs[static_cast<size_t>(p.slot)])).to(dev_, at::kFloat);
         t.scale_full = full_scale(p, w).to(dev_).clone();
         t.zp_full = full_zero_point(p, w).to(dev_).clone();
         if (o.learn_rounding && p.spec.kind == QuantKind::Uniform) {
@@ -319,7 +319,10 @@ class BlockTrainer {
       if (t.point->weight && !t.learned) {
         const Node& n = g_.nodes[t.node];
         // on the CPU, where the plan's parameters are, then moved
-        fixed_weights_[key] = quantize_point(*t.point, g_.const_tensor(n.inputs[static_cast<size_t>(t.point->slot)]).to(at::kFloat)).to(dev_).clone();
+        fixed_weights_[key] =
+            quantize_point(*t.point, plan_weight(plan, n.name, g_.const_tensor(n.inputs[static_cast<size_t>(t.point->slot)])).to(at::kFloat))
+                .to(dev_)
+                .clone();
       }
     }
     for (const auto& [node, bias] : plan.bias) {
