@@ -12,6 +12,7 @@
 
 #include "test_util.h"
 #include "vitq/data/dataset.h"
+#include "vitq/deploy/int8_runtime.h"
 #include "vitq/graph/executor.h"
 #include "vitq/methods/method.h"
 #include "vitq/models/model_loader.h"
@@ -192,4 +193,66 @@ TEST(RepQvit, LogSqrt2QuantizerFollowsItsDefinition) {
   EXPECT_TRUE(at::allclose(fake_quant(r, s, p), fake_quant_reference(r, s, p), 1e-5, 1e-7));
   s.is_signed = true;
   EXPECT_THROW(s.validate(), Error);
+}
+
+// repqvit+erq: every Linear's weight updated (ridge regression on its quantized input), carried by the plan, used by
+// the simulation and the integer runtime, refused when it does not fit.
+TEST(RepQvit, ErqWeightUpdatesAreCarriedAndUsed) {
+  MethodOptions o;
+  o.progress = false;
+  o.convention = "common";  // symmetric weights: the integer runtime's GEMMs
+  o.erq_lambda = 0.1;
+  const QuantPlan plan = run_method(model(), images(), "repqvit", o);
+  EXPECT_EQ(plan.weights.size(), 49u);  // 12 blocks x (qkv, proj, fc1, fc2) + head
+  EXPECT_EQ(plan.settings.at("erq_updated_weights").get<int>(), 49);
+  const auto changed = reparam_constants(model(), plan);
+  for (const auto& [node, w] : plan.weights) {
+    const int v = model().find_node(node)->inputs[1];
+    const auto& before = changed.count(v) ? changed.at(v) : model().const_tensor(v);
+    const double rel = ((w - before).norm() / before.norm()).item<double>();
+    EXPECT_TRUE(at::isfinite(w).all().item<bool>()) << node;
+    EXPECT_GT(rel, 1e-6) << node;  // updated
+    EXPECT_LT(rel, 0.5) << node;   // but near the model's weight (the ridge term)
+  }
+  at::InferenceMode guard;
+  const auto sim = QuantizedModel(model(), plan).run(images());
+  QuantPlan without = plan;
+  without.weights.clear();
+  EXPECT_FALSE(at::equal(sim, QuantizedModel(model(), without).run(images())));
+  // saved and loaded: the same model
+  TempDir dir;
+  const std::string path = (dir / "erq.json").string();
+  save_plan(plan, path);
+  EXPECT_TRUE(at::equal(QuantizedModel(model(), load_plan(path, model())).run(images()), sim));
+  auto j = plan_to_json(plan);
+  auto broken = [&](const std::function<void(nlohmann::json&)>& edit) {
+    auto c = j;
+    edit(c);
+    std::ofstream(path) << c.dump();
+    return error_of([&] { load_plan(path, model()); });
+  };
+  EXPECT_NE(broken([](nlohmann::json& c) {
+              auto& w = c["weights"]["head"];
+              w["shape"][1] = 96;
+              w["data"].erase(w["data"].begin() + 96000, w["data"].end());
+            }).find("wrong shape"),
+            std::string::npos);
+  EXPECT_NE(broken([](nlohmann::json& c) { c["weights"]["blocks.0.norm1"] = c["weights"]["head"]; }).find("not a Linear"),
+            std::string::npos);
+  EXPECT_NE(broken([](nlohmann::json& c) { c["weights"]["head"]["data"][5] = 1e9; }).find("1e6"), std::string::npos);
+  // the integer runtime quantizes the updated weights: it agrees with the simulation
+  if (int8_runtime_available()) {
+    Int8Model m(model(), plan);
+    auto got = m.run(images());
+    EXPECT_TRUE(at::equal(got.argmax(1), sim.argmax(1)));
+    // judged against the simulation's own deviation under 1e-6 noise on every constant (test_int8_runtime.cpp)
+    Graph perturbed = model();
+    at::manual_seed(11);
+    for (auto& c : perturbed.consts)
+      if (c.defined() && c.is_floating_point()) c = c * (1 + 1e-6 * at::randn_like(c));
+    const double chaos = (sim - QuantizedModel(perturbed, plan).run(images())).abs().mean().item<double>();
+    const double d = (got - sim).abs().mean().item<double>();
+    std::cout << "repqvit+erq W8A8: mean |int8 - simulation| " << d << ", simulation under 1e-6 noise " << chaos << "\n";
+    EXPECT_LE(d, 2 * chaos + 1e-3);
+  }
 }
