@@ -209,11 +209,7 @@ QuantPlan run_repqvit(const Graph& g, const at::Tensor& calib, const MethodOptio
     groups.push_back(std::move(grp));
   }
 
-  // One pass of the calibration batch through the model being quantized, as the official code calibrates: each
-  // quantizer takes its parameters from the first input it sees — the output of the layers before it, already
-  // quantized — and quantizes it. At a reparameterised LayerNorm's first reader the per-channel parameters are
-  // searched, turned into the reparameterisation, and the readers run as the reparameterised model does (x', W', b').
-  // ERQ-style ridge update: each Linear's weight absorbs the error of its quantized input
+  // ERQ-style ridge update (erq_lambda > 0): each Linear's weight absorbs the error of its quantized input
   const bool erq = o.erq_lambda > 0;
   std::map<std::string, std::pair<at::Tensor, at::Tensor>> layer_input;  // Linear -> (its input, quantized)
   auto ridge = [&](const Node& n, const at::Tensor& w_in) -> at::Tensor {
@@ -239,6 +235,10 @@ QuantPlan run_repqvit(const Graph& g, const at::Tensor& calib, const MethodOptio
     else p.params = search_clipping(t, p.spec);
     bar.update(++calibrated, p.node);
   };
+  // One pass of the calibration batch through the model being quantized, as the official code calibrates: each
+  // quantizer takes its parameters from the first input it sees — the output of the layers before it, already
+  // quantized — and quantizes it. At a reparameterised LayerNorm's first reader the per-channel parameters are
+  // searched, turned into the reparameterisation, and the readers run as the reparameterised model does (x', W', b').
   ExecHooks h;
   h.transform_input = [&](const Node& n, size_t slot, const at::Tensor& t) -> at::Tensor {
     QuantPoint* p = plan.find(n.name, static_cast<int>(slot));
