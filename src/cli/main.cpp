@@ -6,7 +6,6 @@
 #include <CLI/CLI.hpp>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <malloc.h>
 
 #include <cmath>
 #include <cstdlib>
@@ -22,6 +21,7 @@
 #include "vitq/graph/executor.h"
 #include "vitq/eval/model_stats.h"
 #include "vitq/models/model_loader.h"
+#include "vitq/util/allocator.h"
 #include "vitq/util/error.h"
 #include "vitq/util/file_io.h"
 #include "vitq/util/npy.h"
@@ -259,11 +259,7 @@ int main(int argc, char** argv) {
     setenv("VITQ_NO_REEXEC", "1", 1);
     execv("/proc/self/exe", argv);  // returns only on failure: then go on as we are
   }
-  // Activations are large (a [32,197,768] float tensor is 19 MB): with glibc's defaults each one is a fresh
-  // mmap and is returned to the system on free, so every op pays page faults (DeiT-Tiny batch 32: 1016 ms
-  // vs 680 ms per batch). Keep freed memory in the heap for reuse instead.
-  mallopt(M_MMAP_THRESHOLD, 1 << 30);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  vitq::keep_freed_memory();
   CLI::App app{"vitq: post-training quantization of Vision Transformers"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "vitq 0.1.0");
