@@ -106,6 +106,23 @@ TEST(CliQuant, NewMethodOptionsRejectNonsense) {
   expect_cli_error(run_vitq(quantize_args("--method ptq4vit --search-images 0" + out)), "--search-images");
 }
 
+// +adalog after any method (here min/max) through the CLI: the plan records what it replaced, and evaluates.
+TEST(CliQuant, AdalogAfterAnyMethod) {
+  TempDir dir;
+  auto q = run_vitq(quantize_args("--method minmax+adalog --wbits 4 --abits 4 --out " + quoted(dir / "p.json")));
+  ASSERT_EQ(q.code, 0) << q.output;
+  const auto plan = nlohmann::json::parse(read_file(dir / "p.json"));
+  EXPECT_EQ(plan["method"], "minmax+adalog");
+  EXPECT_EQ(plan["version"], 5);
+  int adalog = 0;
+  for (const auto& p : plan["points"]) adalog += p["spec"]["kind"] == "adalog";
+  EXPECT_EQ(plan["settings"]["adalog"]["replaced"].get<int>(), adalog);
+  EXPECT_GT(adalog, 12);  // min/max's 4-bit uniform grid on attention probabilities and GELU outputs loses to it
+  auto e = run_vitq("eval " + quoted(model_dir()) + " --plan " + quoted(dir / "p.json") + " --data " +
+                    quoted(imagenet("val1000")) + " --limit 4 --quiet");
+  EXPECT_EQ(e.code, 0) << e.output;
+}
+
 TEST(CliQuant, FullyQuantizedPlanEvaluates) {
   // fqvit's plan (integer LayerNorm and Log-Int-Softmax) through the CLI, end to end on 8 images
   TempDir dir;

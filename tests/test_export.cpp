@@ -90,6 +90,8 @@ QuantPoint make_point(bool weight, QuantSpec spec, const at::Tensor& data) {
   } else if (is_log_kind(spec.kind)) {
     p.params = log2_params();
     p.params.scale = p.params.scale * 2.0;
+  } else if (spec.kind == QuantKind::AdaLog) {  // 1.5 codes per octave, shifted by 0.17 (as after GELU)
+    p.params = adalog_params(1.2, 1.5, 0.17);
   } else {
     p.params = params_from_range(reduce_amin(data, spec), reduce_amax(data, spec), spec);
   }
@@ -163,6 +165,8 @@ TEST(Export, EveryQuantizerKindMatchesFakeQuant) {
   expect_tiny_match(spec(6, true, true, Granularity::PerTensor, 0, QuantKind::TwinUniform), w8, x * 0.1, "A6 twin uniform signed");
   expect_tiny_match(spec(4, true, false, Granularity::PerTensor, 0, QuantKind::Log2), w8, pos, "A4 log2");
   expect_tiny_match(spec(4, true, false, Granularity::PerTensor, 0, QuantKind::LogSqrt2), w8, pos, "A4 log-sqrt2");
+  expect_tiny_match(spec(4, false, false, Granularity::PerTensor, 0, QuantKind::AdaLog), w8, pos - 0.2, "A4 adalog (tau 1.5, shift 0.17)");
+  expect_tiny_match(spec(3, false, false, Granularity::PerTensor, 0, QuantKind::AdaLog), w8, pos - 0.2, "A3 adalog (tau 1.5, shift 0.17)");
   expect_tiny_match(spec(8, false, true), spec(4, false, true, Granularity::PerChannel, 0), x, "W4 asymmetric per-channel");
 }
 

@@ -172,12 +172,19 @@ TEST(RepQvit, PlansCarryTheReparameterisationAndBrokenOnesAreRejected) {
             std::string::npos);
 }
 
-TEST(RepQvit, LogSqrt2QuantizerFollowsItsDefinition) {
+// An unsigned per-tensor quantizer of kind k (the log kinds).
+QuantSpec unsigned_spec(int bits, QuantKind k) {
   QuantSpec s;
-  s.bits = 4;
+  s.bits = bits;
   s.symmetric = false;
   s.is_signed = false;
-  s.kind = QuantKind::LogSqrt2;
+  s.kind = k;
+  s.validate();
+  return s;
+}
+
+TEST(RepQvit, LogSqrt2QuantizerFollowsItsDefinition) {
+  QuantSpec s = unsigned_spec(4, QuantKind::LogSqrt2);
   EXPECT_EQ(parse_quant_kind("log_sqrt2"), QuantKind::LogSqrt2);
   QuantParams p{at::full({1}, 0.5f), at::zeros({1}), {}};
   // x / 0.5 = 1 -> c 0; 0.7 -> c = round(1.03) = 1 -> 0.5·2^-0.5; 2.0 (above the scale) -> c 0; 2^-7.5 -> c 15;
@@ -193,6 +200,129 @@ TEST(RepQvit, LogSqrt2QuantizerFollowsItsDefinition) {
   EXPECT_TRUE(at::allclose(fake_quant(r, s, p), fake_quant_reference(r, s, p), 1e-5, 1e-7));
   s.is_signed = true;
   EXPECT_THROW(s.validate(), Error);
+}
+
+// AdaLog: x̂ = s·2^(-c/τ) − δ with c = round(-τ·log2((x + δ)/s)); τ = 1 and 2 are log2 and log√2; its fast path
+// agrees with the plain-loop reference; broken parameters are refused.
+TEST(AdaLog, QuantizerFollowsItsDefinition) {
+  QuantSpec s = unsigned_spec(3, QuantKind::AdaLog);
+  EXPECT_EQ(parse_quant_kind("adalog"), QuantKind::AdaLog);
+  const auto r = at::rand({4096}) * 1.3 - 0.2;  // beyond the scale, below −δ, and everything between
+  for (double tau : {1.0, 2.0}) {               // the fixed-base kinds, with no shift
+    QuantSpec fixed = s;
+    fixed.kind = tau == 1.0 ? QuantKind::Log2 : QuantKind::LogSqrt2;
+    const QuantParams p = adalog_params(0.9, tau), f{at::full({1}, 0.9f), at::zeros({1}), {}};
+    EXPECT_TRUE(at::equal(fake_quant(r, s, p), fake_quant(r, fixed, f))) << tau;
+    EXPECT_TRUE(at::equal(quantize_codes(r, s, p), quantize_codes(r, fixed, f))) << tau;
+  }
+  // τ = 0.5 (base 4), δ = 0.25, s = 1: x = 0.75 -> y = 1 -> c 0 -> 0.75; x = 0 -> y = 0.25 -> c = round(1) -> 0.25 − δ = 0;
+  // x = 1/64 − δ -> y = 2^-6 -> c 3 -> 1/64 − δ; 2^-14 − δ -> c 7 = 2^3 − 1 -> kept; 2^-16 − δ -> c 8 -> −δ; −1 -> −δ
+  const QuantParams p = adalog_params(1.0, 0.5, 0.25);
+  auto x = at::tensor({0.75f, 0.0f, 1.0f / 64 - 0.25f, std::pow(2.0f, -14.0f) - 0.25f, std::pow(2.0f, -16.0f) - 0.25f, -1.0f});
+  auto want = at::tensor({0.75f, 0.0f, 1.0f / 64 - 0.25f, std::pow(2.0f, -14.0f) - 0.25f, -0.25f, -0.25f});
+  EXPECT_TRUE(at::allclose(fake_quant(x, s, p), want, 1e-6, 1e-8)) << fake_quant(x, s, p);
+  EXPECT_TRUE(at::equal(quantize_codes(x, s, p), at::tensor({0.0f, 1.0f, 3.0f, 7.0f, 8.0f, 8.0f})));
+  for (double tau : {0.5, 1.5, 3.7}) {
+    const QuantParams q = adalog_params(0.8, tau, 0.17);
+    EXPECT_TRUE(at::allclose(fake_quant(r, s, q), fake_quant_reference(r, s, q), 1e-5, 1e-6)) << tau;
+  }
+  EXPECT_THROW(adalog_params(1.0, 0.1), Error);
+  EXPECT_THROW(adalog_params(1.0, 9.0), Error);
+  EXPECT_THROW(adalog_params(1.0, NAN), Error);
+  EXPECT_THROW(adalog_params(1.0, 2.0, -0.1), Error);
+  EXPECT_THROW(adalog_params(0.0, 2.0), Error);
+  EXPECT_THROW(fake_quant(r, s, QuantParams{at::ones({1}), at::zeros({1}), {}}), Error);  // no base
+  s.granularity = Granularity::PerChannel;
+  EXPECT_THROW(s.validate(), Error);
+}
+
+// The search: at 3 bits on attention probabilities the searched base quantizes with less error than log√2 and log2
+// (both on its grid); +adalog on a repqvit plan replaces the post-softmax and post-GELU quantizers where it wins,
+// the plan round-trips through JSON (version 5) and refuses broken AdaLog parameters, and the integer runtime runs it
+// (its AdaLog inputs in float) as the simulation does.
+TEST(AdaLog, SearchedBasePlansRoundTripAndRun) {
+  at::Tensor probs;
+  {
+    ExecHooks h;
+    h.on_output = [&](const Node& n, const std::vector<at::Tensor>& outs) {
+      if (n.op == OpKind::Softmax && !probs.defined()) probs = outs[0].clone();
+    };
+    at::InferenceMode guard;
+    Executor(model()).run(images().narrow(0, 0, 2), &h);
+  }
+  ASSERT_TRUE(probs.defined());
+  const AdaLogFit fit = fit_adalog(probs, 3, false);
+  QuantSpec s = fit.spec;
+  auto err = [&](QuantKind k) {
+    s.kind = k;
+    const double scale = fit.params.scale.item<double>();
+    return (fake_quant(probs, s, QuantParams{at::full({1}, scale), at::zeros({1}), {}}) - probs).pow(2).mean().item<double>();
+  };
+  const double e_sqrt2 = err(QuantKind::LogSqrt2), e_log2 = err(QuantKind::Log2);
+  std::printf("3-bit attention probabilities of block 0: adalog tau %.2f MSE %.3g; at its scale log-sqrt2 %.3g, log2 %.3g\n",
+              fit.params.base.item<double>(), fit.error, e_sqrt2, e_log2);
+  EXPECT_LT(fit.error, e_sqrt2);
+  EXPECT_LE(fit.error, e_log2);
+
+  MethodOptions o;
+  o.progress = false;
+  o.convention = "common";
+  o.placement.wbits = o.placement.abits = 4;
+  o.adalog = true;
+  const QuantPlan plan = run_method(model(), images(), "repqvit", o);
+  const int replaced = plan.settings.at("adalog").at("replaced").get<int>();
+  int adalog_points = 0, gelu_shifted = 0;
+  for (const auto& p : plan.points)
+    if (p.spec.kind == QuantKind::AdaLog) {
+      ++adalog_points;
+      gelu_shifted += p.params.shift.item<double>() > 0;
+    }
+  std::printf("repqvit+adalog W4A4: %d quantizers replaced (%d post-GELU), %d kept\n", replaced, gelu_shifted,
+              plan.settings.at("adalog").at("kept").get<int>());
+  EXPECT_EQ(adalog_points, replaced);
+  EXPECT_GT(replaced, 0);
+  EXPECT_LE(replaced, 24);  // 12 post-softmax + 12 post-GELU inputs
+
+  TempDir dir;
+  save_plan(plan, (dir / "p.json").string());
+  const QuantPlan back = load_plan((dir / "p.json").string(), model());
+  at::InferenceMode guard;
+  const auto x = images().narrow(0, 0, 2);
+  const auto want = QuantizedModel(model(), plan).run(x);
+  EXPECT_TRUE(at::equal(QuantizedModel(model(), back).run(x), want));
+  const auto j = nlohmann::json::parse(read_file(dir / "p.json"));
+  size_t first = 0;
+  while (j["points"][first]["spec"]["kind"] != "adalog") ++first;
+  auto broken = [&](const std::function<void(nlohmann::json&)>& edit) {
+    auto c = j;
+    edit(c["points"][first]);
+    write_file(dir / "b.json", c.dump());
+    return error_of([&] { load_plan((dir / "b.json").string(), model()); });
+  };
+  EXPECT_NE(broken([](nlohmann::json& p) { p["base"]["data"][0] = 20.0; }).find("0.25..8"), std::string::npos);
+  EXPECT_NE(broken([](nlohmann::json& p) { p.erase("base"); }).find("base"), std::string::npos);
+  EXPECT_NE(broken([](nlohmann::json& p) { p["shift"]["data"][0] = -1.0; }).find("shift"), std::string::npos);
+  EXPECT_NE(broken([](nlohmann::json& p) { p["spec"]["kind"] = "uniform"; }).find("only an adalog"), std::string::npos);
+  auto old = j;
+  old["version"] = 4;
+  write_file(dir / "old.json", old.dump());
+  EXPECT_NE(error_of([&] { load_plan((dir / "old.json").string(), model()); }).find("version 5"), std::string::npos);
+
+  if (int8_runtime_available()) {
+    Int8Model m(model(), plan);
+    EXPECT_FALSE(m.stats().fallbacks.empty());  // the layers that read AdaLog inputs
+    for (const auto& f : m.stats().fallbacks) EXPECT_NE(f.find("adalog"), std::string::npos) << f;
+    const auto got = m.run(x);
+    // judged against the simulation's own deviation under 1e-6 noise on every constant (test_int8_runtime.cpp)
+    Graph perturbed = model();
+    at::manual_seed(11);
+    for (auto& c : perturbed.consts)
+      if (c.defined() && c.is_floating_point()) c = c * (1 + 1e-6 * at::randn_like(c));
+    const double chaos = (want - QuantizedModel(perturbed, plan).run(x)).abs().mean().item<double>();
+    const double d = (got - want).abs().mean().item<double>();
+    std::printf("repqvit+adalog W4A4: mean |int8 - simulation| %.3g, simulation under 1e-6 noise %.3g\n", d, chaos);
+    EXPECT_LE(d, 2 * chaos + 1e-3);
+  }
 }
 
 // repqvit+erq: every Linear's weight updated (ridge regression on its quantized input), carried by the plan, used by

@@ -57,9 +57,10 @@ std::string apply_method_variant(const std::string& spec, MethodOptions& o) {
     else if (v == "noreparam") o.reparam = false;
     else if (v == "nolog") o.log_softmax = false;
     else if (v == "erq") o.erq_lambda = 0.1;
+    else if (v == "adalog") o.adalog = true;
     else if (v == "recon") {
       if (o.reconstruct.empty() || o.reconstruct == "none") o.reconstruct = "block";
-    } else fail("unknown method variant '+{}' in '{}' (norank, nobc, holdout, cosine, mp, mpkl, attn8, noreparam, nolog, erq, recon)", v, spec);
+    } else fail("unknown method variant '+{}' in '{}' (norank, nobc, holdout, cosine, mp, mpkl, attn8, noreparam, nolog, erq, adalog, recon)", v, spec);
   }
   find_method(parts[0]);
   return parts[0];
@@ -224,7 +225,7 @@ std::string compare_markdown(const nlohmann::json& j) {
       "images of {}. FP32 top-1 {:.2f}%. Convention: {}.\n"
       "Reproduce: `{}`\n"
       "Quantizers: each point's label and count (A: activation input, W: weight; bits; t/c/h = per tensor / channel / "
-      "head; s/a = symmetric / asymmetric; +ar = learned rounding; twin / log2 / ptf = non-uniform kinds).\n\n"
+      "head; s/a = symmetric / asymmetric; +ar = learned rounding; twin / log2 / log√2 / adalog / ptf = non-uniform kinds).\n\n"
       "| method | bits | top-1 | Δ vs FP32 | agreement | KL(FP‖Q) | search s | quantizers |\n|---|---|---|---|---|---|---|---|\n",
       j["model"].get<std::string>(), j["model"].get<std::string>(), j["source"].get<std::string>(), j["calib_size"].get<int64_t>(),
       j["seed"].get<uint64_t>(), j["calib"].get<std::string>(), j["images"].get<int64_t>(), j["data"].get<std::string>(),

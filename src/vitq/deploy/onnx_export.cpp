@@ -248,7 +248,7 @@ class Exporter {
     const auto& s = p.spec;
     if (s.granularity == Granularity::PerGroup) fail("export: {}: per-group activation quantizers cannot be exported", describe(p));
     if (s.kind == QuantKind::TwinUniform) return twin(p, x, base);
-    if (is_log_kind(s.kind)) return log2q(p, x, base);
+    if (is_any_log_kind(s.kind)) return log2q(p, x, base);
     std::string xin = x;
     const bool is8 = s.bits == 8 && ((s.is_signed && s.qmin() == -128 && s.qmax() == 127) || (!s.is_signed && s.qmax() == 255));
     if (!is8) {  // clip to the grid's range first: QDQ saturates only at the 8-bit limits
@@ -292,22 +292,29 @@ class Exporter {
     return out;
   }
 
-  std::string log2q(const QuantPoint& p, const std::string& x, const std::string& base) {
+  std::string log2q(const QuantPoint& p, const std::string& x_in, const std::string& base) {
     const float top = static_cast<float>((int64_t{1} << p.spec.bits) - 1);
     auto d = init(p.params.scale.to(at::kFloat), base + ".scale");
     auto zero = scalar(0.0f, base + ".zero");
+    const bool ada = p.spec.kind == QuantKind::AdaLog;
+    if (ada) check_adalog(p.params, describe(p));
+    const float shift = ada && p.params.shift.defined() ? p.params.shift.item<float>() : 0.0f;
+    const std::string shift_name = shift != 0.0f ? scalar(shift, base + ".shift") : "";
+    const std::string x = shift != 0.0f ? op1("Add", {x_in, shift_name}, base + ".shifted") : x_in;
     auto y = op1("Div", {x, d}, base + ".y");
-    // c = max(round(-k·log2 y), 0); x̂ = d·2^(-c/k) when y > 0 and c <= top, else 0 (k = 1: log2, 2: log√2)
-    const double k = p.spec.kind == QuantKind::LogSqrt2 ? 2.0 : 1.0;
+    // c = max(round(-k·log2 y), 0); x̂ = d·2^(-c/k) when y > 0 and c <= top, else 0 (k = 1: log2, 2: log√2,
+    // AdaLog: its τ; AdaLog then subtracts its shift again)
+    const double k = ada ? p.params.base.item<double>() : p.spec.kind == QuantKind::LogSqrt2 ? 2.0 : 1.0;
     auto neg_log2 = op1("Mul", {op1("Log", {y}, base + ".ln"), scalar(static_cast<float>(-k / std::log(2.0)), base + ".inv_ln2")},
                         base + ".neg_log2");
     auto c = op1("Max", {op1("Round", {neg_log2}, base + ".round"), zero}, base + ".c");
-    auto two = scalar(static_cast<float>(std::exp2(1.0 / k)), base + ".two");  // 2 or √2
+    auto two = scalar(static_cast<float>(std::exp2(1.0 / k)), base + ".two");  // 2, √2 or 2^(1/τ)
     auto value = op1("Mul", {d, op1("Pow", {two, op1("Neg", {c}, base + ".neg_c")}, base + ".pow")}, base + ".value");
     auto keep = op1("And", {op1("Greater", {y, zero}, base + ".positive"), op1("LessOrEqual", {c, scalar(top, base + ".top")}, base + ".in_range")},
                     base + ".keep");
     ++res_.standard_op_quantizers;
-    return op1("Where", {keep, value, zero}, base + ".log2");
+    const std::string q = op1("Where", {keep, value, zero}, base + ".log2");
+    return shift != 0.0f ? op1("Sub", {q, shift_name}, base + ".unshifted") : q;
   }
 
   // Weight w (a constant) quantized by p, as integer codes + DequantizeLinear. transpose: store [in, out].

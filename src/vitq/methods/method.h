@@ -50,6 +50,9 @@ struct MethodOptions {
   // 0 = off
   // (the variant repqvit+erq sets 0.1)
   double erq_lambda = 0;
+  // any method (the variant suffix +adalog): post-softmax and post-GELU inputs get AdaLog quantizers (a searched
+  // log base) where those quantize them with less error than the method's own (adalog.cpp)
+  bool adalog = false;
   // easyquant / ptq4vit: alternating rounds (0 = the paper's: 2 for EasyQuant, 3 for PTQ4ViT)
   int rounds = 0;
   // fqvit: bits of the softmax output; 4 or fewer = Log-Int-Softmax (log2 codes), 8 = uniform 8-bit codes
@@ -90,6 +93,19 @@ MethodInfo method_fqvit();
 MethodInfo method_ptq4vit();
 MethodInfo method_qhyvit();
 MethodInfo method_repqvit();
+
+// AdaLog's quantizer for the values x (all of one quantizer's input): τ and scale searched, least squared error;
+// `shifted`: shifted by −min(x) first (post-GELU).
+struct AdaLogFit {
+  QuantSpec spec;
+  QuantParams params;
+  double error = 0;  // mean squared quantization error of x
+};
+AdaLogFit fit_adalog(const at::Tensor& x, int bits, bool shifted);
+// The +adalog stage any plan can go through: each post-softmax / post-GELU input quantizer is replaced by the AdaLog
+// fit of the input it sees in the plan's model where that fit quantizes it with less error. Returns a record for
+// the plan's settings ({"replaced", "kept", "taus": {node: τ}}).
+nlohmann::json adalog_refit(const Graph& graph, const at::Tensor& calib, QuantPlan& plan, const MethodOptions& options);
 
 // The reconstruction stage any plan can go through (`+recon`): blocks as `mode` says ("layer" / "block"),
 // bridge blocks joint when given. Prints one line per block when options.progress.

@@ -57,8 +57,9 @@ QuantPlan run_method(const Graph& g, const at::Tensor& calib, const std::string&
     ro.validate();  // before the search, not after it
   }
   QuantPlan plan = m.run(g, calib, o);
-  if (recon_after) reconstruct_plan(g, calib, plan, o.reconstruct, o);
   plan.model = g.meta.name;
+  if (o.adalog) plan.settings["adalog"] = adalog_refit(g, calib, plan, o);  // before the reconstruction starts from it
+  if (recon_after) reconstruct_plan(g, calib, plan, o.reconstruct, o);
   plan.method = name;
   plan.settings["wbits"] = o.placement.wbits;
   plan.settings["abits"] = o.placement.abits;

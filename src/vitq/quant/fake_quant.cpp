@@ -84,9 +84,7 @@ QuantizedModel::QuantizedModel(const Graph& g, const QuantPlan& plan, c10::Devic
     const auto& acts = activations_[i];
     if (slot < acts.size() && acts[slot]) {
       const QuantPoint& p = *acts[slot];
-      QuantParams params{p.params.scale.to(t.device()), p.params.zero_point.to(t.device()),
-                         p.params.scale2.defined() ? p.params.scale2.to(t.device()) : at::Tensor()};
-      return fake_quant(t, p.spec, params);
+      return fake_quant(t, p.spec, p.params.to(t.device()));
     }
     return t;
   };
@@ -127,6 +125,7 @@ std::string point_label(const QuantPoint& p) {
   if (p.spec.kind == QuantKind::TwinUniform) return s + "twin";
   if (p.spec.kind == QuantKind::Log2) return s + "log2";
   if (p.spec.kind == QuantKind::LogSqrt2) return s + "log√2";
+  if (p.spec.kind == QuantKind::AdaLog) return s + "adalog";
   if (p.spec.kind == QuantKind::PowerOfTwoFactor) return s + "ptf";
   const char* g = p.spec.granularity == Granularity::PerTensor ? "t" : p.spec.granularity == Granularity::PerChannel ? "c"
                   : p.spec.granularity == Granularity::PerHead ? "h" : "g";

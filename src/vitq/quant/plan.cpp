@@ -214,6 +214,8 @@ void params_to_json(const QuantParams& p, nlohmann::json& e) {
   e["scale"] = tensor_to_json(p.scale);
   e["zero_point"] = tensor_to_json(p.zero_point);
   if (p.scale2.defined()) e["scale2"] = tensor_to_json(p.scale2);
+  if (p.base.defined()) e["base"] = tensor_to_json(p.base);
+  if (p.shift.defined()) e["shift"] = tensor_to_json(p.shift);
 }
 // Reads and checks parameters: positive scales, integer zero points inside the grid.
 QuantParams params_from_json(const nlohmann::json& e, const QuantSpec& spec, const std::string& what) {
@@ -222,6 +224,10 @@ QuantParams params_from_json(const nlohmann::json& e, const QuantSpec& spec, con
   p.scale = tensor_from_json(e["scale"]);
   p.zero_point = tensor_from_json(e.at("zero_point"));
   if (e.contains("scale2")) p.scale2 = tensor_from_json(e["scale2"]);
+  if (e.contains("base")) p.base = tensor_from_json(e["base"]);
+  if (e.contains("shift")) p.shift = tensor_from_json(e["shift"]);
+  if (spec.kind == QuantKind::AdaLog) check_adalog(p, what);
+  else if (p.base.defined() || p.shift.defined()) fail("{} has a base or shift, which only an adalog quantizer has", what);
   // Normal positive floats: a subnormal step (1e-45) overflows 1/step to inf and turns codes into NaN.
   const float smallest = std::numeric_limits<float>::min();
   if (!(p.scale >= smallest).all().item<bool>() || (p.scale2.defined() && !(p.scale2 >= smallest).all().item<bool>()))
@@ -285,6 +291,8 @@ QuantPlan plan_from_json(const nlohmann::json& j, const std::string& where) {
       q.slot = strict_int(e.at("slot"), "slot", 0, 15);
       q.weight = e.at("weight").get<bool>();
       q.spec = spec_from_json(e.at("spec"));
+      if (q.spec.kind == QuantKind::AdaLog && version < 5)
+        fail("{}: {} slot {}: adalog quantizers need plan format version 5", where, q.node, q.slot);
       q.params = params_from_json(e, q.spec, fmt::format("{}: {} slot {}", where, q.node, q.slot));
       if (e.contains("codes")) {
         if (version < 3) fail("{}: {} slot {}: weight codes need plan format version 3", where, q.node, q.slot);

@@ -60,8 +60,9 @@ struct Reparam {
 
 struct QuantPlan {
   // 2: quantizer kinds (twin uniform, log2, PTF), scale2, integer ops. 3: learned weight codes (AdaRound).
-  // 4: reparameterisations, weight updates, the log√2 quantizer. Versions 1 to 3 load.
-  static constexpr int kVersion = 4;
+  // 4: reparameterisations, weight updates, the log√2 quantizer. 5: AdaLog quantizers (base, shift). Versions 1
+  // to 4 load.
+  static constexpr int kVersion = 5;
   std::string model;      // Graph::meta.name
   std::string method;
   nlohmann::json settings = nlohmann::json::object();  // bits, calibration set, size, seed, method options

@@ -64,16 +64,19 @@ const char* quant_kind_name(QuantKind k) {
     case QuantKind::Log2: return "log2";
     case QuantKind::PowerOfTwoFactor: return "ptf";
     case QuantKind::LogSqrt2: return "log_sqrt2";
+    case QuantKind::AdaLog: return "adalog";
   }
   return "?";
 }
 
 bool is_log_kind(QuantKind k) { return k == QuantKind::Log2 || k == QuantKind::LogSqrt2; }
+bool is_any_log_kind(QuantKind k) { return is_log_kind(k) || k == QuantKind::AdaLog; }
 
 QuantKind parse_quant_kind(const std::string& name) {
-  for (auto k : {QuantKind::Uniform, QuantKind::TwinUniform, QuantKind::Log2, QuantKind::PowerOfTwoFactor, QuantKind::LogSqrt2})
+  for (auto k : {QuantKind::Uniform, QuantKind::TwinUniform, QuantKind::Log2, QuantKind::PowerOfTwoFactor, QuantKind::LogSqrt2,
+                 QuantKind::AdaLog})
     if (name == quant_kind_name(k)) return k;
-  fail("unknown quantizer kind '{}' (uniform, twin_uniform, log2, log_sqrt2, ptf)", name);
+  fail("unknown quantizer kind '{}' (uniform, twin_uniform, log2, log_sqrt2, adalog, ptf)", name);
 }
 
 int64_t QuantSpec::qmin() const {
@@ -85,7 +88,8 @@ int64_t QuantSpec::qmax() const { return is_signed ? (int64_t{1} << (bits - 1)) 
 void QuantSpec::validate() const {
   if (bits < 2 || bits > 8) fail("bits must be between 2 and 8, got {}", bits);
   if (granularity == Granularity::PerGroup && group_size <= 0) fail("per-group quantization needs a positive group size");
-  if (is_log_kind(kind) && is_signed) fail("a {} quantizer is for non-negative data (unsigned)", quant_kind_name(kind));
+  if (is_any_log_kind(kind) && is_signed) fail("a {} quantizer is for non-negative data (unsigned)", quant_kind_name(kind));
+  if (kind == QuantKind::AdaLog && granularity != Granularity::PerTensor) fail("an adalog quantizer is per tensor");
   if (kind == QuantKind::PowerOfTwoFactor && granularity != Granularity::PerChannel)
     fail("a power-of-two-factor quantizer is per channel");
   if (kind != QuantKind::Uniform && kind != QuantKind::PowerOfTwoFactor && granularity == Granularity::PerGroup)
@@ -98,6 +102,7 @@ std::string QuantSpec::describe() const {
   if (granularity == Granularity::PerGroup) g += fmt::format("({})", group_size);
   if (kind == QuantKind::Log2) return fmt::format("log2 {}-bit", bits);
   if (kind == QuantKind::LogSqrt2) return fmt::format("log-sqrt2 {}-bit", bits);
+  if (kind == QuantKind::AdaLog) return fmt::format("adalog {}-bit", bits);
   const std::string k = kind == QuantKind::Uniform ? "" : std::string(" ") + quant_kind_name(kind);
   return fmt::format("{}{} {}{} per-{}", is_signed ? "int" : "uint", bits, symmetric ? "sym" : "asym", k, g);
 }
@@ -159,19 +164,31 @@ at::Tensor twin_fake_quant(const at::Tensor& x, const QuantSpec& s, const QuantP
   return x + (q - x).detach();       // straight-through
 }
 
-// codes per octave: 1 for log2, 2 for log√2
-double log_steps(const QuantSpec& s) { return s.kind == QuantKind::LogSqrt2 ? 2.0 : 1.0; }
+// codes per octave: 1 for log2, 2 for log√2, τ for AdaLog
+double log_steps(const QuantSpec& s, const QuantParams& p) {
+  if (s.kind == QuantKind::AdaLog) {
+    check_adalog(p, "adalog quantizer");
+    return p.base.item<double>();
+  }
+  return s.kind == QuantKind::LogSqrt2 ? 2.0 : 1.0;
+}
+double log_shift(const QuantSpec& s, const QuantParams& p) {
+  return s.kind == QuantKind::AdaLog && p.shift.defined() ? p.shift.item<double>() : 0.0;
+}
 
 at::Tensor log2_codes(const at::Tensor& x, const QuantSpec& s, const QuantParams& p) {
-  auto y = x / p.scale;
-  auto c = at::clamp_min(at::round(-log_steps(s) * at::log2(y)), 0.0);
+  const double shift = log_shift(s, p);
+  auto y = (shift != 0.0 ? x + shift : x) / p.scale;
+  auto c = at::clamp_min(at::round(-log_steps(s, p) * at::log2(y)), 0.0);
   const double top = log2_max_code(s);
   return at::where((y > 0) & (c <= top), c, at::full_like(c, top + 1));
 }
 
 at::Tensor log2_fake_quant(const at::Tensor& x, const QuantSpec& s, const QuantParams& p) {
   auto c = log2_codes(x, s, p);
-  auto q = at::where(c <= log2_max_code(s), p.scale * at::exp2(-c / log_steps(s)), at::zeros_like(x));
+  auto q = at::where(c <= log2_max_code(s), p.scale * at::exp2(-c / log_steps(s, p)), at::zeros_like(x));
+  const double shift = log_shift(s, p);
+  if (shift != 0.0) q = q - shift;
   if (!x.requires_grad()) return q;
   return x + (q - x).detach();
 }
@@ -201,8 +218,35 @@ QuantParams twin_gelu_params(int bits, double coarse, double negative_floor) {
 
 QuantParams log2_params() { return {at::ones({1}), at::zeros({1}), {}}; }
 
+void check_adalog(const QuantParams& p, const std::string& what) {
+  if (!p.base.defined() || p.base.numel() != 1) fail("{}: needs one base (codes per octave)", what);
+  const double tau = p.base.item<double>();
+  if (!(tau >= 0.25 && tau <= 8.0)) fail("{}: base (codes per octave) must be in 0.25..8, got {}", what, tau);
+  if (p.shift.defined()) {
+    if (p.shift.numel() != 1) fail("{}: needs one shift", what);
+    const double shift = p.shift.item<double>();
+    if (!(shift >= 0.0 && std::isfinite(shift))) fail("{}: shift must be finite and >= 0, got {}", what, shift);
+  }
+}
+
+QuantParams adalog_params(double scale, double tau, double shift) {
+  if (!(scale > 0) || !std::isfinite(scale)) fail("adalog scale must be positive and finite, got {}", scale);
+  QuantParams p{at::full({1}, scale), at::zeros({1}), {}, at::full({1}, tau), at::full({1}, shift)};
+  check_adalog(p, "adalog quantizer");
+  return p;
+}
+
+QuantParams QuantParams::to(const at::Device& device, bool clone) const {
+  auto move = [&](const at::Tensor& t) {
+    if (!t.defined()) return at::Tensor();
+    auto m = t.to(device);
+    return clone ? m.clone() : m;
+  };
+  return {move(scale), move(zero_point), move(scale2), move(base), move(shift)};
+}
+
 at::Tensor quantize_codes(const at::Tensor& x, const QuantSpec& s, const QuantParams& p) {
-  if (is_log_kind(s.kind)) return log2_codes(x, s, p);
+  if (is_any_log_kind(s.kind)) return log2_codes(x, s, p);
   if (s.kind == QuantKind::TwinUniform) fail("quantize_codes: twin-uniform codes are not a single grid");
   check_axis(x, s);
   auto xg = grouped(x, s);
@@ -212,7 +256,7 @@ at::Tensor quantize_codes(const at::Tensor& x, const QuantSpec& s, const QuantPa
 
 at::Tensor fake_quant(const at::Tensor& x, const QuantSpec& s, const QuantParams& p) {
   if (s.kind == QuantKind::TwinUniform) return twin_fake_quant(x, s, p);
-  if (is_log_kind(s.kind)) return log2_fake_quant(x, s, p);
+  if (is_any_log_kind(s.kind)) return log2_fake_quant(x, s, p);
   check_axis(x, s);
   auto xg = grouped(x, s);
   auto scale = group_param(p.scale, s), zp = group_param(p.zero_point, s);
@@ -243,16 +287,18 @@ at::Tensor reference_elementwise(const at::Tensor& x_in, const QuantSpec& s, con
       else
         o[i] = c1 <= n ? static_cast<float>(std::max(c1, 0.0)) * d1 : static_cast<float>(c2) * d2;
     }
-  } else {  // Log2, LogSqrt2
-    const double top = log2_max_code(s), k = s.kind == QuantKind::LogSqrt2 ? 2.0 : 1.0;
+  } else {  // Log2, LogSqrt2, AdaLog
+    const double top = log2_max_code(s);
+    const double k = s.kind == QuantKind::AdaLog ? p.base.item<double>() : s.kind == QuantKind::LogSqrt2 ? 2.0 : 1.0;
+    const float shift = s.kind == QuantKind::AdaLog && p.shift.defined() ? p.shift.item<float>() : 0.0f;
     for (int64_t i = 0; i < x.numel(); ++i) {
-      const float y = xs[i] / d1;
+      const float y = (xs[i] + shift) / d1;
       if (!(y > 0)) {
-        o[i] = 0;
+        o[i] = -shift;
         continue;
       }
       const double c = std::max(0.0, std::nearbyint(-k * std::log2(static_cast<double>(y))));
-      o[i] = c <= top ? static_cast<float>(d1 * std::exp2(-c / k)) : 0.0f;
+      o[i] = (c <= top ? static_cast<float>(d1 * std::exp2(-c / k)) : 0.0f) - shift;
     }
   }
   return out.reshape(x_in.sizes());
@@ -260,7 +306,8 @@ at::Tensor reference_elementwise(const at::Tensor& x_in, const QuantSpec& s, con
 }  // namespace
 
 at::Tensor fake_quant_reference(const at::Tensor& x_in, const QuantSpec& s, const QuantParams& p) {
-  if (s.kind == QuantKind::TwinUniform || is_log_kind(s.kind)) {
+  if (s.kind == QuantKind::TwinUniform || is_any_log_kind(s.kind)) {
+    if (s.kind == QuantKind::AdaLog) check_adalog(p, "adalog quantizer");
     if (p.scale.numel() != 1) fail("the reference of a {} quantizer takes one scale", quant_kind_name(s.kind));
     return reference_elementwise(x_in, s, p);
   }

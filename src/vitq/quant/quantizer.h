@@ -30,12 +30,18 @@ Granularity parse_granularity(const std::string& name);
 //                     log domain), x̂ = scale·2^-c for c <= 2^b - 1, 0 beyond (and for x <= 0).
 //   LogSqrt2          RepQ-ViT's log√2 quantizer for values in [0, scale]: c = round(-2·log2(x/scale)) (at least 0),
 //                     x̂ = scale·2^(-c/2) for c <= 2^b - 1, 0 beyond (and for x <= 0) — twice log2's resolution.
+//   AdaLog            AdaLog's log quantizer with a searched base (Wu et al. 2024): the base is 2^(1/τ), τ = params.base
+//                     codes per octave (log2: τ = 1, log√2: τ = 2); values are shifted by params.shift >= 0 first
+//                     (post-GELU: GELU's negative tail up to 0), so y = (x + shift)/scale, c = round(-τ·log2 y) (at
+//                     least 0), x̂ = scale·2^(-c/τ) - shift for c <= 2^b - 1, -shift beyond (and for y <= 0).
 //   PowerOfTwoFactor  FQ-ViT's PTF: per-channel uniform (axis = channel) whose scales are s·2^α_c, α_c in 0..3,
 //                     and one zero point for every channel — a uniform per-channel quantizer with that
 //                     constraint, checked when a plan is loaded.
-enum class QuantKind { Uniform, TwinUniform, Log2, PowerOfTwoFactor, LogSqrt2 };
-// Log2 or LogSqrt2
+enum class QuantKind { Uniform, TwinUniform, Log2, PowerOfTwoFactor, LogSqrt2, AdaLog };
+// Log2 or LogSqrt2 (the fixed-base log quantizers the integer runtime runs natively; not AdaLog)
 bool is_log_kind(QuantKind k);
+// Log2, LogSqrt2 or AdaLog
+bool is_any_log_kind(QuantKind k);
 const char* quant_kind_name(QuantKind k);
 QuantKind parse_quant_kind(const std::string& name);
 
@@ -60,6 +66,11 @@ struct QuantParams {
   at::Tensor scale;       // float32, broadcastable to the quantized tensor (see above)
   at::Tensor zero_point;  // float32 (integer-valued), same shape; zeros for symmetric
   at::Tensor scale2;      // TwinUniform only: the coarse range's step, shaped like scale
+  at::Tensor base;        // AdaLog only: τ, codes per octave (one value; the log base is 2^(1/τ))
+  at::Tensor shift;       // AdaLog only: added before quantizing, subtracted after (one value >= 0; undefined: 0)
+
+  // Every defined field on `device`, cloned if asked.
+  QuantParams to(const at::Device& device, bool clone = false) const;
 };
 
 // Reduces x to the statistics shape of `spec` (keepdim), e.g. amax over everything but the channel axis.
@@ -87,5 +98,9 @@ at::Tensor fake_quant_reference(const at::Tensor& x, const QuantSpec& spec, cons
 QuantParams twin_softmax_params(int bits, int shift);
 QuantParams twin_gelu_params(int bits, double coarse, double negative_floor = -0.17);
 QuantParams log2_params();  // scale 1: values in [0, 1]
+// AdaLog: τ codes per octave (0.25..8), values shifted by `shift` >= 0. Error outside those ranges.
+QuantParams adalog_params(double scale, double tau, double shift = 0.0);
+// Checks an AdaLog quantizer's base and shift (one finite value each, τ in 0.25..8, shift >= 0); `what` names it.
+void check_adalog(const QuantParams& p, const std::string& what);
 
 }  // namespace vitq

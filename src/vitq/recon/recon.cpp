@@ -313,8 +313,7 @@ class BlockTrainer {
       if (!t.point->weight && !t.learned) {
         const auto& pp = t.point->params;
         // clones: the plan's tensors may be inference tensors (made under InferenceMode), which autograd cannot save
-        fixed_params_[key] = {pp.scale.to(dev_).clone(), pp.zero_point.to(dev_).clone(),
-                              pp.scale2.defined() ? pp.scale2.to(dev_).clone() : at::Tensor()};
+        fixed_params_[key] = pp.to(dev_, true);
       }
       if (t.point->weight && !t.learned) {
         const Node& n = g_.nodes[t.node];
