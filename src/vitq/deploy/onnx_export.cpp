@@ -296,15 +296,14 @@ class Exporter {
     const float top = static_cast<float>((int64_t{1} << p.spec.bits) - 1);
     auto d = init(p.params.scale.to(at::kFloat), base + ".scale");
     auto zero = scalar(0.0f, base + ".zero");
-    const bool ada = p.spec.kind == QuantKind::AdaLog;
-    if (ada) check_adalog(p.params, describe(p));
-    const float shift = ada && p.params.shift.defined() ? p.params.shift.item<float>() : 0.0f;
+    if (p.spec.kind == QuantKind::AdaLog) check_adalog(p.params, describe(p));
+    const auto shift = static_cast<float>(log_shift(p.spec, p.params));
     const std::string shift_name = shift != 0.0f ? scalar(shift, base + ".shift") : "";
     const std::string x = shift != 0.0f ? op1("Add", {x_in, shift_name}, base + ".shifted") : x_in;
     auto y = op1("Div", {x, d}, base + ".y");
     // c = max(round(-k·log2 y), 0); x̂ = d·2^(-c/k) when y > 0 and c <= top, else 0 (k = 1: log2, 2: log√2,
     // AdaLog: its τ; AdaLog then subtracts its shift again)
-    const double k = ada ? p.params.base.item<double>() : p.spec.kind == QuantKind::LogSqrt2 ? 2.0 : 1.0;
+    const double k = log_codes_per_octave(p.spec, p.params);
     auto neg_log2 = op1("Mul", {op1("Log", {y}, base + ".ln"), scalar(static_cast<float>(-k / std::log(2.0)), base + ".inv_ln2")},
                         base + ".neg_log2");
     auto c = op1("Max", {op1("Round", {neg_log2}, base + ".round"), zero}, base + ".c");

@@ -61,7 +61,10 @@ AdaLogFit fit_adalog(const at::Tensor& x_in, int bits, bool shifted) {
       if (err < best.error) best = {spec, p, err};
     }
   }
-  if (!std::isfinite(best.error)) best = {spec, adalog_params(1.0, 2.0, shift), mse(fake_quant(x, spec, adalog_params(1.0, 2.0, shift)), x)};
+  if (!std::isfinite(best.error)) {  // no positive candidate scale (x + shift is all zero): any scale is exact
+    const QuantParams p = adalog_params(1.0, 2.0, shift);
+    best = {spec, p, mse(fake_quant(x, spec, p), x)};
+  }
   return best;
 }
 

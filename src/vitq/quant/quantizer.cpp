@@ -164,8 +164,9 @@ at::Tensor twin_fake_quant(const at::Tensor& x, const QuantSpec& s, const QuantP
   return x + (q - x).detach();       // straight-through
 }
 
-// codes per octave: 1 for log2, 2 for log√2, τ for AdaLog
-double log_steps(const QuantSpec& s, const QuantParams& p) {
+}  // namespace
+
+double log_codes_per_octave(const QuantSpec& s, const QuantParams& p) {
   if (s.kind == QuantKind::AdaLog) {
     check_adalog(p, "adalog quantizer");
     return p.base.item<double>();
@@ -176,17 +177,19 @@ double log_shift(const QuantSpec& s, const QuantParams& p) {
   return s.kind == QuantKind::AdaLog && p.shift.defined() ? p.shift.item<double>() : 0.0;
 }
 
+namespace {
+
 at::Tensor log2_codes(const at::Tensor& x, const QuantSpec& s, const QuantParams& p) {
   const double shift = log_shift(s, p);
   auto y = (shift != 0.0 ? x + shift : x) / p.scale;
-  auto c = at::clamp_min(at::round(-log_steps(s, p) * at::log2(y)), 0.0);
+  auto c = at::clamp_min(at::round(-log_codes_per_octave(s, p) * at::log2(y)), 0.0);
   const double top = log2_max_code(s);
   return at::where((y > 0) & (c <= top), c, at::full_like(c, top + 1));
 }
 
 at::Tensor log2_fake_quant(const at::Tensor& x, const QuantSpec& s, const QuantParams& p) {
   auto c = log2_codes(x, s, p);
-  auto q = at::where(c <= log2_max_code(s), p.scale * at::exp2(-c / log_steps(s, p)), at::zeros_like(x));
+  auto q = at::where(c <= log2_max_code(s), p.scale * at::exp2(-c / log_codes_per_octave(s, p)), at::zeros_like(x));
   const double shift = log_shift(s, p);
   if (shift != 0.0) q = q - shift;
   if (!x.requires_grad()) return q;
@@ -289,8 +292,8 @@ at::Tensor reference_elementwise(const at::Tensor& x_in, const QuantSpec& s, con
     }
   } else {  // Log2, LogSqrt2, AdaLog
     const double top = log2_max_code(s);
-    const double k = s.kind == QuantKind::AdaLog ? p.base.item<double>() : s.kind == QuantKind::LogSqrt2 ? 2.0 : 1.0;
-    const float shift = s.kind == QuantKind::AdaLog && p.shift.defined() ? p.shift.item<float>() : 0.0f;
+    const double k = log_codes_per_octave(s, p);
+    const auto shift = static_cast<float>(log_shift(s, p));
     for (int64_t i = 0; i < x.numel(); ++i) {
       const float y = (xs[i] + shift) / d1;
       if (!(y > 0)) {

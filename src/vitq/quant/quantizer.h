@@ -66,8 +66,8 @@ struct QuantParams {
   at::Tensor scale;       // float32, broadcastable to the quantized tensor (see above)
   at::Tensor zero_point;  // float32 (integer-valued), same shape; zeros for symmetric
   at::Tensor scale2;      // TwinUniform only: the coarse range's step, shaped like scale
-  at::Tensor base;        // AdaLog only: τ, codes per octave (one value; the log base is 2^(1/τ))
-  at::Tensor shift;       // AdaLog only: added before quantizing, subtracted after (one value >= 0; undefined: 0)
+  at::Tensor base{};      // AdaLog only: τ, codes per octave (one value; the log base is 2^(1/τ))
+  at::Tensor shift{};     // AdaLog only: added before quantizing, subtracted after (one value >= 0; undefined: 0)
 
   // Every defined field on `device`, cloned if asked.
   QuantParams to(const at::Device& device, bool clone = false) const;
@@ -87,6 +87,10 @@ at::Tensor fake_quant(const at::Tensor& x, const QuantSpec& spec, const QuantPar
 // Integer codes (float tensor holding integers) of a Uniform / PowerOfTwoFactor quantizer; for Log2 the
 // exponent c (2^b for values that quantize to 0), for LogSqrt2 likewise (x̂ = scale·2^(-c/2)).
 at::Tensor quantize_codes(const at::Tensor& x, const QuantSpec& spec, const QuantParams& params);
+// The log kinds' codes per octave (1 for Log2, 2 for LogSqrt2, the base τ for AdaLog, whose parameters it checks)
+// and the shift added before quantizing (AdaLog's, else 0).
+double log_codes_per_octave(const QuantSpec& spec, const QuantParams& params);
+double log_shift(const QuantSpec& spec, const QuantParams& params);
 // Plain-loop reference of fake_quant on CPU (round half to even, as libtorch's round), for the tests; covers
 // every kind.
 at::Tensor fake_quant_reference(const at::Tensor& x, const QuantSpec& spec, const QuantParams& params);

@@ -80,8 +80,7 @@ std::vector<ActivationHistogram> activation_histograms(const Graph& g, const Qua
       if (p.spec.kind == QuantKind::TwinUniform && p.params.scale2.defined()) step_top = p.params.scale2.abs();
       at::Tensor top_margin = 0.5 * step_top, bottom_margin = 0.5 * step_bottom;
       if (is_any_log_kind(p.spec.kind)) {
-        const double tau = p.spec.kind == QuantKind::AdaLog ? p.params.base.item<double>() : p.spec.kind == QuantKind::Log2 ? 1.0 : 2.0;
-        top_margin = (std::exp2(0.5 / tau) - 1) * s1;
+        top_margin = (std::exp2(0.5 / log_codes_per_octave(p.spec, p.params)) - 1) * s1;
         bottom_margin = at::zeros_like(s1);
       }
       h.outside = (v > top + top_margin).logical_or(v < bottom - bottom_margin).sum().item<int64_t>();
