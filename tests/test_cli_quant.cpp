@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "test_util.h"
+#include "vitq/data/dataset.h"
 
 using namespace vitq::test;
 
@@ -94,6 +95,45 @@ TEST(CliQuant, CompareRejectsNonsense) {
   expect_cli_error(run_vitq(base + " --bits w9a8"), "outside 2-8 bits");
   expect_cli_error(run_vitq(base + " --bits 8bit"), "--bits expects items like w8a8");
   expect_cli_error(run_vitq(base + " --methods minmax,foo"), "unknown method 'foo'");
+}
+
+// compare --exclude-calib evaluates on --data without the images drawn for calibration, matched by the file they
+// are (a labels.txt that reaches the same image by another path still matches).
+TEST(CliQuant, CompareExcludesCalibrationImages) {
+  TempDir dir;
+  const auto set = val_subset(dir.path(), 6, "set");
+  // another folder whose labels.txt names the first 5 images of the set through ../set/
+  std::istringstream in(read_file(set / "labels.txt"));
+  std::string line, labels;
+  std::vector<std::string> first5;
+  for (int i = 0; i < 5 && std::getline(in, line); ++i) {
+    labels += "../set/" + line + "\n";
+    first5.push_back(line.substr(0, line.find(' ')));
+  }
+  fs::create_directories(dir / "half");
+  write_file(dir / "half" / "labels.txt", labels);
+  const auto drawn = vitq::sample_subset(vitq::open_dataset(set.string()), 4, 0);
+  int64_t in_half = 0;
+  for (const auto& s : drawn.samples)
+    for (const auto& f : first5) in_half += fs::path(s.path).filename() == f;
+  const std::string base = "compare " + quoted(model_dir()) + " --calib " + quoted(set) +
+                           " --calib-size 4 --seed 0 --methods minmax --bits w8a8 --quiet --exclude-calib --out " + quoted(dir / "t");
+  for (const auto& [data, total, excluded] : {std::tuple{set, int64_t{6}, int64_t{4}}, {dir / "half", int64_t{5}, in_half}}) {
+    auto r = run_vitq(base + " --data " + quoted(data));
+    ASSERT_EQ(r.code, 0) << r.output;
+    const auto j = nlohmann::json::parse(read_file(dir / "t.json"));
+    EXPECT_EQ(j["calibration_images_excluded"].get<int64_t>(), excluded) << data;
+    EXPECT_EQ(j["images"].get<int64_t>(), total - excluded) << data;
+    EXPECT_NE(read_file(dir / "t.md").find("without the " + std::to_string(excluded) + " calibration images"), std::string::npos);
+  }
+  // nothing left, and synthetic calibration images (which no folder holds)
+  expect_cli_error(run_vitq("compare " + quoted(model_dir()) + " --calib " + quoted(set) + " --calib-size 6 --data " + quoted(set) +
+                            " --methods minmax --bits w8a8 --quiet --exclude-calib --out " + quoted(dir / "u")),
+                   "every image of");
+  expect_cli_error(run_vitq("compare " + quoted(model_dir()) + " --calib synthetic:2 --data " + quoted(set) +
+                            " --methods minmax --bits w8a8 --quiet --exclude-calib --out " + quoted(dir / "u")),
+                   "--exclude-calib: the calibration images are synthetic");
+  EXPECT_FALSE(fs::exists(dir / "u.json"));
 }
 
 TEST(CliQuant, NewMethodOptionsRejectNonsense) {

@@ -41,6 +41,7 @@ struct CompareArgs {
   QuantArgs q;
   std::string methods = "minmax,easyquant,fqvit,ptq4vit,liu2021", bits = "w8a8,w6a6,w4a4", data, out, command_line;
   size_t limit = 0;
+  bool exclude_calib = false;  // evaluate on --data without the images drawn for calibration
   std::string shard;               // "I/N": run only this share of the (bits, method) cells
   std::vector<std::string> merge;  // partial results to merge into one table instead of running
   std::string report;              // also write the HTML report here (report_command.cpp)

@@ -345,6 +345,7 @@ int main(int argc, char** argv) {
   compare->add_option("--shard", ca.shard, "I/N: run only shard I (0-based) of N of the (bits, method) cells and write a partial result (for a job array; see deploy/)");
   compare->add_option("--merge", ca.merge, "instead of running: merge these partial results (.json of every shard) into one table at --out")->expected(1, -1);
   compare->add_option("--limit", ca.limit, "evaluate only the first N images")->check(kCount);
+  compare->add_flag("--exclude-calib", ca.exclude_calib, "evaluate without the images drawn for calibration (for --data = --calib: judge on images no search saw)");
   compare->add_option("--out", ca.out, "output path without extension (writes .md and .json)")->required();
   compare->add_option("--report", ca.report, "also write the HTML report (vitq report) here: the table's charts, and the per-layer "
                       "charts of the lowest bit width's best plan (by agreement) on the first --report-images of --data");

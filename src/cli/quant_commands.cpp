@@ -147,6 +147,27 @@ at::Tensor calibration_images(const Graph& g, const QuantArgs& a) {
   return load_calibration(g, open_dataset(a.calib), a.calib_size, a.seed, !a.quiet);
 }
 
+// --exclude-calib: the evaluation set without the images drawn for calibration (the same files, compared by their
+// canonical paths), so that a method is judged on images none of its searches saw. Returns how many it dropped.
+int64_t drop_calibration_images(Dataset& data, const QuantArgs& a) {
+  int64_t n = 0;
+  if (parse_synthetic_calib(a.calib, &n))
+    fail("--exclude-calib: the calibration images are synthetic ({}); none of them is in --data", a.calib);
+  const Dataset all = open_dataset(a.calib);
+  const Dataset drawn = sample_subset(all, std::min(a.calib_size, all.samples.size()), a.seed);
+  auto key = [](const std::string& path) {
+    std::error_code ec;
+    const auto c = std::filesystem::weakly_canonical(path, ec);
+    return ec ? path : c.string();
+  };
+  std::set<std::string> used;
+  for (const auto& s : drawn.samples) used.insert(key(s.path));
+  const size_t before = data.samples.size();
+  std::erase_if(data.samples, [&](const Sample& s) { return used.count(key(s.path)) > 0; });
+  if (data.samples.empty()) fail("--exclude-calib: every image of {} was drawn for calibration; nothing is left to evaluate", data.root);
+  return static_cast<int64_t>(before - data.samples.size());
+}
+
 int run_quantize(const QuantArgs& a) {
   const int threads = set_threads(a.threads);
   MethodOptions o = method_options(a);
@@ -222,13 +243,16 @@ namespace {
 std::string compare_markdown(const nlohmann::json& j) {
   std::string md = fmt::format(
       "# {}: PTQ methods compared\n\nModel {} ({}), calibration: {} images drawn with seed {} from {}, evaluation: {} "
-      "images of {}. FP32 top-1 {:.2f}%. Convention: {}.\n"
+      "images of {}{}. FP32 top-1 {:.2f}%. Convention: {}.\n"
       "Reproduce: `{}`\n"
       "Quantizers: each point's label and count (A: activation input, W: weight; bits; t/c/h = per tensor / channel / "
       "head; s/a = symmetric / asymmetric; +ar = learned rounding; twin / log2 / log√2 / adalog / ptf = non-uniform kinds).\n\n"
       "| method | bits | top-1 | Δ vs FP32 | agreement | KL(FP‖Q) | search s | quantizers |\n|---|---|---|---|---|---|---|---|\n",
       j["model"].get<std::string>(), j["model"].get<std::string>(), j["source"].get<std::string>(), j["calib_size"].get<int64_t>(),
       j["seed"].get<uint64_t>(), j["calib"].get<std::string>(), j["images"].get<int64_t>(), j["data"].get<std::string>(),
+      j.contains("calibration_images_excluded")
+          ? fmt::format(" (without the {} calibration images in it)", j["calibration_images_excluded"].get<int64_t>())
+          : std::string(),
       j["fp32_top1"].get<double>(),
       j["convention"] == "paper"
           ? std::string("each method's own (its paper's quantizers and placement; see the README, Conventions)")
@@ -388,6 +412,8 @@ int run_compare(const CompareArgs& c) {
   for (int64_t k = 0; k < total; ++k)
     if (k % shard.second == shard.first) mine.push_back(k);
   Dataset data = open_dataset(c.data);
+  const int64_t excluded = c.exclude_calib ? drop_calibration_images(data, c.q) : 0;
+  if (c.exclude_calib) fmt::print(stderr, "--exclude-calib: {} of the calibration images are in {}; evaluating the other {}\n", excluded, c.data, data.samples.size());
   at::Tensor calib = calibration_images(g, c.q);
   // FP32 once; every quantized run is compared with these logits.
   EvalOptions eo;
@@ -404,6 +430,7 @@ int run_compare(const CompareArgs& c) {
                       {"seed", c.q.seed}, {"convention", c.q.convention}, {"weight_granularity", c.q.weight_granularity},
                       {"data", c.data}, {"images", fp.images}, {"fp32_top1", fp.top1_pct()}, {"threads", threads},
                       {"command_line", reproduce}, {"rows", nlohmann::json::array()}};
+  if (c.exclude_calib) j["calibration_images_excluded"] = excluded;
   if (!c.shard.empty()) {
     // what makes two partial results parts of one sweep: the command without --shard, and what it read
     j["sweep"] = {{"command", without_option(reproduce, "--out")}, {"model", g.meta.name}, {"images", fp.images}, {"fp32_top1", fp.top1_pct()},

@@ -23,7 +23,7 @@ namespace vitq {
 
 namespace {
 
-const std::vector<double> kTaus = {0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0};
+const std::vector<double> kTaus = {0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0};
 const std::vector<double> kTop = {1.0, 0.99999, 0.9999, 0.999};  // scale candidates: max and top quantiles
 constexpr int64_t kMaxSearch = int64_t{1} << 20;                   // values scored per candidate
 

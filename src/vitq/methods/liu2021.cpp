@@ -444,25 +444,27 @@ QuantPlan run_liu2021(const Graph& g, const at::Tensor& calib, const MethodOptio
     // Held out: the search scored its candidates on `sub` images only, and the similarity is blind to a scale
     // error, so a searched step may fit those images and hurt others. Keep it only where it also wins on the
     // next images of the calibration batch (never scored on): among min/max for both slots, either slot's
-    // searched step alone, or both, the best there (ties keep min/max).
+    // searched step alone, or both, the best there by the similarity among those whose output error there is
+    // no larger than min/max's (the squared error sees the scale errors the similarity cannot; ties keep min/max).
     if (held > 0 && (a0 != 1.0 || a1 != 1.0)) {
       std::vector<at::Tensor> hargs = args;
       for (size_t s = 0; s < args.size(); ++s)
         if (args[s].defined() && !g.is_const(n.inputs[s])) hargs[s] = search::image_rows(args[s], sub, held, calib.size(0));
       const at::Tensor hout = search::image_rows(out, sub, held, calib.size(0));
-      auto held_score = [&](double x0, double x1) {
+      auto held_score = [&](double x0, double x1) {  // {similarity score, squared output error}
         std::vector<at::Tensor> q = hargs;
         q[0] = fake_quant(hargs[0], p0->spec, scaled(r0, p0->spec, x0));
         q[1] = fake_quant(hargs[1], p1->spec, scaled(r1, p1->spec, x1));
         auto o_q = run_node(n, q, held)[0];
         double score = similarity(hout, o_q, pearson);
         if (rank) score -= o.ranking_weight * ranking_loss(hout, o_q, pairs);
-        return score;
+        return std::pair{score, (o_q - hout).pow(2).mean().item<double>()};
       };
-      double best = held_score(1.0, 1.0), b0 = 1.0, b1 = 1.0;
+      const auto [start_score, start_error] = held_score(1.0, 1.0);
+      double best = start_score, b0 = 1.0, b1 = 1.0;
       for (auto [x0, x1] : {std::pair{a0, 1.0}, std::pair{1.0, a1}, std::pair{a0, a1}}) {
-        if (x0 == b0 && x1 == b1) continue;
-        if (const double s = held_score(x0, x1); s > best) {
+        if (x0 == 1.0 && x1 == 1.0) continue;
+        if (const auto [s, e] = held_score(x0, x1); s > best && e <= start_error) {
           best = s;
           b0 = x0;
           b1 = x1;
