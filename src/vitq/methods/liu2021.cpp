@@ -9,9 +9,10 @@
 // The search alternates: Δ_W (or the second matmul input) over the grid [0.5, 1.2] · Δ0, then Δ_X, one round,
 // Δ0 from min/max. Then bias correction: b ← b − E[Ŵ x̂ − W x], per output channel.
 // Mixed precision: a layer's sensitivity is the nuclear norm of its output feature (for the attention
-// matmuls: of the attention scores / output); bits in {4, 6, 8} are assigned greedily, most sensitivity-
-// weighted error removed per bit first, under a budget on the average weight bits and the average activation
-// bits (weighted by element count), so the model is no larger than a uniform model at that many bits.
+// matmuls: of the attention scores / output); bits 4..8 in one-bit steps (+mpkl: {4, 6, 8}) are assigned
+// greedily, most sensitivity-weighted error removed per bit first, under a budget on the average weight bits
+// and the average activation bits (weighted by element count), so the model is no larger than a uniform model
+// at that many bits.
 // Variant +mpkl (vitq's, experimental): widths are given to each layer's weight and activation input(s)
 // separately, and chosen by the model's predictions rather than a proxy. On the first half of the calibration
 // images (at most 16), the KL divergence of the predictions from FP32 is measured for every weight (input) at
@@ -99,12 +100,14 @@ struct Allocation {
 Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOptions& o,
                          const std::vector<std::string>& layers, const at::Tensor& calib) {
   const int64_t images = calib.size(0);
-  const std::vector<int> choices = {4, 6, 8};
-  if (o.avg_bits < choices.front() || o.avg_bits > choices.back())
-    fail("--avg-bits must be between {} and {}, got {}", choices.front(), choices.back(), o.avg_bits);
   if (o.mp_sensitivity != "nuclear" && o.mp_sensitivity != "kl")
     fail("mixed-precision sensitivity must be nuclear or kl, got '{}'", o.mp_sensitivity);
   const bool kl = o.mp_sensitivity == "kl";
+  // nuclear: every width from 4 to 8, so that a layer the budget moves costs one bit of precision, not two
+  // (a 4-bit activation has four times a 6-bit one's error); kl measures each width, so it keeps three
+  const std::vector<int> choices = kl ? std::vector<int>{4, 6, 8} : std::vector<int>{4, 5, 6, 7, 8};
+  if (o.avg_bits < choices.front() || o.avg_bits > choices.back())
+    fail("--avg-bits must be between {} and {}, got {}", choices.front(), choices.back(), o.avg_bits);
   // The min/max quantizers of every layer's two slots at every choice (placements per choice computed once).
   struct Slots {
     const QuantPoint* p[2] = {nullptr, nullptr};
