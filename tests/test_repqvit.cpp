@@ -310,8 +310,10 @@ TEST(AdaLog, SearchedBasePlansRoundTripAndRun) {
 
   if (int8_runtime_available()) {
     Int8Model m(model(), plan);
-    EXPECT_FALSE(m.stats().fallbacks.empty());  // the layers that read AdaLog inputs
-    for (const auto& f : m.stats().fallbacks) EXPECT_NE(f.find("adalog"), std::string::npos) << f;
+    // every GEMM native: the AdaLog inputs as two fixed-point grids, the post-GELU shift folded into fc2's bias
+    EXPECT_TRUE(m.stats().fallbacks.empty()) << m.stats().fallbacks[0];
+    EXPECT_EQ(m.stats().adalog_inputs, adalog_points);
+    EXPECT_EQ(m.stats().log2_inputs, 24 - adalog_points);  // the log√2 quantizers AdaLog did not replace
     const auto got = m.run(x);
     // judged against the simulation's own deviation under 1e-6 noise on every constant (test_int8_runtime.cpp)
     Graph perturbed = model();

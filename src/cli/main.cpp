@@ -155,9 +155,9 @@ int run_eval(const EvalArgs& a) {
     if (a.device != "cpu") fail("--runtime int8 runs on the CPU (drop --device {})", a.device);
     int8.emplace(g, plan);
     const auto& s = int8->stats();
-    runtime_line = fmt::format("vitq int8 (oneDNN): {} Linear, {} MatMul and {} Conv2d layers in int8 ({} twin-uniform, {} log2 inputs); "
+    runtime_line = fmt::format("vitq int8 (oneDNN): {} Linear, {} MatMul and {} Conv2d layers in int8 ({} twin-uniform, {} log2/log√2, {} adalog inputs); "
                                "{} quantized layers simulated{}",
-                               s.native_linear, s.native_matmul, s.native_conv, s.twin_inputs, s.log2_inputs, s.fallbacks.size(),
+                               s.native_linear, s.native_matmul, s.native_conv, s.twin_inputs, s.log2_inputs, s.adalog_inputs, s.fallbacks.size(),
                                s.fallbacks.empty() ? "" : " (" + s.fallbacks.front() + (s.fallbacks.size() > 1 ? ", …)" : ")"));
     opt.runtime = [&int8](const at::Tensor& x) { return int8->run(x); };
   } else if (runtime != "vitq") {

@@ -126,7 +126,7 @@ IntGrid uniform_grid(const at::Tensor& x, const QuantPoint& p, bool as_signed = 
   return g;
 }
 
-// The grids of a twin-uniform, log2 or log√2 input (x̂ = Σ step · codes, no zero points).
+// The grids of a twin-uniform, log2, log√2 or AdaLog input (x̂ = Σ step · codes − shift, no zero points).
 std::vector<IntGrid> split_grids(const at::Tensor& x_in, const QuantPoint& p) {
   auto x = x_in.contiguous();
   std::vector<IntGrid> out;
@@ -153,6 +153,18 @@ std::vector<IntGrid> split_grids(const at::Tensor& x_in, const QuantPoint& p) {
     auto odd_part = at::where(valid & odd, at::exp2(7 - k), at::zeros_like(c));
     out.push_back({even_part.to(at::kByte), s / 128.0f, 0});
     out.push_back({odd_part.to(at::kByte), static_cast<float>(s / std::sqrt(2.0) / 128.0), 0});
+  } else if (p.spec.kind == QuantKind::AdaLog) {
+    // x̂ = s·2^(−c/τ) − δ (c = top + 1: −δ). 2^(−c/τ) in (0, 1] is written as two 8-bit fixed-point digits,
+    // hi/255 + lo/255², so each value is within s/(2·255²) ≈ 7.7e-6·s of the simulation's (far inside the grid's
+    // spacing, whose finest step at 8 codes per octave is 8% of the value); δ is the grids' shift.
+    const double s = p.params.scale.item<double>(), tau = log_codes_per_octave(p.spec, p.params);
+    auto c = quantize_codes(x, p.spec, p.params);
+    const double top = static_cast<double>((int64_t{1} << p.spec.bits) - 1);
+    auto v = at::where(c <= top, at::exp2(-c.to(at::kDouble) / tau), at::zeros_like(c, at::kDouble)) * 255.0;
+    auto hi = at::floor(v);
+    auto lo = at::round((v - hi) * 255.0);
+    out.push_back({hi.to(at::kByte), static_cast<float>(s / 255.0), 0, log_shift(p.spec, p.params)});
+    out.push_back({lo.to(at::kByte), static_cast<float>(s / (255.0 * 255.0)), 0, 0.0});
   } else {  // Log2: c = log2 code (2^b = zero); split at c = 7
     const float s = p.params.scale.item<float>();
     auto c = quantize_codes(x, p.spec, p.params);  // exponent, top + 1 for zero
@@ -167,13 +179,13 @@ std::vector<IntGrid> split_grids(const at::Tensor& x_in, const QuantPoint& p) {
 }
 
 std::vector<IntGrid> input_grids(const at::Tensor& x, const QuantPoint& p) {
-  if (p.spec.kind == QuantKind::TwinUniform || is_log_kind(p.spec.kind)) return split_grids(x, p);
+  if (p.spec.kind == QuantKind::TwinUniform || is_any_log_kind(p.spec.kind)) return split_grids(x, p);
   return {uniform_grid(x, p)};
 }
 
 // Why an input quantizer cannot feed a GEMM as its left operand ("" if it can).
 std::string left_problem(const QuantPoint& p, bool allow_per_head) {
-  if (p.spec.kind == QuantKind::TwinUniform || is_log_kind(p.spec.kind)) {
+  if (p.spec.kind == QuantKind::TwinUniform || is_any_log_kind(p.spec.kind)) {
     if (!per_tensor(p)) return fmt::format("{} input with more than one step", quant_kind_name(p.spec.kind));
     if (is_log_kind(p.spec.kind) && p.spec.bits > 4) return fmt::format("{} input above 4 bits", quant_kind_name(p.spec.kind));
     return "";
@@ -213,19 +225,21 @@ class NativeLinear {
     K_ = codes_.size(1);
   }
 
-  // The input's zero point is folded into the bias: s·s_w[n]·Σ_k (q − zp)·w = s·s_w[n]·(Σ_k q·w − zp·Σ_k w).
+  // The input's zero point and shift are folded into the bias: s_w[n]·Σ_k (s·(q − zp) − δ)·w
+  // = s·s_w[n]·(Σ_k q·w − (zp + δ/s)·Σ_k w).
   const at::Tensor& folded_bias(const IntGrid& g) {
     std::lock_guard<std::mutex> lock(mu_);
-    auto key = std::make_pair(g.step, g.zero_point);
+    auto key = std::make_tuple(g.step, g.zero_point, g.shift);
     auto it = bias_by_zp_.find(key);
     if (it != bias_by_zp_.end()) return it->second;
     // oneDNN 2.x adds the bias to the accumulator before the output scale: dst = scale[n]·(acc + bias'[n]), so
-    // bias' = bias / scale − zp·Σ_k w (in double, then float).
+    // bias' = bias / scale − (zp + δ/s)·Σ_k w (in double, then float).
     auto b = bias_.defined() ? bias_.to(at::kDouble) : at::zeros({N_}, at::kDouble);
     auto sc = static_cast<double>(g.step) *
               at::tensor(std::vector<double>(w_scale_.begin(), w_scale_.end()), at::kDouble).expand({N_});
     b = b / sc;
-    if (g.zero_point != 0) b = b - static_cast<double>(g.zero_point) * codes_.to(at::kDouble).sum(1);
+    const double offset = static_cast<double>(g.zero_point) + g.shift / static_cast<double>(g.step);
+    if (offset != 0) b = b - offset * codes_.to(at::kDouble).sum(1);
     return bias_by_zp_.emplace(key, b.to(at::kFloat).contiguous()).first->second;
   }
 
@@ -239,8 +253,8 @@ class NativeLinear {
     dnnl::stream st(cpu_engine());
     for (size_t gi = 0; gi < grids.size(); ++gi) {
       const auto& g = grids[gi];
-      const bool with_bias = gi == 0 && (bias_.defined() || g.zero_point != 0);
-      if (gi > 0 && g.zero_point != 0) fail("int8 runtime: a second grid with a zero point");
+      const bool with_bias = gi == 0 && (bias_.defined() || g.zero_point != 0 || g.shift != 0);
+      if (gi > 0 && (g.zero_point != 0 || g.shift != 0)) fail("int8 runtime: a second grid with a zero point or shift");
       auto& prim = primitive(M, code_type(g.codes), g.step, gi > 0, with_bias, gelu && gi + 1 == grids.size());
       memory src(prim.src, cpu_engine(), g.codes.data_ptr());
       memory dst(prim.dst, cpu_engine(), y.data_ptr());
@@ -301,7 +315,7 @@ class NativeLinear {
   int64_t N_ = 0, K_ = 0;
   std::mutex mu_;
   std::map<std::tuple<int64_t, int, float, bool, bool, bool>, Prim> prims_;
-  std::map<std::pair<float, int32_t>, at::Tensor> bias_by_zp_;
+  std::map<std::tuple<float, int32_t, double>, at::Tensor> bias_by_zp_;
   std::vector<std::pair<memory::desc, std::unique_ptr<memory>>> packed_;
 };
 
@@ -522,6 +536,7 @@ struct Int8Model::Impl {
       input_point[i] = p0;
       if (p0->spec.kind == QuantKind::TwinUniform) ++stats.twin_inputs;
       if (is_log_kind(p0->spec.kind)) ++stats.log2_inputs;
+      if (p0->spec.kind == QuantKind::AdaLog) ++stats.adalog_inputs;
     }
     gelu_fused.assign(g.nodes.size(), 0);
     gelu_done.assign(g.nodes.size(), 0);
@@ -592,7 +607,7 @@ struct Int8Model::Impl {
     const Node& n = graph.nodes[i];
     if (!w.weight) return "its weight is not a constant";
     if (auto why = left_problem(in, false); !why.empty()) return why;
-    if (w.spec.kind != QuantKind::Uniform || !w.spec.symmetric) return "asymmetric or non-uniform weight quantizer";
+    if (w.spec.kind != QuantKind::Uniform) return "non-uniform weight quantizer";
     if (w.spec.granularity != Granularity::PerTensor && !(w.spec.granularity == Granularity::PerChannel && w.spec.axis == 0))
       return fmt::format("per-{} weight quantizer", granularity_name(w.spec.granularity));
     const auto& weight = plan_weight(plan, n.name, graph.const_tensor(n.inputs[1]));
@@ -600,6 +615,15 @@ struct Int8Model::Impl {
     if (is_conv && (in.spec.kind != QuantKind::Uniform || !per_tensor(in))) return "non-uniform or per-axis input of a convolution";
     if (weight.dim() != (is_conv ? 4 : 2)) return fmt::format("weight of rank {}", weight.dim());
     auto codes = w.codes.defined() ? w.codes : quantize_codes(weight.to(at::kFloat), w.spec, w.params);
+    if (!w.spec.symmetric) {
+      // asymmetric weights: the GEMM reads q − zp[n] (the dequantized weight is s_w[n]·(q − zp[n]) either way),
+      // which fits int8 up to 7 bits (checked below)
+      std::vector<int64_t> zshape(static_cast<size_t>(codes.dim()), 1);
+      zshape[0] = w.params.zero_point.numel() == 1 ? 1 : codes.size(0);
+      const auto zp = w.params.zero_point.to(at::kFloat).reshape(zshape);
+      if (!at::equal(zp, at::round(zp))) return "weight zero point off the integer grid";
+      codes = codes.to(at::kFloat) - zp;
+    }
     if (codes.min().item<double>() < -128 || codes.max().item<double>() > 127) return "weight codes outside int8";
     auto sc = w.params.scale.to(at::kFloat).reshape({-1}).contiguous();
     std::vector<float> scales(sc.data_ptr<float>(), sc.data_ptr<float>() + sc.numel());
@@ -619,6 +643,7 @@ struct Int8Model::Impl {
 
   std::string setup_matmul(size_t i, const QuantPoint& a, const QuantPoint& b) {
     if (auto why = left_problem(a, true); !why.empty()) return why;
+    if (log_shift(a.spec, a.params) != 0) return "shifted adalog left operand";  // (δ·Σ_k b would be a per-column term)
     if (auto why = right_problem(b); !why.empty()) return why;
     matmul[i] = std::make_unique<NativeMatMul>(a, b);
     ++stats.native_matmul;

@@ -32,7 +32,7 @@ struct QuantPlan;
 
 struct Int8Stats {
   int native_linear = 0, native_matmul = 0, native_conv = 0;
-  int twin_inputs = 0, log2_inputs = 0;  // native inputs of those kinds (each two GEMMs)
+  int twin_inputs = 0, log2_inputs = 0, adalog_inputs = 0;  // native inputs of those kinds (each two GEMMs)
   std::vector<std::string> fallbacks;    // "node: why" for quantized layers run by the simulation instead
 };
 
@@ -64,6 +64,7 @@ struct IntGrid {
   at::Tensor codes;  // int8 (kChar) or uint8 (kByte), the input's shape
   float step = 1;
   int32_t zero_point = 0;
+  double shift = 0;  // subtracted from every value: x̂ = step · (codes − zero_point) − shift (AdaLog's δ)
 };
 
 }  // namespace vitq
