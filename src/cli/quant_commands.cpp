@@ -163,7 +163,9 @@ int64_t drop_calibration_images(Dataset& data, const QuantArgs& a) {
   std::set<std::string> used;
   for (const auto& s : drawn.samples) used.insert(key(s.path));
   const size_t before = data.samples.size();
-  std::erase_if(data.samples, [&](const Sample& s) { return used.count(key(s.path)) > 0; });
+  data.samples.erase(std::remove_if(data.samples.begin(), data.samples.end(),
+                                    [&](const Sample& s) { return used.count(key(s.path)) > 0; }),
+                     data.samples.end());
   if (data.samples.empty()) fail("--exclude-calib: every image of {} was drawn for calibration; nothing is left to evaluate", data.root);
   return static_cast<int64_t>(before - data.samples.size());
 }

@@ -280,7 +280,7 @@ struct Trainable {
 class BlockTrainer {
  public:
   BlockTrainer(const Executor& ex, QuantPlan& plan, const Block& b, const ReconOptions& o)
-      : ex_(ex), g_(ex.graph()), plan_(plan), b_(b), o_(o), dev_(ex.device()) {
+      : ex_(ex), g_(ex.graph()), b_(b), o_(o), dev_(ex.device()) {
     std::map<std::string, size_t> in_block;
     for (size_t i = b.begin; i < b.end; ++i) in_block.emplace(g_.nodes[i].name, i);
     for (auto& p : plan.points) {
@@ -457,7 +457,6 @@ class BlockTrainer {
  private:
   const Executor& ex_;
   const Graph& g_;
-  QuantPlan& plan_;
   const Block& b_;
   const ReconOptions& o_;
   c10::Device dev_;
