@@ -257,7 +257,7 @@ TEST(Int8Runtime, DeitPlansAgreeWithFakeQuant) {
   data.samples.resize(16);
   at::Tensor x = load_calibration(g, data, 16, 0, false);
   at::Tensor calib = load_calibration(g, open_dataset(imagenet("calib1000").string()), 4, 0, false);
-  for (std::string method : {"minmax", "ptq4vit", "fqvit", "repqvit", "repqvit+adalog"}) {
+  for (std::string method : {"minmax", "ptq4vit", "fqvit", "repqvit", "repqvit+adalog", "repqvit+headwise+wmse+adalog"}) {
     MethodOptions o;
     o.progress = false;
     o.search_steps = 5;
@@ -271,10 +271,19 @@ TEST(Int8Runtime, DeitPlansAgreeWithFakeQuant) {
       o.placement.wbits = o.placement.abits = 4;
       o.adalog = true;
     }
-    QuantPlan plan = run_method(g, calib, method == "repqvit+adalog" ? "repqvit" : method, o);
+    if (method == "repqvit+headwise+wmse+adalog") {  // asymmetric per-head q, kᵀ, v (run as centred codes q − zp_h)
+      o.placement.wbits = o.placement.abits = 4;
+      o.adalog = o.matmul_per_head = o.weight_mse = true;
+    }
+    QuantPlan plan = run_method(g, calib, method.rfind("repqvit", 0) == 0 ? "repqvit" : method, o);
     Int8Model m(g, plan);
     if (method == "repqvit") EXPECT_EQ(m.stats().log2_inputs, 12);
-    if (method == "repqvit+adalog") {
+    if (method == "repqvit+headwise+wmse+adalog") {
+      int per_head = 0;
+      for (const auto& p : plan.points) per_head += !p.weight && p.spec.granularity == Granularity::PerHead && !p.spec.symmetric;
+      EXPECT_EQ(per_head, 36);
+    }
+    if (method.rfind("repqvit+", 0) == 0) {
       EXPECT_GT(m.stats().adalog_inputs, 12);
       EXPECT_EQ(m.stats().adalog_inputs + m.stats().log2_inputs, 24);
       for (const auto& p : plan.points)
@@ -303,6 +312,15 @@ TEST(Int8Runtime, DeitPlansAgreeWithFakeQuant) {
     EXPECT_GE(agree, std::min(15.0, 16.0 * chaos_agree - 1.0) / 16.0) << method;
     EXPECT_LE(mean_abs, 2.0 * chaos + 1e-3) << method;
   }
+  // at 8 bits the centred codes q − zp_h would not fit int8: those MatMuls are simulated, and the stats say why
+  MethodOptions o;
+  o.progress = false;
+  o.matmul_per_head = true;
+  Int8Model m(g, run_method(g, calib, "repqvit", o));
+  EXPECT_EQ(m.stats().native_matmul, 0);
+  int why = 0;
+  for (const auto& f : m.stats().fallbacks) why += f.find("matmul_qk: 8-bit asymmetric per-head input") != std::string::npos;
+  EXPECT_EQ(why, 12);
 }
 
 TEST(Int8Runtime, CliNeedsAPlan) {

@@ -388,3 +388,66 @@ TEST(RepQvit, ErqWeightUpdatesAreCarriedAndUsed) {
     EXPECT_LE(d, 2 * chaos + 1e-3);
   }
 }
+
+TEST(RepQvit, HeadwiseMatMulInputsGetOneStepPerHead) {
+  MethodOptions o;
+  o.progress = false;
+  o.placement.wbits = o.placement.abits = 4;
+  o.matmul_per_head = true;
+  const QuantPlan plan = run_method(model(), images(), "repqvit", o);
+  EXPECT_EQ(plan.settings.at("matmul_inputs").get<std::string>(), "per head");
+  int per_head = 0, log_inputs = 0, spread = 0;
+  for (const auto& p : plan.points) {
+    if (p.weight || model().find_node(p.node)->op != OpKind::MatMul) continue;
+    if (p.spec.kind != QuantKind::Uniform) {
+      ++log_inputs;  // the post-softmax input keeps log√2
+      EXPECT_EQ(p.spec.granularity, Granularity::PerTensor) << p.node;
+      continue;
+    }
+    ++per_head;
+    EXPECT_EQ(p.spec.granularity, Granularity::PerHead) << p.node;
+    ASSERT_EQ(p.params.scale.numel(), 3) << p.node;  // DeiT-Tiny: 3 heads
+    ASSERT_EQ(p.params.zero_point.numel(), 3) << p.node;
+    EXPECT_TRUE((p.params.scale > 0).all().item<bool>()) << p.node;
+    spread += p.params.scale.max().item<double>() > 1.05 * p.params.scale.min().item<double>();
+  }
+  EXPECT_EQ(per_head, 36);  // q, kᵀ and v of 12 blocks
+  EXPECT_EQ(log_inputs, 12);
+  EXPECT_GT(spread, 18);    // the heads' ranges differ: most inputs get distinct steps
+  at::InferenceMode guard;
+  const auto sim = QuantizedModel(model(), plan).run(images());
+  EXPECT_TRUE(at::isfinite(sim).all().item<bool>());
+  EXPECT_FALSE(at::equal(sim, QuantizedModel(model(), plan4()).run(images())));  // the per-tensor plan differs
+  TempDir dir;
+  const std::string path = (dir / "headwise.json").string();
+  save_plan(plan, path);
+  EXPECT_TRUE(at::equal(QuantizedModel(model(), load_plan(path, model())).run(images()), sim));
+}
+
+TEST(RepQvit, WeightMseClippingBeatsMinMaxOnEveryChannel) {
+  MethodOptions o;
+  o.progress = false;
+  o.placement.wbits = o.placement.abits = 3;
+  o.weight_mse = true;
+  const QuantPlan plan = run_method(model(), images(), "repqvit", o);
+  EXPECT_EQ(plan.settings.at("weight_clipping").get<std::string>(), "least squared error, 81 ratios");
+  const auto changed = reparam_constants(model(), plan);  // the reparameterised weights the points quantize
+  double err_mse = 0, err_minmax = 0;
+  int points = 0;
+  for (const auto& p : plan.points) {
+    if (!p.weight) continue;
+    const int v = model().find_node(p.node)->inputs[static_cast<size_t>(p.slot)];
+    const at::Tensor w = (changed.count(v) ? changed.at(v) : model().const_tensor(v)).to(at::kFloat);
+    ASSERT_EQ(p.spec.granularity, Granularity::PerChannel) << p.node;
+    const QuantParams minmax = params_from_range(reduce_amin(w, p.spec), reduce_amax(w, p.spec), p.spec);
+    auto row_err = [&](const QuantParams& q) { return (fake_quant(w, p.spec, q) - w).pow(2).reshape({w.size(0), -1}).mean(1); };
+    const auto e = row_err(p.params), e0 = row_err(minmax);
+    EXPECT_TRUE((e <= e0 * (1 + 1e-5) + 1e-12).all().item<bool>()) << p.node;  // α = 1 is a candidate
+    err_mse += e.sum().item<double>();
+    err_minmax += e0.sum().item<double>();
+    ++points;
+  }
+  EXPECT_EQ(points, 50);
+  std::cout << "3-bit weights, squared error: least-squares clipping " << err_mse << ", min/max " << err_minmax << "\n";
+  EXPECT_LT(err_mse, 0.8 * err_minmax);  // at 3 bits the optimum clips well inside the extremes
+}

@@ -72,15 +72,17 @@ bool has_avx512() {
 // as_signed: unsigned codes shifted down by 128 (with the zero point), for oneDNN's signed weights operand; the
 // differences q − zp are unchanged.
 // Codes of x (float, any strides whose last one is 1, else copied) into a new contiguous tensor of x's shape:
-// clamp(rint(x / s) + zp, lo, hi), with s taken per index of dim 1 when `scales` has more than one entry
-// (per-head quantizers). Rows of the last dim are quantized in place from x's memory: no float copy.
+// clamp(rint(x / s) + zp, lo, hi), with s (and lo, hi when those are given per head) taken per index of dim 1 when
+// `scales` has more than one entry (per-head quantizers). Rows of the last dim are quantized in place from x's
+// memory: no float copy.
 template <class T>
-void quantize_into(const at::Tensor& x_in, T* out, const std::vector<float>& scales, float zp, float lo, float hi) {
+void quantize_into(const at::Tensor& x_in, T* out, const std::vector<float>& scales, float zp, const std::vector<float>& lo,
+                   const std::vector<float>& hi) {
   at::Tensor x = x_in.stride(-1) == 1 ? x_in : x_in.contiguous();
   auto kernel = has_avx512() ? quantize_avx512<T> : quantize_generic<T>;
   const float* base = x.data_ptr<float>();
   if (x.is_contiguous() && scales.size() == 1) {
-    at::parallel_for(0, x.numel(), 65536, [&](int64_t b, int64_t e) { kernel(base + b, out + b, e - b, scales[0], zp, lo, hi); });
+    at::parallel_for(0, x.numel(), 65536, [&](int64_t b, int64_t e) { kernel(base + b, out + b, e - b, scales[0], zp, lo[0], hi[0]); });
     return;
   }
   const int64_t r = x.dim(), inner = x.size(-1), rows = x.numel() / std::max<int64_t>(inner, 1);
@@ -94,7 +96,9 @@ void quantize_into(const at::Tensor& x_in, T* out, const std::vector<float>& sca
         off += i * strides[static_cast<size_t>(d)];
         if (d == 1) head = i;
       }
-      kernel(base + off, out + row * inner, inner, scales.size() == 1 ? scales[0] : scales[static_cast<size_t>(head)], zp, lo, hi);
+      const size_t h = static_cast<size_t>(head);
+      kernel(base + off, out + row * inner, inner, scales.size() == 1 ? scales[0] : scales[h], zp, lo.size() == 1 ? lo[0] : lo[h],
+             hi.size() == 1 ? hi[0] : hi[h]);
     }
   });
 }
@@ -104,24 +108,46 @@ std::vector<float> scale_list(const QuantPoint& p) {
   return {sc.data_ptr<float>(), sc.data_ptr<float>() + sc.numel()};
 }
 
+// An asymmetric per-head quantizer (one zero point a head) runs as centred codes q − zp_h, which fit int8 up to 7
+// bits: the GEMM then needs no zero point, and the per-head steps are applied after it, as for symmetric ones.
+bool centred_per_head(const QuantPoint& p) {
+  return p.spec.kind == QuantKind::Uniform && p.spec.granularity == Granularity::PerHead && !p.spec.symmetric && p.spec.bits <= 7;
+}
+
 // Uniform codes of a per-tensor or per-head (dim 1) quantizer. as_signed: unsigned codes shifted down by 128
 // (with the zero point), for oneDNN's signed weights operand; the differences q − zp are unchanged.
 IntGrid uniform_grid(const at::Tensor& x, const QuantPoint& p, bool as_signed = false) {
-  const float shift = as_signed && !p.spec.is_signed ? -128.0f : 0.0f;
   const auto scales = scale_list(p);
   if (scales.size() > 1 && (x.dim() < 3 || x.size(1) != static_cast<int64_t>(scales.size())))
     fail("int8 runtime: {} has {} steps for a tensor of shape [{}]", p.node, scales.size(), fmt::join(x.sizes(), ", "));
-  const float zp = p.params.zero_point.reshape({-1})[0].item<float>() + shift;
-  const float lo = static_cast<float>(p.spec.qmin()) + shift, hi = static_cast<float>(p.spec.qmax()) + shift;
   IntGrid g;
   g.step = scales.size() == 1 ? scales[0] : 1.0f;  // per-head steps are applied after the GEMM
+  if (centred_per_head(p)) {
+    // clamp(rint(x/s) + zp, qmin, qmax) − zp = clamp(rint(x/s), qmin − zp, qmax − zp)
+    auto zps = p.params.zero_point.to(at::kFloat).reshape({-1}).contiguous();
+    if (zps.numel() != static_cast<int64_t>(scales.size()))
+      fail("int8 runtime: {} has {} zero points for {} steps", p.node, zps.numel(), scales.size());
+    std::vector<float> lo, hi;
+    for (int64_t h = 0; h < zps.numel(); ++h) {
+      const float z = std::nearbyint(zps[h].item<float>());
+      lo.push_back(static_cast<float>(p.spec.qmin()) - z);
+      hi.push_back(static_cast<float>(p.spec.qmax()) - z);
+    }
+    g.zero_point = 0;
+    g.codes = at::empty(x.sizes(), at::kChar);
+    quantize_into(x, g.codes.data_ptr<int8_t>(), scales, 0.0f, lo, hi);
+    return g;
+  }
+  const float shift = as_signed && !p.spec.is_signed ? -128.0f : 0.0f;
+  const float zp = p.params.zero_point.reshape({-1})[0].item<float>() + shift;
+  const float lo = static_cast<float>(p.spec.qmin()) + shift, hi = static_cast<float>(p.spec.qmax()) + shift;
   g.zero_point = static_cast<int32_t>(zp);
   if (lo >= 0) {
     g.codes = at::empty(x.sizes(), at::kByte);
-    quantize_into(x, g.codes.data_ptr<uint8_t>(), scales, zp, lo, hi);
+    quantize_into(x, g.codes.data_ptr<uint8_t>(), scales, zp, {lo}, {hi});
   } else {
     g.codes = at::empty(x.sizes(), at::kChar);
-    quantize_into(x, g.codes.data_ptr<int8_t>(), scales, zp, lo, hi);
+    quantize_into(x, g.codes.data_ptr<int8_t>(), scales, zp, {lo}, {hi});
   }
   return g;
 }
@@ -193,12 +219,16 @@ std::string left_problem(const QuantPoint& p, bool allow_per_head) {
   if (p.spec.kind != QuantKind::Uniform) return fmt::format("{} input", quant_kind_name(p.spec.kind));
   if (per_tensor(p)) return "";
   if (allow_per_head && p.spec.granularity == Granularity::PerHead && p.spec.symmetric && p.spec.is_signed) return "";
+  if (allow_per_head && centred_per_head(p)) return "";
+  if (allow_per_head && p.spec.granularity == Granularity::PerHead && !p.spec.symmetric)
+    return fmt::format("{}-bit asymmetric per-head input (centred codes fit int8 up to 7 bits)", p.spec.bits);
   return fmt::format("per-{} input quantizer", granularity_name(p.spec.granularity));
 }
 // The right operand is oneDNN's (signed) weights operand.
 std::string right_problem(const QuantPoint& p) {
   if (p.spec.kind != QuantKind::Uniform) return fmt::format("{} right operand", quant_kind_name(p.spec.kind));
   if (per_tensor(p)) return "";  // unsigned codes are shifted to int8
+  if (centred_per_head(p)) return "";
   if (!p.spec.is_signed) return "unsigned per-head right operand";
   if (p.spec.granularity == Granularity::PerHead && p.spec.symmetric) return "";
   return fmt::format("per-{} right operand", granularity_name(p.spec.granularity));

@@ -50,6 +50,13 @@ struct MethodOptions {
   // 0 = off
   // (the variant repqvit+erq sets 0.1)
   double erq_lambda = 0;
+  // repqvit: the uniform inputs of the attention MatMuls (q, kᵀ, v; the attention too under +nolog) get one step
+  // and zero point per head instead of one per tensor, as AdaLog's and APHQ-ViT's codes quantize them (the
+  // variant repqvit+headwise)
+  bool matmul_per_head = false;
+  // repqvit: weight ranges clipped by a least-squared-error search over 81 ratios of min/max per channel instead of
+  // the percentile candidates (the variant repqvit+wmse; the start the 3-bit reconstruction needs)
+  bool weight_mse = false;
   // any method (the variant suffix +adalog): post-softmax and post-GELU inputs get AdaLog quantizers (a searched
   // log base) where those quantize them with less error than the method's own (adalog.cpp)
   bool adalog = false;

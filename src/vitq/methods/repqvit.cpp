@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <set>
 
 #include "vitq/methods/method.h"
@@ -52,17 +53,16 @@ at::Tensor as_rows(const at::Tensor& x, const QuantSpec& s) {
   return x.movedim(axis, 0).reshape({x.size(axis), -1});
 }
 
-// RepQ-ViT's clipping search for a uniform quantizer (per tensor or per channel): candidates clip at the percentile
-// pairs (p, 1 − p); per row the one with the least mean squared quantization error wins.
-QuantParams search_clipping(const at::Tensor& x_in, const QuantSpec& s) {
-  const auto x = x_in.detach().to(at::kFloat);
+// Of the candidate ranges (lo, hi) that `range(k)` gives for k < n (statistics shaped as reduce_amax's), per row
+// (channel, head or the whole tensor) the one whose parameters quantize x with the least mean squared error.
+QuantParams least_error_range(const at::Tensor& x, const QuantSpec& s, int n,
+                              const std::function<std::pair<at::Tensor, at::Tensor>(int)>& range) {
   const auto stat_shape = reduce_amax(x, s).sizes().vec();
-  const auto sorted = std::get<0>(as_rows(x, s).sort(1));
   QuantParams best;
   at::Tensor best_err;
-  for (double pct : kPercentiles) {
-    auto lo = row_quantile(sorted, 1.0 - pct).reshape(stat_shape), hi = row_quantile(sorted, pct).reshape(stat_shape);
-    QuantParams p = params_from_range(lo, hi, s);
+  for (int k = 0; k < n; ++k) {
+    const auto [lo, hi] = range(k);
+    QuantParams p = params_from_range(lo.reshape(stat_shape), hi.reshape(stat_shape), s);
     auto err = as_rows((fake_quant(x, s, p) - x).pow(2), s).mean(1).reshape(stat_shape);
     if (!best_err.defined()) {
       best = p;
@@ -75,6 +75,30 @@ QuantParams search_clipping(const at::Tensor& x_in, const QuantSpec& s) {
     best_err = at::where(better, err, best_err);
   }
   return best;
+}
+
+// RepQ-ViT's clipping search for a uniform quantizer (per tensor or per channel): candidates clip at the percentile
+// pairs (p, 1 − p); per row the one with the least mean squared quantization error wins.
+QuantParams search_clipping(const at::Tensor& x_in, const QuantSpec& s) {
+  const auto x = x_in.detach().to(at::kFloat);
+  const auto sorted = std::get<0>(as_rows(x, s).sort(1));
+  return least_error_range(x, s, static_cast<int>(kPercentiles.size()), [&](int k) {
+    const double pct = kPercentiles[static_cast<size_t>(k)];
+    return std::make_pair(row_quantile(sorted, 1.0 - pct), row_quantile(sorted, pct));
+  });
+}
+
+// The weight clipping of the variant +wmse: per row, the range [α·min, α·max] with α on a grid from 1 down to 0.2
+// in steps of 0.01 (81 candidates), the one with the least mean squared quantization error. At 3 and 4 bits the
+// squared-error optimum clips well inside the extremes, which the percentile candidates (≈ min/max for a few
+// hundred weights a row) cannot.
+QuantParams search_weight_mse(const at::Tensor& w_in, const QuantSpec& s) {
+  const auto w = w_in.detach().to(at::kFloat);
+  const at::Tensor lo = reduce_amin(w, s), hi = reduce_amax(w, s);
+  return least_error_range(w, s, 81, [&](int k) {
+    const double alpha = 1.0 - 0.01 * k;
+    return std::make_pair(lo * alpha, hi * alpha);
+  });
 }
 
 // The log√2 quantizer's scale: the maximum or one of the top percentiles, whichever quantizes x with the least
@@ -183,6 +207,13 @@ QuantPlan run_repqvit(const Graph& g, const at::Tensor& calib, const MethodOptio
     }
   }
 
+  if (o.matmul_per_head)  // after the log√2 choice: the post-softmax input stays one log quantizer
+    for (auto& p : plan.points)
+      if (!p.weight && g.find_node(p.node)->op == OpKind::MatMul && p.spec.kind == QuantKind::Uniform) {
+        p.spec.granularity = Granularity::PerHead;
+        p.spec.axis = 1;  // heads of [B, H, N, D]
+      }
+
   // LayerNorms whose readers are all Linear layers with an asymmetric per-tensor input quantizer of one width
   struct Group {
     std::vector<const Node*> layers;
@@ -232,6 +263,7 @@ QuantPlan run_repqvit(const Graph& g, const at::Tensor& calib, const MethodOptio
   auto calibrate = [&](QuantPoint& p, const at::Tensor& t) {
     if (p.params.scale.defined()) return;
     if (p.spec.kind == QuantKind::LogSqrt2) p.params = search_log_scale(t, p.spec);
+    else if (p.weight && o.weight_mse) p.params = search_weight_mse(t, p.spec);
     else p.params = search_clipping(t, p.spec);
     bar.update(++calibrated, p.node);
   };
@@ -305,6 +337,8 @@ QuantPlan run_repqvit(const Graph& g, const at::Tensor& calib, const MethodOptio
   plan.settings["softmax_quantizer"] = o.log_softmax ? "log_sqrt2" : "uniform";
   plan.settings["weights"] = paper ? "asymmetric per-channel (paper)" : "as placed (common)";
   plan.settings["calibration"] = "one pass of the model being quantized (sequential)";
+  plan.settings["matmul_inputs"] = o.matmul_per_head ? "per head" : "per tensor";
+  plan.settings["weight_clipping"] = o.weight_mse ? "least squared error, 81 ratios" : "percentile search";
   if (erq) {
     plan.settings["erq_lambda"] = o.erq_lambda;
     plan.settings["erq_updated_weights"] = plan.weights.size();
