@@ -88,6 +88,8 @@ QuantParams search_clipping(const at::Tensor& x_in, const QuantSpec& s) {
   });
 }
 
+}  // namespace
+
 // The weight clipping of the variant +wmse: per row, the range [α·min, α·max] with α on a grid from 1 down to 0.2
 // in steps of 0.01 (81 candidates), the one with the least mean squared quantization error. At 3 and 4 bits the
 // squared-error optimum clips well inside the extremes, which the percentile candidates (≈ min/max for a few
@@ -100,6 +102,20 @@ QuantParams search_weight_mse(const at::Tensor& w_in, const QuantSpec& s) {
     return std::make_pair(lo * alpha, hi * alpha);
   });
 }
+
+// The activation clipping of the variant +amse: the range [α·min, α·max] of the whole input (per head for per-head
+// inputs) with α = 0.96^k, k = 0..80 (1 down to 0.038), the one with the least mean squared quantization error; a
+// geometric grid, as activations' tails are long and at 3 bits the optimum can clip most of the range away.
+QuantParams search_activation_mse(const at::Tensor& x_in, const QuantSpec& s) {
+  const auto x = x_in.detach().to(at::kFloat);
+  const at::Tensor lo = reduce_amin(x, s), hi = reduce_amax(x, s);
+  return least_error_range(x, s, 81, [&](int k) {
+    const double alpha = std::pow(0.96, k);
+    return std::make_pair(lo * alpha, hi * alpha);
+  });
+}
+
+namespace {
 
 // The log√2 quantizer's scale: the maximum or one of the top percentiles, whichever quantizes x with the least
 // squared error.
@@ -264,6 +280,7 @@ QuantPlan run_repqvit(const Graph& g, const at::Tensor& calib, const MethodOptio
     if (p.params.scale.defined()) return;
     if (p.spec.kind == QuantKind::LogSqrt2) p.params = search_log_scale(t, p.spec);
     else if (p.weight && o.weight_mse) p.params = search_weight_mse(t, p.spec);
+    else if (!p.weight && o.activation_mse && p.spec.kind == QuantKind::Uniform) p.params = search_activation_mse(t, p.spec);
     else p.params = search_clipping(t, p.spec);
     bar.update(++calibrated, p.node);
   };
@@ -339,6 +356,7 @@ QuantPlan run_repqvit(const Graph& g, const at::Tensor& calib, const MethodOptio
   plan.settings["calibration"] = "one pass of the model being quantized (sequential)";
   plan.settings["matmul_inputs"] = o.matmul_per_head ? "per head" : "per tensor";
   plan.settings["weight_clipping"] = o.weight_mse ? "least squared error, 81 ratios" : "percentile search";
+  plan.settings["activation_clipping"] = o.activation_mse ? "least squared error, 81 ratios" : "percentile search";
   if (erq) {
     plan.settings["erq_lambda"] = o.erq_lambda;
     plan.settings["erq_updated_weights"] = plan.weights.size();
