@@ -32,13 +32,16 @@ const at::Tensor& images() {
   static at::Tensor t = load_calibration(model(), open_dataset(imagenet("calib1000").string()), 4, 0, false);
   return t;
 }
+// repqvit at `bits` (weights and activations) on images(), with `set` changing its options first
+QuantPlan repqvit_plan(int bits, const std::function<void(MethodOptions&)>& set = {}) {
+  MethodOptions o;
+  o.progress = false;
+  o.placement.wbits = o.placement.abits = bits;
+  if (set) set(o);
+  return run_method(model(), images(), "repqvit", o);
+}
 const QuantPlan& plan4() {
-  static QuantPlan p = [] {
-    MethodOptions o;
-    o.progress = false;
-    o.placement.wbits = o.placement.abits = 4;
-    return run_method(model(), images(), "repqvit", o);
-  }();
+  static QuantPlan p = repqvit_plan(4);
   return p;
 }
 std::string error_of(const std::function<void()>& f) {
@@ -390,11 +393,7 @@ TEST(RepQvit, ErqWeightUpdatesAreCarriedAndUsed) {
 }
 
 TEST(RepQvit, HeadwiseMatMulInputsGetOneStepPerHead) {
-  MethodOptions o;
-  o.progress = false;
-  o.placement.wbits = o.placement.abits = 4;
-  o.matmul_per_head = true;
-  const QuantPlan plan = run_method(model(), images(), "repqvit", o);
+  const QuantPlan plan = repqvit_plan(4, [](MethodOptions& o) { o.matmul_per_head = true; });
   EXPECT_EQ(plan.settings.at("matmul_inputs").get<std::string>(), "per head");
   int per_head = 0, log_inputs = 0, spread = 0;
   for (const auto& p : plan.points) {
@@ -425,11 +424,7 @@ TEST(RepQvit, HeadwiseMatMulInputsGetOneStepPerHead) {
 }
 
 TEST(RepQvit, WeightMseClippingBeatsMinMaxOnEveryChannel) {
-  MethodOptions o;
-  o.progress = false;
-  o.placement.wbits = o.placement.abits = 3;
-  o.weight_mse = true;
-  const QuantPlan plan = run_method(model(), images(), "repqvit", o);
+  const QuantPlan plan = repqvit_plan(3, [](MethodOptions& o) { o.weight_mse = true; });
   EXPECT_EQ(plan.settings.at("weight_clipping").get<std::string>(), "least squared error, 81 ratios");
   const auto changed = reparam_constants(model(), plan);  // the reparameterised weights the points quantize
   double err_mse = 0, err_minmax = 0;

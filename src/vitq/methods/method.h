@@ -112,15 +112,16 @@ struct AdaLogFit {
   double error = 0;  // mean squared quantization error of x
 };
 AdaLogFit fit_adalog(const at::Tensor& x, int bits, bool shifted);
-// The +adalog stage any plan can go through: each post-softmax / post-GELU input quantizer is replaced by the AdaLog
-// fit of the input it sees in the plan's model where that fit quantizes it with less error. Returns a record for
-// the plan's settings ({"replaced", "kept", "taus": {node: τ}}).
+
 // repqvit's least-squared-error clipping searches (+wmse, +amse): per row of the quantizer's granularity, the range
 // [α·min, α·max] with the least mean squared quantization error of x; weights: α = 1, 0.99, …, 0.2; activations:
 // α = 0.96^k, k = 0..80. α = 1 (min/max) is always a candidate.
 QuantParams search_weight_mse(const at::Tensor& w, const QuantSpec& spec);
 QuantParams search_activation_mse(const at::Tensor& x, const QuantSpec& spec);
 
+// The +adalog stage any plan can go through: each post-softmax / post-GELU input quantizer is replaced by the AdaLog
+// fit of the input it sees in the plan's model where that fit quantizes it with less error. Returns a record for
+// the plan's settings ({"replaced", "kept", "taus": {node: τ}}).
 nlohmann::json adalog_refit(const Graph& graph, const at::Tensor& calib, QuantPlan& plan, const MethodOptions& options);
 
 // The reconstruction stage any plan can go through (`+recon`): blocks as `mode` says ("layer" / "block"),

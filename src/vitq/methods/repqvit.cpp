@@ -88,31 +88,28 @@ QuantParams search_clipping(const at::Tensor& x_in, const QuantSpec& s) {
   });
 }
 
-}  // namespace
-
-// The weight clipping of the variant +wmse: per row, the range [α·min, α·max] with α on a grid from 1 down to 0.2
-// in steps of 0.01 (81 candidates), the one with the least mean squared quantization error. At 3 and 4 bits the
-// squared-error optimum clips well inside the extremes, which the percentile candidates (≈ min/max for a few
-// hundred weights a row) cannot.
-QuantParams search_weight_mse(const at::Tensor& w_in, const QuantSpec& s) {
-  const auto w = w_in.detach().to(at::kFloat);
-  const at::Tensor lo = reduce_amin(w, s), hi = reduce_amax(w, s);
-  return least_error_range(w, s, 81, [&](int k) {
-    const double alpha = 1.0 - 0.01 * k;
-    return std::make_pair(lo * alpha, hi * alpha);
-  });
-}
-
-// The activation clipping of the variant +amse: the range [α·min, α·max] of the whole input (per head for per-head
-// inputs) with α = 0.96^k, k = 0..80 (1 down to 0.038), the one with the least mean squared quantization error; a
-// geometric grid, as activations' tails are long and at 3 bits the optimum can clip most of the range away.
-QuantParams search_activation_mse(const at::Tensor& x_in, const QuantSpec& s) {
+// Per row, the range [α·min, α·max] for α = alpha(k), k = 0..80 (alpha(0) = 1: min/max), with the least mean
+// squared quantization error (the +wmse and +amse searches; only their grids differ).
+QuantParams least_error_ratio(const at::Tensor& x_in, const QuantSpec& s, const std::function<double(int)>& alpha) {
   const auto x = x_in.detach().to(at::kFloat);
   const at::Tensor lo = reduce_amin(x, s), hi = reduce_amax(x, s);
-  return least_error_range(x, s, 81, [&](int k) {
-    const double alpha = std::pow(0.96, k);
-    return std::make_pair(lo * alpha, hi * alpha);
-  });
+  return least_error_range(x, s, 81, [&](int k) { return std::make_pair(lo * alpha(k), hi * alpha(k)); });
+}
+
+}  // namespace
+
+// The weight clipping of the variant +wmse: α on a grid from 1 down to 0.2 in steps of 0.01. At 3 and 4 bits the
+// squared-error optimum clips well inside the extremes, which the percentile candidates (≈ min/max for a few
+// hundred weights a row) cannot.
+QuantParams search_weight_mse(const at::Tensor& w, const QuantSpec& s) {
+  return least_error_ratio(w, s, [](int k) { return 1.0 - 0.01 * k; });
+}
+
+// The activation clipping of the variant +amse: α = 0.96^k (1 down to 0.038) over the whole input (per head for
+// per-head inputs); a geometric grid, as activations' tails are long and at 3 bits the optimum can clip most of
+// the range away.
+QuantParams search_activation_mse(const at::Tensor& x, const QuantSpec& s) {
+  return least_error_ratio(x, s, [](int k) { return std::pow(0.96, k); });
 }
 
 namespace {
