@@ -52,12 +52,14 @@ Graph tiny_vit() {
 
 at::Tensor tiny_images(int64_t n = 16) { return randn({n, 3, 4, 4}, 11); }
 
-QuantPlan minmax_plan(const Graph& g, const at::Tensor& images, int bits) {
+MethodOptions quiet_options(int bits) {
   MethodOptions o;
   o.progress = false;
   o.placement.wbits = o.placement.abits = bits;
-  return run_method(g, images, "minmax", o);
+  return o;
 }
+
+QuantPlan minmax_plan(const Graph& g, const at::Tensor& images, int bits) { return run_method(g, images, "minmax", quiet_options(bits)); }
 
 recon::ReconOptions quick_recon(const std::string& mode = "layer") {
   recon::ReconOptions o;
@@ -127,6 +129,59 @@ TEST(ReconGradients, LsqStepZeroPointAndInputMatchFiniteDifferences) {
   EXPECT_NEAR(sc.grad().item<double>(), (per_elem * weights).sum().item<double>(), 1e-9);
   // straight-through: 1 inside the grid, 0 where clamped
   EXPECT_TRUE(at::equal(xs.grad(), at::where(inside, weights, at::zeros_like(weights))));
+}
+
+// AdaLog with a trainable scale and base: the forward pass is fake_quant's with those parameters, and autograd's
+// gradients (scale, τ, input) equal finite differences of the same map with the rounding residual and the
+// flushed / clipped masks held fixed — on inputs below the smallest level (flushed to 0 − δ), inside the grid,
+// and above the scale (c = 0). Inside the grid the scale gets no gradient (in log terms it moves every level
+// with the input) and τ gets LSQ's rounding error, (c − u)·ln 2·x̂'/τ², which is not zero.
+TEST(ReconGradients, AdaLogScaleAndBaseMatchFiniteDifferences) {
+  QuantSpec s;
+  s.kind = QuantKind::AdaLog;
+  s.bits = 3;
+  s.symmetric = false;
+  s.is_signed = false;
+  const double s0 = 0.9, t0 = 1.7, delta = 0.05;
+  auto x = at::cat({(randn({200}, 25, 0.3).abs() - delta).to(at::kDouble), at::full({3}, 1.4, at::kDouble),
+                    at::full({2}, -delta - 0.01, at::kDouble)});
+  const double top = 7.0;
+  auto u0 = -t0 * at::log2(at::clamp_min((x + delta) / s0, 1e-30));
+  {  // nothing within 1e-4 of a rounding boundary, where finite differences would cross it
+    auto frac = u0 - at::floor(u0);
+    x = x.masked_select((frac - 0.5).abs() > 1e-4).contiguous();
+    u0 = -t0 * at::log2(at::clamp_min((x + delta) / s0, 1e-30));
+  }
+  const auto r0 = at::round(u0) - u0;
+  const auto above = at::round(u0) < 0, keep = ((x + delta) > 0) & (at::round(u0) <= top);
+  ASSERT_TRUE(above.any().item<bool>());
+  ASSERT_TRUE((~keep).any().item<bool>());
+  ASSERT_TRUE((keep & ~above).any().item<bool>());
+  auto surrogate = [&](const at::Tensor& xx, double sc, double tau) {
+    auto u = -tau * at::log2(at::clamp_min((xx + delta) / sc, 1e-30));
+    auto c = at::where(above, at::zeros_like(u), u + r0);
+    return at::where(keep, sc * at::exp2(-c / tau), at::zeros_like(u)) - delta;
+  };
+  QuantParams qp = adalog_params(s0, t0, delta);
+  auto xs = x.clone().set_requires_grad(true);
+  auto sc = at::full({1}, s0, at::kDouble).set_requires_grad(true);
+  auto tau = at::full({1}, t0, at::kDouble).set_requires_grad(true);
+  auto q = recon::adalog_fake_quant(xs, s, sc, tau, delta);
+  EXPECT_LE((q.detach().to(at::kFloat) - fake_quant(x.to(at::kFloat), s, qp)).abs().max().item<double>(), 1e-6);
+  EXPECT_LE((q.detach() - surrogate(x, s0, t0)).abs().max().item<double>(), 1e-12);
+  auto weights = randn({x.size(0)}, 26).to(at::kDouble);
+  (q * weights).sum().backward();
+  const double eps = 1e-7;
+  const double ds = ((surrogate(x, s0 + eps, t0) - surrogate(x, s0 - eps, t0)) * weights).sum().item<double>() / (2 * eps);
+  const double dt = ((surrogate(x, s0, t0 + eps) - surrogate(x, s0, t0 - eps)) * weights).sum().item<double>() / (2 * eps);
+  EXPECT_NEAR(sc.grad().item<double>(), ds, 1e-6 * std::max(1.0, std::abs(ds)));
+  EXPECT_NEAR(tau.grad().item<double>(), dt, 1e-6 * std::max(1.0, std::abs(dt)));
+  EXPECT_GT(std::abs(dt), 1e-3);
+  // the scale's gradient comes from the clipped elements alone: 1 each (x̂ = s there)
+  EXPECT_NEAR(sc.grad().item<double>(), (weights * above.to(at::kDouble) * keep.to(at::kDouble)).sum().item<double>(), 1e-9);
+  auto dx = numeric_grad([&](const at::Tensor& xx) { return surrogate(xx, s0, t0) * weights; }, x, 1e-8);
+  EXPECT_LE((xs.grad() - dx).abs().max().item<double>(), 1e-5);
+  EXPECT_TRUE(at::isfinite(xs.grad()).all().item<bool>());
 }
 
 // AdaRound: the soft weight and the regulariser are smooth in V; their autograd gradients match finite
@@ -353,9 +408,7 @@ TEST(Recon, FullyQuantizedPlanWithIntegerOps) {
   at::set_num_threads(2);
   const Graph g = tiny_vit();
   const auto images = tiny_images();
-  MethodOptions o;
-  o.progress = false;
-  o.placement.wbits = o.placement.abits = 4;
+  MethodOptions o = quiet_options(4);
   o.reconstruct = "block";
   o.recon = quick_recon("block");
   QuantPlan plan = run_method(g, images, "fqvit", o);
@@ -372,6 +425,43 @@ TEST(Recon, FullyQuantizedPlanWithIntegerOps) {
   check_plan(plan, g, "fqvit+recon");
   at::InferenceMode guard;
   EXPECT_TRUE(at::isfinite(QuantizedModel(g, plan).run(images)).all().item<bool>());
+}
+
+// learn_log: a plan with AdaLog activation quantizers (minmax +adalog: the fc2 input after GELU) gets their scale
+// and base learned, within the range plans accept, and the plan reloads and runs them; without it they stay.
+TEST(Recon, LearnLogTrainsAdaLogScaleAndBase) {
+  at::set_num_threads(2);
+  const Graph g = tiny_vit();
+  const auto images = tiny_images();
+  MethodOptions mo = quiet_options(3);
+  mo.adalog = true;
+  const QuantPlan start = run_method(g, images, "minmax", mo);
+  size_t k = start.points.size();
+  for (size_t i = 0; i < start.points.size(); ++i)
+    if (start.points[i].spec.kind == QuantKind::AdaLog) k = i;
+  ASSERT_LT(k, start.points.size());
+  auto blocks = recon::plan_blocks(g, start, "block");
+  auto o = quick_recon("block");
+  QuantPlan fixed = start;
+  recon::reconstruct(g, images, fixed, blocks, o);
+  EXPECT_TRUE(at::equal(fixed.points[k].params.scale, start.points[k].params.scale));
+  EXPECT_TRUE(at::equal(fixed.points[k].params.base, start.points[k].params.base));
+  o.learn_log = true;
+  QuantPlan learned = start;
+  auto results = recon::reconstruct(g, images, learned, blocks, o);
+  for (const auto& r : results) EXPECT_LE(r.loss_end, r.loss_start) << r.name;
+  const auto& p = learned.points[k];
+  EXPECT_FALSE(at::equal(p.params.base, start.points[k].params.base) && at::equal(p.params.scale, start.points[k].params.scale));
+  const double tau = p.params.base.item<double>();
+  EXPECT_TRUE(tau >= 0.25 && tau <= 8.0) << tau;
+  EXPECT_TRUE(at::equal(p.params.shift, start.points[k].params.shift));
+  EXPECT_TRUE(learned.settings["reconstruction"]["learn_log"].get<bool>());
+  TempDir tmp;
+  save_plan(learned, (tmp / "p.json").string());
+  QuantPlan back = load_plan((tmp / "p.json").string(), g);
+  at::InferenceMode guard;
+  auto a = QuantizedModel(g, learned).run(images), b = QuantizedModel(g, back).run(images);
+  EXPECT_LE((a - b).abs().max().item<float>(), 1e-6f);
 }
 
 // Codes need plan format 3: a version-2 plan that carries them is refused.

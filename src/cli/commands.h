@@ -33,6 +33,7 @@ struct QuantArgs {
   int recon_iters = 300, recon_batch = 8, recon_images = 0;
   int synthetic_iters = 50;  // --calib synthetic[:N]: optimisation steps (quant/synthetic.h)
   double recon_lr_round = 2e-2, recon_lr_scale = 2e-3, qdrop = 0.5;
+  bool recon_learn_log = false;
   bool no_joint_bridges = false;
 };
 int run_quantize(const QuantArgs& args);

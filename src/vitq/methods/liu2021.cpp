@@ -132,6 +132,13 @@ Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOpti
     std::vector<double> err;  // per choice: nuclear: 1 - Pearson of the layer's output; kl: the model's KL
     size_t pick = 0;
   };
+  auto item = [](size_t layer, bool s0, bool s1) {
+    Item it;
+    it.layer = layer;
+    it.slot[0] = s0;
+    it.slot[1] = s1;
+    return it;
+  };
   std::vector<Item> items;
   double wtotal = 0, atotal = 0;
   for (size_t li = 0; li < layers.size(); ++li) {
@@ -151,7 +158,7 @@ Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOpti
     // activation elements per image (Swin's window rows and MobileViT's patch rows are several rows an image)
     const double asize = static_cast<double>(args[0].numel() + (matmul ? args[1].numel() : 0)) / static_cast<double>(images);
     if (!kl) {
-      Item it{li, {!image_input, true}};
+      Item it = item(li, !image_input, true);
       it.sens = nuclear_norm(n, search::first_rows(out, std::min<int64_t>(4, images), images));
       it.wsize = wsize;
       it.asize = asize;
@@ -159,15 +166,15 @@ Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOpti
         it.err.push_back(1.0 - similarity(out, quantized_output(n, args, sl.p[0], sl.q[0], sl.p[1], sl.q[1], out.size(0)), true));
       items.push_back(it);
     } else if (matmul) {
-      Item it{li, {true, true}};
+      Item it = item(li, true, true);
       it.asize = asize;
       items.push_back(it);
     } else {
-      Item w{li, {false, true}};
+      Item w = item(li, false, true);
       w.wsize = wsize;
       items.push_back(w);
       if (!image_input) {
-        Item a{li, {true, false}};
+        Item a = item(li, true, false);
         a.asize = asize;
         items.push_back(a);
       }

@@ -138,9 +138,10 @@ QuantParams params_from_range(const at::Tensor& lo_in, const at::Tensor& hi_in, 
   return p;
 }
 
+double log2_max_code(const QuantSpec& s) { return static_cast<double>((int64_t{1} << s.bits) - 1); }
+
 namespace {
 double twin_max_code(const QuantSpec& s) { return static_cast<double>((int64_t{1} << (s.bits - 1)) - 1); }
-double log2_max_code(const QuantSpec& s) { return static_cast<double>((int64_t{1} << s.bits) - 1); }
 
 void check_twin(const QuantParams& p) {
   if (!p.scale2.defined()) fail("twin-uniform quantizer without its second step (scale2)");

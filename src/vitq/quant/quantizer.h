@@ -91,6 +91,9 @@ at::Tensor quantize_codes(const at::Tensor& x, const QuantSpec& spec, const Quan
 // and the shift added before quantizing (AdaLog's, else 0).
 double log_codes_per_octave(const QuantSpec& spec, const QuantParams& params);
 double log_shift(const QuantSpec& spec, const QuantParams& params);
+// The log kinds' largest code, 2^b − 1: codes 0..2^b − 1 are the levels scale·2^(−c/τ); values below the
+// smallest level quantize to 0.
+double log2_max_code(const QuantSpec& spec);
 // Plain-loop reference of fake_quant on CPU (round half to even, as libtorch's round), for the tests; covers
 // every kind.
 at::Tensor fake_quant_reference(const at::Tensor& x, const QuantSpec& spec, const QuantParams& params);

@@ -41,4 +41,14 @@ at::Tensor lsq_fake_quant(const at::Tensor& x, const QuantSpec& spec, const at::
   return (at::clamp(r + zp, lo, hi) - zp) * scale;
 }
 
+at::Tensor adalog_fake_quant(const at::Tensor& x, const QuantSpec& spec, const at::Tensor& scale, const at::Tensor& tau, double shift) {
+  auto y = (shift != 0.0 ? x + shift : x) / scale;
+  // log2 of a floor, not of y: a zero or negative y quantizes to 0 − δ below, and its gradient must be 0, not NaN
+  auto u = -tau * at::log2(at::clamp_min(y, 1e-30));
+  auto c = at::clamp_min(ste_round(u), 0.0);
+  auto keep = (y > 0) & (c.detach() <= log2_max_code(spec));
+  auto q = at::where(keep, scale * at::exp2(-c / tau), at::zeros_like(y));
+  return shift != 0.0 ? q - shift : q;
+}
+
 }  // namespace vitq::recon

@@ -6,6 +6,10 @@
 //   - AdaRound (Nagel et al., ICML 2020): each weight rounds to floor(w/s) + h(V) with the rectified sigmoid
 //     h(V) = clamp(σ(V)(ζ − γ) + γ, 0, 1), ζ = 1.1, γ = −0.1; the regulariser Σ 1 − |2h(V) − 1|^β (β annealed
 //     from large to small) pushes every h to 0 or 1, so the final code is floor or ceil: floor + [V >= 0].
+//   - AdaLog with a trainable scale s and base τ (vitq's, the log analogue of LSQ): x̂ = s·2^(−c/τ) − δ with
+//     c = max(0, round(−τ·log2((x + δ)/s))) straight-through, 0 − δ below the smallest level. In log terms the
+//     level is log2 s − c/τ, so inside the grid s has no gradient (moving it moves every code with it) and τ gets
+//     (c − u)/τ², u the unrounded code: LSQ's rounding-error gradient; above the grid (c = 0) s gets 1.
 #pragma once
 #include <ATen/core/Tensor.h>
 
@@ -29,5 +33,9 @@ at::Tensor adaround_codes(const at::Tensor& w_floor, const at::Tensor& v, const 
 // LSQ fake quantization with a trainable step `scale` (> 0) and, when defined, a trainable zero point (rounded
 // straight-through and kept on the grid). Both broadcast against x (the shapes QuantParams uses).
 at::Tensor lsq_fake_quant(const at::Tensor& x, const QuantSpec& spec, const at::Tensor& scale, const at::Tensor& zero_point);
+
+// AdaLog fake quantization with a trainable scale (> 0) and base τ (> 0), one value each; `shift` is δ (fixed).
+// Equal to fake_quant with those parameters.
+at::Tensor adalog_fake_quant(const at::Tensor& x, const QuantSpec& spec, const at::Tensor& scale, const at::Tensor& tau, double shift);
 
 }  // namespace vitq::recon

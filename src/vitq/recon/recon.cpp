@@ -45,7 +45,7 @@ void ReconOptions::validate() const {
 nlohmann::json ReconOptions::to_json() const {
   return {{"mode", mode}, {"iters", iters}, {"batch", batch}, {"images", images}, {"lr_round", lr_round}, {"lr_scale", lr_scale},
           {"lr_zero_point", lr_zero_point}, {"round_weight", round_weight}, {"warmup", warmup}, {"beta", {beta_start, beta_end}},
-          {"loss", loss}, {"qdrop", qdrop}, {"learn_rounding", learn_rounding}, {"learn_steps", learn_steps}, {"seed", seed},
+          {"loss", loss}, {"qdrop", qdrop}, {"learn_rounding", learn_rounding}, {"learn_steps", learn_steps}, {"learn_log", learn_log}, {"seed", seed},
           {"device", device}};
 }
 
@@ -272,8 +272,9 @@ struct Trainable {
   size_t node = 0;
   // weights (AdaRound)
   at::Tensor w_floor, v, scale_full, zp_full;
-  // activations (LSQ)
-  at::Tensor log_scale, zero_point;
+  // activations (LSQ; AdaLog: log_scale and log_tau)
+  at::Tensor log_scale, zero_point, log_tau;
+  double shift = 0;
   bool learned = false;
 };
 
@@ -303,6 +304,11 @@ class BlockTrainer {
       } else if (o.learn_steps && p.spec.kind == QuantKind::Uniform) {
         t.log_scale = at::log(p.params.scale.to(dev_, at::kFloat)).clone().set_requires_grad(true);
         if (!p.spec.symmetric) t.zero_point = p.params.zero_point.to(dev_, at::kFloat).clone().set_requires_grad(true);
+        t.learned = true;
+      } else if (o.learn_steps && o.learn_log && p.spec.kind == QuantKind::AdaLog) {
+        t.log_scale = at::log(p.params.scale.to(dev_, at::kFloat)).clone().set_requires_grad(true);
+        t.log_tau = at::log(p.params.base.to(dev_, at::kFloat)).clone().set_requires_grad(true);
+        t.shift = log_shift(p.spec, p.params);
         t.learned = true;
       }
       points_.push_back(std::move(t));
@@ -346,6 +352,7 @@ class BlockTrainer {
       if (t.v.defined()) ps.push_back(t.v);
       if (t.log_scale.defined()) ps.push_back(t.log_scale);
       if (t.zero_point.defined()) ps.push_back(t.zero_point);
+      if (t.log_tau.defined()) ps.push_back(t.log_tau);
     }
     return ps;
   }
@@ -354,6 +361,7 @@ class BlockTrainer {
     for (const auto& t : points_) {
       if (t.v.defined()) round.push_back(t.v);
       if (t.log_scale.defined()) scale.push_back(t.log_scale);
+      if (t.log_tau.defined()) scale.push_back(t.log_tau);
       if (t.zero_point.defined()) zp.push_back(t.zero_point);
     }
     std::vector<torch::optim::OptimizerParamGroup> gs;
@@ -395,7 +403,8 @@ class BlockTrainer {
         return fixed_weights_.at({i, slot});
       }
       at::Tensor q;
-      if (t.log_scale.defined()) q = lsq_fake_quant(x, t.point->spec, at::exp(t.log_scale), t.zero_point);
+      if (t.log_tau.defined()) q = adalog_fake_quant(x, t.point->spec, at::exp(t.log_scale), at::clamp(at::exp(t.log_tau), 0.25, 8.0), t.shift);
+      else if (t.log_scale.defined()) q = lsq_fake_quant(x, t.point->spec, at::exp(t.log_scale), t.zero_point);
       else q = fake_quant(x, t.point->spec, fixed_params_.at({i, slot}));
       if (gen && o_.qdrop > 0) q = at::where(qdrop_mask(x, *gen), x, q);
       return q;
@@ -443,6 +452,8 @@ class BlockTrainer {
       if (t.log_scale.defined()) {
         auto s = at::clamp_min(at::exp(t.log_scale.detach()), 1e-8).cpu().reshape(p.params.scale.sizes());
         p.params.scale = s;
+        // τ within the range the plan format (and the integer runtime) accepts
+        if (t.log_tau.defined()) p.params.base = at::clamp(at::exp(t.log_tau.detach()), 0.25, 8.0).cpu().reshape(p.params.base.sizes());
         if (t.zero_point.defined()) {
           auto z = at::round(t.zero_point.detach()).cpu();
           const double lo = static_cast<double>(p.spec.qmin()), hi = static_cast<double>(p.spec.qmax());

@@ -9,6 +9,8 @@
 //     into the plan as integer codes (QuantPoint::codes), so the plan stays what an integer runtime executes;
 //   - the step (and zero point, when asymmetric) of every uniform activation quantizer is learned (LSQ; the step
 //     as exp(θ) so that one learning rate suits steps of any size); zero points stay on the integer grid;
+//   - with learn_log, the scale and base τ of every AdaLog activation quantizer are learned too (adalog_fake_quant
+//     in learnable.h; both as exp(θ)); its shift stays;
 //   - other quantizers (twin uniform, log2, power-of-two factor) and integer LayerNorm / softmax are applied as
 //     the plan says and not trained (integer ops pass gradients straight through);
 //   - QDrop (default 0.5, 0 = off): each element of each activation quantizer's input keeps its unquantized
@@ -47,6 +49,7 @@ struct ReconOptions {
   std::string loss = "fisher";  // "fisher" | "mse"
   double qdrop = 0.5;           // probability of keeping an activation unquantized during training (0: off)
   bool learn_rounding = true, learn_steps = true;
+  bool learn_log = false;       // also AdaLog activation quantizers' scale and base (with learn_steps)
   uint64_t seed = 0;
   std::string device = "cpu";   // "cpu" | "cuda" (| "cuda:N")
   bool progress = true;
