@@ -34,6 +34,7 @@ struct QuantArgs {
   int synthetic_iters = 50;  // --calib synthetic[:N]: optimisation steps (quant/synthetic.h)
   double recon_lr_round = 2e-2, recon_lr_scale = 2e-3, qdrop = 0.5;
   bool recon_learn_log = false;
+  double recon_lr_log = 2e-4;
   bool no_joint_bridges = false;
 };
 int run_quantize(const QuantArgs& args);

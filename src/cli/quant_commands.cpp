@@ -123,6 +123,7 @@ MethodOptions method_options(const QuantArgs& a) {
   o.recon.lr_round = a.recon_lr_round;
   o.recon.lr_scale = a.recon_lr_scale;
   o.recon.learn_log = a.recon_learn_log;
+  o.recon.lr_log = a.recon_lr_log;
   o.recon.loss = a.recon_loss;
   o.recon.qdrop = a.qdrop;
   o.recon.device = a.device;

@@ -23,7 +23,7 @@ void ReconOptions::validate() const {
   if (iters < 1 || iters > 1000000) fail("--recon-iters must be between 1 and 1000000, got {}", iters);
   if (batch < 1 || batch > 4096) fail("--recon-batch must be between 1 and 4096, got {}", batch);
   if (images < 0) fail("--recon-images must be 0 (all) or positive, got {}", images);
-  for (auto [name, v] : {std::pair{"--recon-lr-round", lr_round}, {"--recon-lr-scale", lr_scale}, {"--recon-lr-zero-point", lr_zero_point}})
+  for (auto [name, v] : {std::pair{"--recon-lr-round", lr_round}, {"--recon-lr-scale", lr_scale}, {"--recon-lr-zero-point", lr_zero_point}, {"--recon-lr-log", lr_log}})
     if (!(v >= 0) || !std::isfinite(v) || v > 10) fail("{} must be a finite learning rate in [0, 10], got {}", name, v);
   if (!(round_weight >= 0) || !std::isfinite(round_weight)) fail("rounding regulariser weight must be finite and >= 0");
   if (!(warmup >= 0 && warmup < 1)) fail("recon warm-up must be in [0, 1), got {}", warmup);
@@ -44,7 +44,7 @@ void ReconOptions::validate() const {
 
 nlohmann::json ReconOptions::to_json() const {
   return {{"mode", mode}, {"iters", iters}, {"batch", batch}, {"images", images}, {"lr_round", lr_round}, {"lr_scale", lr_scale},
-          {"lr_zero_point", lr_zero_point}, {"round_weight", round_weight}, {"warmup", warmup}, {"beta", {beta_start, beta_end}},
+          {"lr_zero_point", lr_zero_point}, {"lr_log", lr_log}, {"round_weight", round_weight}, {"warmup", warmup}, {"beta", {beta_start, beta_end}},
           {"loss", loss}, {"qdrop", qdrop}, {"learn_rounding", learn_rounding}, {"learn_steps", learn_steps}, {"learn_log", learn_log}, {"seed", seed},
           {"device", device}};
 }
@@ -357,11 +357,15 @@ class BlockTrainer {
     return ps;
   }
   std::vector<torch::optim::OptimizerParamGroup> groups() const {
-    std::vector<at::Tensor> round, scale, zp;
+    std::vector<at::Tensor> round, scale, zp, log;
     for (const auto& t : points_) {
       if (t.v.defined()) round.push_back(t.v);
-      if (t.log_scale.defined()) scale.push_back(t.log_scale);
-      if (t.log_tau.defined()) scale.push_back(t.log_tau);
+      if (t.log_tau.defined()) {
+        log.push_back(t.log_scale);
+        log.push_back(t.log_tau);
+      } else if (t.log_scale.defined()) {
+        scale.push_back(t.log_scale);
+      }
       if (t.zero_point.defined()) zp.push_back(t.zero_point);
     }
     std::vector<torch::optim::OptimizerParamGroup> gs;
@@ -371,6 +375,7 @@ class BlockTrainer {
     add(round, o_.lr_round);
     add(scale, o_.lr_scale);
     add(zp, o_.lr_zero_point);
+    add(log, o_.lr_log);
     return gs;
   }
   at::Tensor regularizer(double beta) const {

@@ -43,6 +43,7 @@ struct ReconOptions {
   double lr_round = 2e-2;       // AdaRound's V
   double lr_scale = 2e-3;       // log of activation steps
   double lr_zero_point = 5e-2;  // activation zero points (in codes)
+  double lr_log = 2e-4;         // log of AdaLog scales and bases (learn_log)
   double round_weight = 0.01;   // λ of the rounding regulariser
   double warmup = 0.2;          // fraction of the steps before the regulariser starts
   double beta_start = 20, beta_end = 2;
