@@ -373,6 +373,14 @@ TEST(Recon, NonFiniteLossAndBadInput) {
   bad = quick_recon();
   bad.lr_round = std::nan("");
   EXPECT_THROW(bad.validate(), Error);
+  bad = quick_recon();
+  bad.lr_log = -1e-3;
+  try {
+    bad.validate();
+    ADD_FAILURE() << "a negative --recon-lr-log was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--recon-lr-log"), std::string::npos) << e.what();
+  }
   if (!at::hasCUDA()) {
     bad = quick_recon();
     bad.device = "cuda";
