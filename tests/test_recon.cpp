@@ -472,6 +472,20 @@ TEST(Recon, LearnLogTrainsAdaLogScaleAndBase) {
   EXPECT_LE((a - b).abs().max().item<float>(), 1e-6f);
 }
 
+// learn_log on a plan without AdaLog quantizers says so (it would learn nothing more).
+TEST(Recon, LearnLogWithoutAdaLogWarns) {
+  const Graph g = tiny_vit();
+  const auto images = tiny_images();
+  QuantPlan plan = minmax_plan(g, images, 4);
+  auto o = quick_recon();
+  o.iters = 2;
+  o.learn_log = true;
+  testing::internal::CaptureStderr();
+  recon::reconstruct(g, images, plan, recon::plan_blocks(g, plan, "layer"), o);
+  const std::string err = testing::internal::GetCapturedStderr();
+  EXPECT_NE(err.find("--recon-learn-log: the plan has no AdaLog activation quantizer"), std::string::npos) << err;
+}
+
 // Codes need plan format 3: a version-2 plan that carries them is refused.
 TEST(Recon, CodesNeedFormatThree) {
   const Graph g = tiny_vit();

@@ -5,6 +5,7 @@
 #include <ATen/core/grad_mode.h>
 #include <torch/optim/adam.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <map>
@@ -666,6 +667,8 @@ std::vector<BlockResult> reconstruct(const Graph& model, const at::Tensor& calib
   const at::Tensor images = calib.narrow(0, 0, n);
   for (const auto& p : plan.points)
     if (!p.params.scale.defined()) fail("reconstruction: {} slot {} has no parameters (plan not calibrated)", p.node, p.slot);
+  if (o.learn_log && std::none_of(plan.points.begin(), plan.points.end(), [](const QuantPoint& p) { return !p.weight && p.spec.kind == QuantKind::AdaLog; }))
+    fmt::print(stderr, "warning: --recon-learn-log: the plan has no AdaLog activation quantizer (add +adalog to the method); nothing more is learned\n");
   std::map<int, at::Tensor> grads;
   if (o.loss == "fisher") {
     std::vector<int> outs;
