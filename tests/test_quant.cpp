@@ -259,6 +259,22 @@ TEST(Plan, JsonRoundTripAndChecks) {
   auto negative = j;
   negative["points"][0]["scale"]["data"][0] = -1.0;
   EXPECT_THROW(plan_from_json(negative, "t"), Error);
+  // corrected biases and updated weights: weight-sized values load, values beyond ±1e6 are refused by name
+  for (const std::string key : {"bias", "weights"}) {
+    auto huge = j;
+    huge[key] = {{"head", {{"shape", nlohmann::json::array({2})}, {"data", nlohmann::json::array({0.5, -2.0})}}}};
+    EXPECT_NO_THROW(plan_from_json(huge, "t")) << key;
+    huge[key]["head"]["data"][1] = -3e7;
+    std::string e;
+    try {
+      plan_from_json(huge, "t");
+    } catch (const Error& err) {
+      e = err.what();
+    }
+    EXPECT_NE(e.find(key == "bias" ? "corrected bias of head has values beyond" : "updated weight of head has values beyond"),
+              std::string::npos)
+        << e;
+  }
 }
 
 TEST(Methods, EveryMethodIsDeterministic) {

@@ -308,20 +308,20 @@ QuantPlan plan_from_json(const nlohmann::json& j, const std::string& where) {
       op.out_params = params_from_json(e, op.out_spec, fmt::format("{}: integer {} {}", where, op.kind, op.node));
       p.int_ops.push_back(std::move(op));
     }
-    if (j.contains("bias"))
-      for (const auto& [node, b] : j["bias"].items()) {
-        p.bias[node] = tensor_from_json(b);
-        // finite is not enough: a bias of 3e38 overflows the next layer; corrected biases are weight-sized
-        if (p.bias[node].numel() && p.bias[node].abs().max().item<double>() > 1e6)
-          fail("{}: corrected bias of {} has values beyond ±1e6 (a corrupt plan?)", where, node);
+    // corrected biases and updated weights: finite is not enough, a value of 3e38 overflows the next layer, and
+    // both are weight-sized
+    const auto read_tensors = [&](const char* key, const char* what, std::map<std::string, at::Tensor>& into) {
+      for (const auto& [node, v] : j[key].items()) {
+        at::Tensor t = tensor_from_json(v);
+        if (t.numel() && t.abs().max().item<double>() > 1e6)
+          fail("{}: {} of {} has values beyond ±1e6 (a corrupt plan?)", where, what, node);
+        into[node] = std::move(t);
       }
+    };
+    if (j.contains("bias")) read_tensors("bias", "corrected bias", p.bias);
     if (j.contains("weights")) {
       if (version < 4) fail("{}: weight updates need plan format version 4", where);
-      for (const auto& [node, w] : j["weights"].items()) {
-        p.weights[node] = tensor_from_json(w);
-        if (p.weights[node].numel() && p.weights[node].abs().max().item<double>() > 1e6)
-          fail("{}: updated weight of {} has values beyond ±1e6 (a corrupt plan?)", where, node);
-      }
+      read_tensors("weights", "updated weight", p.weights);
     }
     if (j.contains("reparams")) {
       if (version < 4) fail("{}: reparameterisations need plan format version 4", where);
