@@ -363,6 +363,22 @@ TEST(Methods, MixedPrecisionRespectsTheBudget) {
     std::printf("mixed precision (%s): average weight bits %.3f, bit widths used %zu; %s\n", sensitivity.c_str(), wbits / params,
                 used.size(), mp.contains("check") ? mp["check"].dump().c_str() : "");
     EXPECT_LE(wbits / params, 6.0 + 1e-9);
+    // and the average activation bits, weighted by elements, over the inputs the budget can move: the image's
+    // input to the patch embedding is 8 bits whatever the budget, so it neither counts nor frees bits
+    const auto fp = capture_layers(deit(), calib(1));
+    double abits = 0, acount = 0;
+    for (const auto& p : plan.points) {
+      if (p.weight) continue;
+      if (p.node == "patch_embed.proj" && p.slot == 0) {
+        EXPECT_EQ(p.spec.bits, 8) << sensitivity;
+        continue;
+      }
+      const double count = static_cast<double>(fp.inputs.at(p.node).at(static_cast<size_t>(p.slot)).numel());
+      abits += count * p.spec.bits;
+      acount += count;
+    }
+    std::printf("mixed precision (%s): average activation bits %.3f\n", sensitivity.c_str(), abits / acount);
+    EXPECT_LE(abits / acount, 6.0 + 1e-9) << sensitivity;
     EXPECT_EQ(mp["sensitivity"], sensitivity);
     if (sensitivity == "nuclear") {
       EXPECT_GT(used.size(), 1u);

@@ -381,6 +381,18 @@ TEST(Recon, NonFiniteLossAndBadInput) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("--recon-lr-log"), std::string::npos) << e.what();
   }
+  // learn_log with the steps fixed would learn nothing more: refused, not silently ignored
+  bad = quick_recon();
+  bad.learn_log = true;
+  bad.learn_steps = false;
+  try {
+    bad.validate();
+    ADD_FAILURE() << "learn_log without learn_steps was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("learn_log) needs learn_steps"), std::string::npos) << e.what();
+  }
+  bad.learn_steps = true;
+  EXPECT_NO_THROW(bad.validate());
   if (!at::hasCUDA()) {
     bad = quick_recon();
     bad.device = "cuda";

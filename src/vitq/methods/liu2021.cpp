@@ -161,7 +161,10 @@ Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOpti
       Item it = item(li, !image_input, true);
       it.sens = nuclear_norm(n, search::first_rows(out, std::min<int64_t>(4, images), images));
       it.wsize = wsize;
-      it.asize = asize;
+      // the image's input to the patch embedding stays at 8 bits whatever the layer gets, so it neither costs
+      // nor frees activation budget: counted, it made the patch embedding's upgrade look as dear as 150k
+      // activations and left its weights at 4 bits, while the bits it "saved" went to other activations
+      it.asize = image_input ? 0.0 : asize;
       for (const auto& sl : at[li])
         it.err.push_back(1.0 - similarity(out, quantized_output(n, args, sl.p[0], sl.q[0], sl.p[1], sl.q[1], out.size(0)), true));
       items.push_back(it);
@@ -180,9 +183,9 @@ Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOpti
       }
     }
     wtotal += wsize;
-    // kl: the image's input to the patch embedding is 8 bits at any budget, as in the uniform model, and outside
-    // the activation budget (the nuclear variant counts it at the layer's width, as it always has)
-    atotal += kl && image_input ? 0.0 : asize;
+    // the image's input to the patch embedding is 8 bits at any budget, as in the uniform model, and outside
+    // the activation budget
+    atotal += image_input ? 0.0 : asize;
   }
 
   // kl: the model's predictions with every item quantized as `assign` says (min/max steps), against FP32's.

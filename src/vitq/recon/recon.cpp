@@ -32,6 +32,8 @@ void ReconOptions::validate() const {
   if (loss != "fisher" && loss != "mse") fail("--recon-loss must be fisher or mse, got '{}'", loss);
   if (!(qdrop >= 0 && qdrop < 1)) fail("--qdrop must be a probability in [0, 1), got {}", qdrop);
   if (!learn_rounding && !learn_steps) fail("reconstruction with nothing to learn (rounding and steps both off)");
+  if (learn_log && !learn_steps)
+    fail("reconstruction: learning the AdaLog quantizers (learn_log) needs learn_steps on; with the steps fixed it would learn nothing more");
   bool cuda = false;
   try {
     c10::Device d(device);
@@ -667,8 +669,10 @@ std::vector<BlockResult> reconstruct(const Graph& model, const at::Tensor& calib
   const at::Tensor images = calib.narrow(0, 0, n);
   for (const auto& p : plan.points)
     if (!p.params.scale.defined()) fail("reconstruction: {} slot {} has no parameters (plan not calibrated)", p.node, p.slot);
-  if (o.learn_log && std::none_of(plan.points.begin(), plan.points.end(), [](const QuantPoint& p) { return !p.weight && p.spec.kind == QuantKind::AdaLog; }))
-    fmt::print(stderr, "warning: --recon-learn-log: the plan has no AdaLog activation quantizer (add +adalog to the method); nothing more is learned\n");
+  const auto adalog_input = [](const QuantPoint& p) { return !p.weight && p.spec.kind == QuantKind::AdaLog; };
+  if (o.learn_log && std::none_of(plan.points.begin(), plan.points.end(), adalog_input))
+    fmt::print(stderr, "warning: --recon-learn-log: the plan has no AdaLog activation quantizer (add +adalog to the method); "
+                       "nothing more is learned\n");
   std::map<int, at::Tensor> grads;
   if (o.loss == "fisher") {
     std::vector<int> outs;
