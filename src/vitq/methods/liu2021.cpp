@@ -11,8 +11,8 @@
 // Mixed precision: a layer's sensitivity is the nuclear norm of its output feature (for the attention
 // matmuls: of the attention scores / output); bits 4..8 in one-bit steps (+mpkl: {4, 6, 8}) are assigned
 // greedily, most sensitivity-weighted error removed per bit first, under a budget on the average weight bits
-// and the average activation bits (weighted by element count), so the model is no larger than a uniform model
-// at that many bits.
+// and the average activation bits (weighted by element count; the image's input, 8 bits at any budget, outside
+// it), so the model is no larger than a uniform model at that many bits.
 // Variant +mpkl (vitq's, experimental): widths are given to each layer's weight and activation input(s)
 // separately, and chosen by the model's predictions rather than a proxy. On the first half of the calibration
 // images (at most 16), the KL divergence of the predictions from FP32 is measured for every weight (input) at

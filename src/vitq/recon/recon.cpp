@@ -33,7 +33,8 @@ void ReconOptions::validate() const {
   if (!(qdrop >= 0 && qdrop < 1)) fail("--qdrop must be a probability in [0, 1), got {}", qdrop);
   if (!learn_rounding && !learn_steps) fail("reconstruction with nothing to learn (rounding and steps both off)");
   if (learn_log && !learn_steps)
-    fail("reconstruction: learning the AdaLog quantizers (learn_log) needs learn_steps on; with the steps fixed it would learn nothing more");
+    fail("reconstruction: learning the AdaLog quantizers (learn_log) needs learn_steps on; "
+         "with the steps fixed it would learn nothing more");
   bool cuda = false;
   try {
     c10::Device d(device);
