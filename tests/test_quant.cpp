@@ -343,6 +343,7 @@ TEST(Methods, Liu2021KeepsSearchedStepsOnlyWhereTheyWinOnHeldOutImages) {
 // agrees with it: mixed widths only where their KL was lower than the uniform model's, else uniform 6 bits (the
 // image's input at 8 either way).
 TEST(Methods, MixedPrecisionRespectsTheBudget) {
+  const auto fp = capture_layers(deit(), calib(1));  // the activations' element counts
   for (const std::string sensitivity : {"nuclear", "kl"}) {
     MethodOptions o = quick_options(6, 4, 2);
     o.mixed_precision = true;
@@ -365,7 +366,6 @@ TEST(Methods, MixedPrecisionRespectsTheBudget) {
     EXPECT_LE(wbits / params, 6.0 + 1e-9);
     // and the average activation bits, weighted by elements, over the inputs the budget can move: the image's
     // input to the patch embedding is 8 bits whatever the budget, so it neither counts nor frees bits
-    const auto fp = capture_layers(deit(), calib(1));
     double abits = 0, acount = 0;
     for (const auto& p : plan.points) {
       if (p.weight) continue;

@@ -155,16 +155,18 @@ Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOpti
     }
     const bool matmul = n.op == OpKind::MatMul, image_input = n.inputs[0] == g.input;
     const double wsize = matmul ? 0.0 : static_cast<double>(args[1].numel());
-    // activation elements per image (Swin's window rows and MobileViT's patch rows are several rows an image)
-    const double asize = static_cast<double>(args[0].numel() + (matmul ? args[1].numel() : 0)) / static_cast<double>(images);
+    // activation elements per image the budget counts (Swin's window rows and MobileViT's patch rows are several
+    // rows an image). The image's input to the patch embedding stays at 8 bits whatever the layer gets, as in the
+    // uniform model, so it neither costs nor frees activation budget: counted, it made the patch embedding's
+    // upgrade look as dear as 150k activations and left its weights at 4 bits, while the bits it "saved" went to
+    // other activations.
+    const double asize =
+        image_input ? 0.0 : static_cast<double>(args[0].numel() + (matmul ? args[1].numel() : 0)) / static_cast<double>(images);
     if (!kl) {
       Item it = item(li, !image_input, true);
       it.sens = nuclear_norm(n, search::first_rows(out, std::min<int64_t>(4, images), images));
       it.wsize = wsize;
-      // the image's input to the patch embedding stays at 8 bits whatever the layer gets, so it neither costs
-      // nor frees activation budget: counted, it made the patch embedding's upgrade look as dear as 150k
-      // activations and left its weights at 4 bits, while the bits it "saved" went to other activations
-      it.asize = image_input ? 0.0 : asize;
+      it.asize = asize;
       for (const auto& sl : at[li])
         it.err.push_back(1.0 - similarity(out, quantized_output(n, args, sl.p[0], sl.q[0], sl.p[1], sl.q[1], out.size(0)), true));
       items.push_back(it);
@@ -183,9 +185,7 @@ Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOpti
       }
     }
     wtotal += wsize;
-    // the image's input to the patch embedding is 8 bits at any budget, as in the uniform model, and outside
-    // the activation budget
-    atotal += image_input ? 0.0 : asize;
+    atotal += asize;
   }
 
   // kl: the model's predictions with every item quantized as `assign` says (min/max steps), against FP32's.
