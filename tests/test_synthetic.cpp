@@ -25,6 +25,14 @@ double mean_max_probability(const vitq::Graph& g, const at::Tensor& x) {
   return at::softmax(vitq::Executor(g).run(x), -1).amax(-1).mean().item<double>();
 }
 
+// Correlation of horizontally adjacent pixels, over every image and channel.
+double neighbour_correlation(const at::Tensor& x) {
+  using namespace at::indexing;
+  const at::Tensor a = x.index({Slice(), Slice(), Slice(), Slice(None, -1)}).flatten();
+  const at::Tensor b = x.index({Slice(), Slice(), Slice(), Slice(1, None)}).flatten();
+  return at::corrcoef(at::stack({a, b}))[0][1].item<double>();
+}
+
 }  // namespace
 
 TEST(Synthetic, AttentionOutputsAreFound) {
@@ -74,8 +82,37 @@ TEST(Synthetic, ImagesAreSeededBoundedAndLearnt) {
   o.iters = 0;
   const at::Tensor noise = vitq::synthesize_calibration(deit(), o);
   EXPECT_GT(mean_max_probability(deit(), a), mean_max_probability(deit(), noise) + 0.1);
+  // the natural start's steps move its octaves, not single pixels: the images stay smooth (a white start's steps
+  // are per pixel)
+  EXPECT_GT(neighbour_correlation(a), 0.8);
   o.images = 0;
   EXPECT_THROW(vitq::synthesize_calibration(deit(), o), vitq::Error);
+}
+
+TEST(Synthetic, TheNaturalStartIsSmoothAndTheWhiteOneIsNot) {
+  vitq::SyntheticOptions o;
+  o.images = 2;
+  o.iters = 0;
+  o.progress = false;
+  EXPECT_EQ(o.init, vitq::SyntheticInit::Natural);  // the default
+  const at::Tensor natural = vitq::synthesize_calibration(deit(), o);
+  o.init = vitq::SyntheticInit::White;
+  const at::Tensor white = vitq::synthesize_calibration(deit(), o);
+  // white noise: neighbours independent; the natural start: mostly coarse octaves, so neighbours alike
+  EXPECT_LT(std::abs(neighbour_correlation(white)), 0.05);
+  EXPECT_GT(neighbour_correlation(natural), 0.8);
+  // both spread over the pixel range (the natural start is not a near-constant image) and within it
+  const auto& p = deit().meta.preprocess;
+  for (const at::Tensor* x : {&natural, &white}) {
+    const at::Tensor pixels = x->select(1, 0) * p.std[0] + p.mean[0];
+    EXPECT_GT(pixels.std().item<double>(), 0.1);
+    EXPECT_GE(pixels.min().item<double>(), -1e-5);
+    EXPECT_LE(pixels.max().item<double>(), 1 + 1e-5);
+  }
+  EXPECT_EQ(vitq::parse_synthetic_init("natural"), vitq::SyntheticInit::Natural);
+  EXPECT_EQ(vitq::parse_synthetic_init("white"), vitq::SyntheticInit::White);
+  EXPECT_STREQ(vitq::synthetic_init_name(vitq::SyntheticInit::White), "white");
+  EXPECT_THROW(vitq::parse_synthetic_init("pink"), vitq::Error);
 }
 
 TEST(Synthetic, QuantizeCalibratesOnSynthesisedImages) {
@@ -88,8 +125,13 @@ TEST(Synthetic, QuantizeCalibratesOnSynthesisedImages) {
   const auto j = nlohmann::json::parse(read_file(plan));
   EXPECT_EQ(j["settings"]["calib"], "synthetic:2");
   EXPECT_EQ(j["settings"]["synthetic_iters"], 2);
+  EXPECT_EQ(j["settings"]["synthetic_init"], "natural");
   EXPECT_EQ(j["settings"]["calib_images"], 2);
   expect_cli_error(run_vitq("quantize " + quoted(model_dir()) + " --method minmax --calib synthetic:many --out " + quoted(dir / "p2.json")),
                    "--calib synthetic:many: expected 'synthetic' or 'synthetic:N'");
   EXPECT_FALSE(fs::exists(dir / "p2.json"));
+  expect_cli_error(run_vitq("quantize " + quoted(model_dir()) + " --method minmax --calib synthetic:2 --synthetic-init pink --out " +
+                            quoted(dir / "p3.json")),
+                   "--synthetic-init");
+  EXPECT_FALSE(fs::exists(dir / "p3.json"));
 }

@@ -146,6 +146,7 @@ at::Tensor calibration_images(const Graph& g, const QuantArgs& a) {
     so.images = n ? n : static_cast<int64_t>(a.calib_size);
     so.seed = a.seed;
     so.iters = a.synthetic_iters;
+    so.init = parse_synthetic_init(a.synthetic_init);
     so.progress = !a.quiet;
     return synthesize_calibration(g, so);
   }
@@ -205,7 +206,10 @@ int run_quantize(const QuantArgs& a) {
   }
   const double search_s = seconds_since(t1);
   plan.settings["calib"] = a.calib;
-  if (int64_t n = 0; parse_synthetic_calib(a.calib, &n)) plan.settings["synthetic_iters"] = a.synthetic_iters;
+  if (int64_t n = 0; parse_synthetic_calib(a.calib, &n)) {
+    plan.settings["synthetic_iters"] = a.synthetic_iters;
+    plan.settings["synthetic_init"] = a.synthetic_init;
+  }
   plan.settings["threads"] = threads;
   plan.settings["search_seconds"] = search_s;
   save_plan(plan, a.out);

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <optional>
 #include <regex>
 #include <set>
 
@@ -42,7 +43,41 @@ at::Tensor total_variation(const at::Tensor& x) {
   return dh.abs().mean() + dw.abs().mean();
 }
 
+// The images as Natural (see SyntheticInit) parameterises them: octaves z_s of white noise, s = 1, 2, 4, ... up to
+// a quarter of the image size, x = (sum_s sqrt(s) up(z_s) - mu) / sigma with mu (per image and channel) and sigma
+// (per image) those of the starting sum, so that the start has zero mean and unit deviation.
+struct Octaves {
+  std::vector<at::Tensor> z;
+  std::vector<double> weight;
+  at::Tensor mu, sigma;
+  int64_t H = 0, W = 0;
+
+  Octaves(int64_t n, int64_t h, int64_t w, at::Generator& gen) : H(h), W(w) {
+    for (int64_t cell = 1; cell <= std::min(H, W) / 4; cell *= 2) {
+      z.push_back(at::randn({n, 3, std::max<int64_t>(1, H / cell), std::max<int64_t>(1, W / cell)}, gen, at::kFloat));
+      weight.push_back(std::sqrt(static_cast<double>(cell)));
+    }
+    const at::Tensor sum = raw();
+    mu = sum.mean({2, 3}, true);
+    sigma = (sum - mu).flatten(1).std(1, true, true).clamp_min(1e-12).view({n, 1, 1, 1});
+  }
+  at::Tensor raw() const {
+    at::Tensor x = at::zeros({z[0].size(0), 3, H, W}, at::kFloat);
+    for (size_t k = 0; k < z.size(); ++k) x = x + at::upsample_bilinear2d(z[k], {H, W}, false) * weight[k];
+    return x;
+  }
+  at::Tensor image() const { return (raw() - mu) / sigma; }
+};
+
 }  // namespace
+
+SyntheticInit parse_synthetic_init(const std::string& name) {
+  if (name == "natural") return SyntheticInit::Natural;
+  if (name == "white") return SyntheticInit::White;
+  fail("--synthetic-init {}: expected natural or white", name);
+}
+
+const char* synthetic_init_name(SyntheticInit init) { return init == SyntheticInit::Natural ? "natural" : "white"; }
 
 std::vector<std::string> attention_output_layers(const Graph& g) {
   const auto readers = g.consumers();
@@ -95,7 +130,16 @@ at::Tensor synthesize_calibration(const Graph& g, const SyntheticOptions& o) {
   const at::Tensor lo = (0 - mean) / stdv, hi = (1 - mean) / stdv;
 
   auto gen = at::make_generator<at::CPUGeneratorImpl>(o.seed);
-  at::Tensor x = at::randn({n, 3, H, W}, gen, at::kFloat).clamp(lo, hi);
+  // the parameters Adam moves: the pixels (White) or the octaves (Natural, whose steps then keep the spectrum)
+  std::optional<Octaves> octaves;
+  std::vector<at::Tensor> params;
+  if (o.init == SyntheticInit::Natural) {
+    octaves.emplace(n, H, W, gen);
+    params = octaves->z;
+  } else {
+    params = {at::randn({n, 3, H, W}, gen, at::kFloat).clamp(lo, hi)};
+  }
+  at::Tensor x = octaves ? octaves->image().clamp(lo, hi) : params[0];
   const at::Tensor targets = at::randint(0, g.meta.num_classes, {n}, gen, at::kLong);
   Executor ex(g);
   const auto attn = attention_output_layers(g);
@@ -111,7 +155,11 @@ at::Tensor synthesize_calibration(const Graph& g, const SyntheticOptions& o) {
     return it->second;
   };
 
-  at::Tensor m1 = at::zeros_like(x), m2 = at::zeros_like(x);
+  std::vector<at::Tensor> m1, m2;
+  for (const auto& t : params) {
+    m1.push_back(at::zeros_like(t));
+    m2.push_back(at::zeros_like(t));
+  }
   const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
   Progress bar(fmt::format("synthesising {} calibration images ({} attention blocks)", n, attn.size()), static_cast<size_t>(o.iters),
                o.progress);
@@ -146,12 +194,26 @@ at::Tensor synthesize_calibration(const Graph& g, const SyntheticOptions& o) {
     }
     if (!std::isfinite(ce_sum) || !at::isfinite(grad).all().item<bool>())
       fail("synthetic calibration: the loss went non-finite at step {} (try a smaller learning rate)", it + 1);
+    std::vector<at::Tensor> grads = {grad};
+    if (octaves) {  // the gradient of the loss with respect to the octaves, through the rendering
+      for (auto& z : octaves->z) z = z.detach().set_requires_grad(true);
+      octaves->image().clamp(lo, hi).backward(grad);
+      grads.clear();
+      for (auto& z : octaves->z) grads.push_back(z.grad());
+    }
     {  // Adam
       at::NoGradGuard no_grad;
-      m1.mul_(b1).add_(grad, 1 - b1);
-      m2.mul_(b2).addcmul_(grad, grad, 1 - b2);
       const double c1 = 1 - std::pow(b1, it + 1), c2 = 1 - std::pow(b2, it + 1);
-      x = (x - o.lr * (m1 / c1) / ((m2 / c2).sqrt() + eps)).clamp(lo, hi);
+      for (size_t k = 0; k < params.size(); ++k) {
+        m1[k].mul_(b1).add_(grads[k], 1 - b1);
+        m2[k].mul_(b2).addcmul_(grads[k], grads[k], 1 - b2);
+        const at::Tensor step = o.lr * (m1[k] / c1) / ((m2[k] / c2).sqrt() + eps);
+        if (octaves)
+          octaves->z[k] = octaves->z[k].detach() - step;
+        else
+          params[k] = (params[k] - step).clamp(lo, hi);
+      }
+      x = octaves ? octaves->image().clamp(lo, hi) : params[0];
     }
     last_ce = ce_sum / static_cast<double>(n);
     last_ent = ent_sum / static_cast<double>(n);

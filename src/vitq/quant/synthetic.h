@@ -2,7 +2,7 @@
 //
 // The idea of PSAQ-ViT (Li et al., ECCV 2022): a ViT's self-attention makes the patches of a real image differ
 // from one another in many ways, while noise gives patches that all look alike to the network. Starting from
-// Gaussian noise, the images are optimised (Adam on the pixels) to
+// Gaussian noise (see SyntheticInit), the images are optimised (Adam on the pixels) to
 //   - be classified as a random target class each (cross-entropy),
 //   - maximise the diversity of patch similarity: per attention block, the cosine similarities between the
 //     tokens of its output (the output projection after attn·v) and the differential entropy of their
@@ -22,7 +22,28 @@
 
 namespace vitq {
 
+// The noise the images start from.
+//   - Natural (the default): Gaussian noise with a spectrum falling with frequency as natural images' does, so that
+//     it has smooth and flat regions as well as texture — a sum of white noise drawn at every octave of the image
+//     size (full, 1/2, ..., 1/32 on 224 pixels), each upsampled bilinearly and weighted by √(its cell size),
+//     normalised to zero mean per channel and unit standard deviation per image. Adam then moves those octaves
+//     (the gradient reaches them through the upsampling), not the pixels, so that its steps have the same spectrum
+//     and the images stay natural-like; per-pixel steps of ±lr would add white noise back.
+//   - White: white Gaussian noise, PSAQ-ViT's start, and Adam on the pixels.
+// Why (measured on DeiT-Tiny, 32 images, repqvit+adalog W8A8): images grown from white noise left a tenth of the
+// post-LayerNorm channels with ranges under 0.8x those of 32 real images (1% for a second draw of real images),
+// most in blocks 0-3, so that RepQ-ViT's per-channel steps clipped real images; from the natural start with Adam on
+// the pixels, 4%. (Why those channels are narrower is not established; flat patches, which white noise lacks, are
+// one guess.)
+// README, Data-free calibration, has the accuracies.
+enum class SyntheticInit { Natural, White };
+
+// "natural" or "white"; error for anything else.
+SyntheticInit parse_synthetic_init(const std::string& name);
+const char* synthetic_init_name(SyntheticInit init);
+
 struct SyntheticOptions {
+  SyntheticInit init = SyntheticInit::Natural;
   int64_t images = 32;
   uint64_t seed = 0;
   int iters = 50;              // Adam steps over every image
