@@ -7,7 +7,9 @@
 
 #include "test_util.h"
 #include "vitq/graph/executor.h"
+#include "vitq/data/dataset.h"
 #include "vitq/models/model_loader.h"
+#include "vitq/quant/calibration.h"
 #include "vitq/quant/synthetic.h"
 #include "vitq/util/error.h"
 
@@ -115,6 +117,40 @@ TEST(Synthetic, TheNaturalStartIsSmoothAndTheWhiteOneIsNot) {
   EXPECT_THROW(vitq::parse_synthetic_init("pink"), vitq::Error);
 }
 
+TEST(Synthetic, BatchNormStatisticsAreMatched) {
+  at::set_num_threads(2);
+  // MobileViT's convolution stages: random weights, but BatchNorm running statistics measured on the first 64
+  // calib1000 images (../shared/README.md), so real images sit close to them and noise does not
+  vitq::Graph g = vitq::load_model((shared_dir() / "models" / "mobilevit_xxs").string());
+  const auto targets = vitq::batchnorm_targets(g);
+  ASSERT_GT(targets.size(), 10u);
+  for (const auto& t : targets) {
+    ASSERT_EQ(t.mean.numel(), t.std.numel()) << t.node;
+    EXPECT_TRUE(at::isfinite(t.std).all().item<bool>()) << t.node;
+  }
+  EXPECT_TRUE(vitq::batchnorm_targets(deit()).empty());
+  const at::Tensor real = vitq::load_calibration(g, vitq::open_dataset(imagenet("calib1000").string()), 8, 0, false);
+  const double real_gap = vitq::batchnorm_statistics_gap(g, real);
+  vitq::SyntheticOptions o;
+  o.images = 2;
+  o.iters = 0;
+  o.progress = false;
+  EXPECT_EQ(o.bn_weight, 100);  // the default
+  const double start_gap = vitq::batchnorm_statistics_gap(g, vitq::synthesize_calibration(g, o));
+  o.iters = 8;
+  const double matched_gap = vitq::batchnorm_statistics_gap(g, vitq::synthesize_calibration(g, o));
+  o.bn_weight = 0;
+  const double unmatched_gap = vitq::batchnorm_statistics_gap(g, vitq::synthesize_calibration(g, o));
+  std::printf("BatchNorm statistics gap: real images %.4f, starting noise %.4f, after 8 steps %.4f (without the term %.4f)\n",
+              real_gap, start_gap, matched_gap, unmatched_gap);
+  EXPECT_LT(real_gap, start_gap);
+  EXPECT_LT(matched_gap, 0.75 * start_gap);
+  EXPECT_LT(matched_gap, unmatched_gap);
+  // a model without BatchNorm, one image: errors
+  EXPECT_THROW(vitq::batchnorm_statistics_gap(deit(), real.narrow(0, 0, 2)), vitq::Error);
+  EXPECT_THROW(vitq::batchnorm_statistics_gap(g, real.narrow(0, 0, 1)), vitq::Error);
+}
+
 TEST(Synthetic, QuantizeCalibratesOnSynthesisedImages) {
   TempDir dir;
   const fs::path plan = dir / "plan.json";
@@ -126,6 +162,7 @@ TEST(Synthetic, QuantizeCalibratesOnSynthesisedImages) {
   EXPECT_EQ(j["settings"]["calib"], "synthetic:2");
   EXPECT_EQ(j["settings"]["synthetic_iters"], 2);
   EXPECT_EQ(j["settings"]["synthetic_init"], "natural");
+  EXPECT_EQ(j["settings"]["synthetic_bn_weight"], 100.0);
   EXPECT_EQ(j["settings"]["calib_images"], 2);
   expect_cli_error(run_vitq("quantize " + quoted(model_dir()) + " --method minmax --calib synthetic:many --out " + quoted(dir / "p2.json")),
                    "--calib synthetic:many: expected 'synthetic' or 'synthetic:N'");
@@ -134,4 +171,8 @@ TEST(Synthetic, QuantizeCalibratesOnSynthesisedImages) {
                             quoted(dir / "p3.json")),
                    "--synthetic-init");
   EXPECT_FALSE(fs::exists(dir / "p3.json"));
+  expect_cli_error(run_vitq("quantize " + quoted(model_dir()) + " --method minmax --calib synthetic:2 --synthetic-bn-weight -1 --out " +
+                            quoted(dir / "p4.json")),
+                   "--synthetic-bn-weight");
+  EXPECT_FALSE(fs::exists(dir / "p4.json"));
 }

@@ -33,6 +33,7 @@ struct QuantArgs {
   int recon_iters = 300, recon_batch = 8, recon_images = 0;
   int synthetic_iters = 50;  // --calib synthetic[:N]: optimisation steps (quant/synthetic.h)
   std::string synthetic_init = "natural";  // --calib synthetic[:N]: the starting noise (quant/synthetic.h)
+  double synthetic_bn_weight = 100;        // --calib synthetic[:N]: weight of the BatchNorm statistics term
   double recon_lr_round = 2e-2, recon_lr_scale = 2e-3, qdrop = 0.5;
   bool recon_learn_log = false;
   double recon_lr_log = 2e-4;

@@ -297,6 +297,8 @@ int main(int argc, char** argv) {
     c->add_option("--synthetic-iters", q.synthetic_iters, "--calib synthetic: optimisation steps")->check(CLI::Range(0, 100000));
     c->add_option("--synthetic-init", q.synthetic_init, "--calib synthetic: the noise the images start from: natural (a natural image's spectrum, default) or white (PSAQ-ViT's)")
         ->check(CLI::IsMember({"natural", "white"}));
+    c->add_option("--synthetic-bn-weight", q.synthetic_bn_weight, "--calib synthetic: weight of matching the BatchNorm running statistics (models with BatchNorm; 0: off)")
+        ->check(CLI::Range(0.0, 1e6));
     c->add_option("--calib-size", q.calib_size, "calibration images drawn from --calib (liu2021 holds every layer's input for all of them)")->check(CLI::Range(0, 1024));
     c->add_option("--seed", q.seed, "seed of the calibration draw and of sampled pairs");
     c->add_option("--weight-granularity", q.weight_granularity, "weight scales: channel or tensor");

@@ -147,6 +147,7 @@ at::Tensor calibration_images(const Graph& g, const QuantArgs& a) {
     so.seed = a.seed;
     so.iters = a.synthetic_iters;
     so.init = parse_synthetic_init(a.synthetic_init);
+    so.bn_weight = a.synthetic_bn_weight;
     so.progress = !a.quiet;
     return synthesize_calibration(g, so);
   }
@@ -209,6 +210,7 @@ int run_quantize(const QuantArgs& a) {
   if (int64_t n = 0; parse_synthetic_calib(a.calib, &n)) {
     plan.settings["synthetic_iters"] = a.synthetic_iters;
     plan.settings["synthetic_init"] = a.synthetic_init;
+    plan.settings["synthetic_bn_weight"] = a.synthetic_bn_weight;
   }
   plan.settings["threads"] = threads;
   plan.settings["search_seconds"] = search_s;

@@ -325,6 +325,13 @@ void fold_batch_norm(Graph& g) {
     conv.inputs[1] = wv;
     conv.inputs[2] = bv;
     conv.attrs["norm"] = std::string("batchnorm");
+    // what the BatchNorm's running statistics say of the folded output (its per-channel mean and standard
+    // deviation over the data they were measured on): data-free calibration matches them (quant/synthetic.h)
+    const auto var = d(bn.inputs[4]);
+    const auto bn_std = (d(bn.inputs[1]).abs() * at::sqrt(var / (var + bn.getf("epsilon", 1e-5)))).contiguous();
+    const auto bn_mean = d(bn.inputs[2]).contiguous();
+    conv.attrs["bn_mean"] = std::vector<double>(bn_mean.data_ptr<double>(), bn_mean.data_ptr<double>() + bn_mean.numel());
+    conv.attrs["bn_std"] = std::vector<double>(bn_std.data_ptr<double>(), bn_std.data_ptr<double>() + bn_std.numel());
     make_identity(bn, bn.inputs[0]);
     changed = true;
   }

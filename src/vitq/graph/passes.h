@@ -20,8 +20,9 @@ void fuse_gelu(Graph& g);
 // The decomposed LayerNorm (ReduceMean, Sub, Pow, ReduceMean, Add ε, Sqrt, Div, Mul γ, Add β) -> LayerNorm.
 void fuse_layer_norm(Graph& g);
 // BatchNorm after a Conv2d (constant weights, the conv's output read by the BatchNorm alone) is folded into the
-// conv's weight and bias (computed in double precision); the conv is marked attr norm = "batchnorm". Other
-// BatchNorms stay as ops.
+// conv's weight and bias (computed in double precision); the conv is marked attr norm = "batchnorm" and keeps
+// what the running statistics say of its new output, attrs bn_mean (β) and bn_std (|γ|·√(var / (var + ε))), per
+// channel. Other BatchNorms stay as ops.
 void fold_batch_norm(Graph& g);
 // Drops Identity nodes, dead nodes and unreferenced values (renumbers value ids).
 void compact(Graph& g);

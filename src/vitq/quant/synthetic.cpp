@@ -10,6 +10,7 @@
 #include <optional>
 #include <regex>
 #include <set>
+#include <utility>
 
 #include "vitq/graph/executor.h"
 #include "vitq/graph/passes.h"
@@ -41,6 +42,19 @@ at::Tensor total_variation(const at::Tensor& x) {
   auto dh = x.index({Slice(), Slice(), Slice(1, None), Slice()}) - x.index({Slice(), Slice(), Slice(None, -1), Slice()});
   auto dw = x.index({Slice(), Slice(), Slice(), Slice(1, None)}) - x.index({Slice(), Slice(), Slice(), Slice(None, -1)});
   return dh.abs().mean() + dw.abs().mean();
+}
+
+// Per-channel mean and (biased) standard deviation of a layer output [B, C, ...] over everything but the channel.
+std::pair<at::Tensor, at::Tensor> channel_statistics(const at::Tensor& y) {
+  const at::Tensor t = y.transpose(0, 1).reshape({y.size(1), -1});
+  const at::Tensor mean = t.mean(1);
+  return {mean, (t - mean.unsqueeze(1)).pow(2).mean(1).add(1e-8).sqrt()};
+}
+
+// The root-mean-square gaps of a layer output's channel statistics from its BatchNorm target, added.
+at::Tensor batchnorm_gap(const at::Tensor& y, const BatchNormTarget& t) {
+  const auto [mean, stdv] = channel_statistics(y);
+  return (mean - t.mean).pow(2).mean().sqrt() + (stdv - t.std).pow(2).mean().sqrt();
 }
 
 // The images as Natural (see SyntheticInit) parameterises them: octaves z_s of white noise, s = 1, 2, 4, ... up to
@@ -78,6 +92,47 @@ SyntheticInit parse_synthetic_init(const std::string& name) {
 }
 
 const char* synthetic_init_name(SyntheticInit init) { return init == SyntheticInit::Natural ? "natural" : "white"; }
+
+std::vector<BatchNormTarget> batchnorm_targets(const Graph& g) {
+  std::vector<BatchNormTarget> out;
+  auto tensor = [](const std::vector<double>& v) { return at::tensor(v, at::kDouble).to(at::kFloat); };
+  for (const auto& n : g.nodes) {
+    if (n.op == OpKind::Conv2d && n.has("bn_mean") && n.has("bn_std")) {
+      out.push_back({n.name, tensor(std::get<std::vector<double>>(n.attrs.at("bn_mean"))),
+                     tensor(std::get<std::vector<double>>(n.attrs.at("bn_std")))});
+    } else if (n.op == OpKind::BatchNorm && n.inputs.size() == 5) {
+      bool constant = true;
+      for (size_t k = 1; k < 5; ++k) constant = constant && n.inputs[k] >= 0 && g.is_const(n.inputs[k]);
+      if (!constant) continue;
+      auto d = [&](int v) { return g.const_tensor(v).to(at::kDouble); };
+      const at::Tensor var = d(n.inputs[4]);
+      out.push_back({n.name, d(n.inputs[2]).to(at::kFloat),
+                     (d(n.inputs[1]).abs() * at::sqrt(var / (var + n.getf("epsilon", 1e-5)))).to(at::kFloat)});
+    }
+  }
+  return out;
+}
+
+double batchnorm_statistics_gap(const Graph& g, const at::Tensor& images) {
+  const auto targets = batchnorm_targets(g);
+  if (targets.empty()) fail("BatchNorm statistics: the model has no BatchNorm with running statistics");
+  if (images.size(0) < 2) fail("BatchNorm statistics: at least 2 images, got {}", images.size(0));
+  std::map<std::string, const BatchNormTarget*> by_name;
+  for (const auto& t : targets) by_name[t.node] = &t;
+  at::InferenceMode guard;
+  double sum = 0;
+  int64_t layers = 0;
+  ExecHooks h;
+  h.on_output = [&](const Node& node, const std::vector<at::Tensor>& outs) {
+    auto it = by_name.find(node.name);
+    if (it == by_name.end() || outs[0].dim() < 2 || outs[0].size(1) != it->second->mean.numel()) return;
+    sum += batchnorm_gap(outs[0], *it->second).item<double>();
+    ++layers;
+  };
+  Executor(g).run(images, &h);
+  if (layers == 0) fail("BatchNorm statistics: no BatchNorm output was seen");
+  return sum / static_cast<double>(layers);
+}
 
 std::vector<std::string> attention_output_layers(const Graph& g) {
   const auto readers = g.consumers();
@@ -142,6 +197,9 @@ at::Tensor synthesize_calibration(const Graph& g, const SyntheticOptions& o) {
   at::Tensor x = octaves ? octaves->image().clamp(lo, hi) : params[0];
   const at::Tensor targets = at::randint(0, g.meta.num_classes, {n}, gen, at::kLong);
   Executor ex(g);
+  const auto bn_targets = o.bn_weight > 0 ? batchnorm_targets(g) : std::vector<BatchNormTarget>{};
+  std::map<std::string, const BatchNormTarget*> bn_by_name;
+  for (const auto& t : bn_targets) bn_by_name[t.node] = &t;
   const auto attn = attention_output_layers(g);
   const std::set<std::string> attn_set(attn.begin(), attn.end());
   // the similarity pairs sampled once (per token count: Swin's windows and stages differ)
@@ -161,18 +219,30 @@ at::Tensor synthesize_calibration(const Graph& g, const SyntheticOptions& o) {
     m2.push_back(at::zeros_like(t));
   }
   const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
-  Progress bar(fmt::format("synthesising {} calibration images ({} attention blocks)", n, attn.size()), static_cast<size_t>(o.iters),
-               o.progress);
-  double last_ce = 0, last_ent = 0;
+  const std::string what = bn_targets.empty() ? fmt::format("{} attention blocks", attn.size())
+                                              : fmt::format("{} attention blocks, {} BatchNorms", attn.size(), bn_targets.size());
+  Progress bar(fmt::format("synthesising {} calibration images ({})", n, what), static_cast<size_t>(o.iters), o.progress);
+  double last_ce = 0, last_ent = 0, last_bn = 0;
+  auto status = [&] {
+    std::string line = fmt::format("cross-entropy {:.3f}, patch-similarity entropy {:.3f}", last_ce, last_ent);
+    if (!bn_targets.empty()) line += fmt::format(", BatchNorm statistics gap {:.3f}", last_bn);
+    return line;
+  };
   for (int it = 0; it < o.iters; ++it) {
     at::Tensor grad = at::zeros_like(x);
-    double ce_sum = 0, ent_sum = 0;
+    double ce_sum = 0, ent_sum = 0, bn_sum = 0;
     for (int64_t b = 0; b < n; b += o.chunk) {
       const int64_t k = std::min(o.chunk, n - b);
       at::Tensor xc = x.narrow(0, b, k).clone().set_requires_grad(true);
-      std::vector<at::Tensor> entropies;
+      std::vector<at::Tensor> entropies, bn_gaps;
       ExecHooks h;
       h.on_output = [&](const Node& node, const std::vector<at::Tensor>& outs) {
+        if (auto it = bn_by_name.find(node.name); it != bn_by_name.end()) {
+          // statistics of one image's single pixel say nothing: need two values per channel
+          const at::Tensor& y = outs[0];
+          if (y.dim() >= 2 && y.size(1) == it->second->mean.numel() && y.numel() / y.size(1) >= 2)
+            bn_gaps.push_back(batchnorm_gap(y, *it->second));
+        }
         if (!attn_set.count(node.name)) return;
         at::Tensor t = outs[0];
         if (t.dim() == 4) t = t.flatten(2).transpose(1, 2);  // a Conv's [B, C, H, W] output as tokens
@@ -186,6 +256,11 @@ at::Tensor synthesize_calibration(const Graph& g, const SyntheticOptions& o) {
         at::Tensor ent = at::stack(entropies).mean();
         loss = loss - o.patch_weight * ent;
         ent_sum += ent.item<double>() * static_cast<double>(k);
+      }
+      if (!bn_gaps.empty()) {
+        at::Tensor gap = at::stack(bn_gaps).mean();
+        loss = loss + o.bn_weight * gap;
+        bn_sum += gap.item<double>() * static_cast<double>(k);
       }
       // each chunk's loss is a mean over its images: weight it by its share of the batch
       (loss * (static_cast<double>(k) / static_cast<double>(n))).backward();
@@ -217,9 +292,10 @@ at::Tensor synthesize_calibration(const Graph& g, const SyntheticOptions& o) {
     }
     last_ce = ce_sum / static_cast<double>(n);
     last_ent = ent_sum / static_cast<double>(n);
-    bar.update(static_cast<size_t>(it + 1), fmt::format("cross-entropy {:.3f}, patch-similarity entropy {:.3f}", last_ce, last_ent));
+    last_bn = bn_sum / static_cast<double>(n);
+    bar.update(static_cast<size_t>(it + 1), status());
   }
-  bar.finish(fmt::format("cross-entropy {:.3f}, patch-similarity entropy {:.3f}", last_ce, last_ent));
+  bar.finish(status());
   return x.detach().contiguous();
 }
 
