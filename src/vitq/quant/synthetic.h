@@ -2,7 +2,7 @@
 //
 // The idea of PSAQ-ViT (Li et al., ECCV 2022): a ViT's self-attention makes the patches of a real image differ
 // from one another in many ways, while noise gives patches that all look alike to the network. Starting from
-// Gaussian noise (see SyntheticInit), the images are optimised (Adam on the pixels) to
+// Gaussian noise (see SyntheticInit), the images are optimised (Adam on the pixels, or on the natural start's octaves) to
 //   - be classified as a random target class each (cross-entropy),
 //   - maximise the diversity of patch similarity: per attention block, the cosine similarities between the
 //     tokens of its output (the output projection after attn·v) and the differential entropy of their
