@@ -67,7 +67,7 @@ struct Octaves {
   int64_t H = 0, W = 0;
 
   Octaves(int64_t n, int64_t h, int64_t w, at::Generator& gen) : H(h), W(w) {
-    for (int64_t cell = 1; cell <= std::min(H, W) / 4; cell *= 2) {
+    for (int64_t cell = 1; cell == 1 || cell <= std::min(H, W) / 4; cell *= 2) {  // at least the full-size octave
       z.push_back(at::randn({n, 3, std::max<int64_t>(1, H / cell), std::max<int64_t>(1, W / cell)}, gen, at::kFloat));
       weight.push_back(std::sqrt(static_cast<double>(cell)));
     }
