@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Packs what scripts/gpu/check.sh needs on a GPU machine that reaches no network and does not see ../shared:
+# .gpu/ (git-ignored through .git/info/exclude) with Debian 12's packages of vitq's small dependencies (unpacked
+# there into a private prefix, never into /), the DeiT-Tiny weights and golden logits, the 128 calib1000 images
+# that --calib-size 128 --seed 0 draws (ordered so that the same draw over the subset gives them in the same
+# order), and the first 100 val1000 images. About 41 MB; the device tool carries it with carry: [".gpu"].
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+S=${VITQ_SHARED:-../shared}
+N=${CALIB_N:-128}
+mkdir -p .git/info && { grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude; }
+rm -rf .gpu && mkdir -p .gpu/debs .gpu/deit/golden .gpu/calib .gpu/val100
+(cd .gpu/debs && apt-get download -q libfmt-dev libfmt9 nlohmann-json3-dev libcli11-dev libjpeg62-turbo-dev \
+  libjpeg62-turbo libpng-dev libpng16-16 zlib1g-dev zlib1g 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
+cp "$S"/models/deit_tiny_patch16_224/{config.json,model.safetensors} .gpu/deit/
+cp "$S"/models/deit_tiny_patch16_224/golden/val1000_first100_logits.npy .gpu/deit/golden/
+g++ -O2 -std=c++17 -o /tmp/vitq_calib_order scripts/gpu/calib_order.cpp
+/tmp/vitq_calib_order "$S/data/imagenet/calib1000/labels.txt" "$N" > .gpu/calib/labels.txt
+while read -r f _; do cp "$S/data/imagenet/calib1000/$f" .gpu/calib/; done < .gpu/calib/labels.txt
+grep -v '^#' "$S/data/imagenet/val1000/labels.txt" | head -100 > .gpu/val100/labels.txt
+while read -r f _; do cp "$S/data/imagenet/val1000/$f" .gpu/val100/; done < .gpu/val100/labels.txt
+du -sh .gpu
