@@ -18,7 +18,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/vitq_gpu_out}
-BUDGET=${BUDGET:-560}  # seconds the whole script may take
+BUDGET=${BUDGET:-480}  # seconds the whole script may take
 mkdir -p "$OUT"
 T0=$(date +%s)
 SUM="$OUT/summary.md"
@@ -61,7 +61,7 @@ TP=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
 export VITQ_TORCH_ROOT=$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')
 CFG=(-S . -G Ninja -DCMAKE_BUILD_TYPE=Release -DVITQ_WITH_ONNX=OFF -DVITQ_BUILD_TESTS=OFF
   -DVITQ_ORT_DIR=/nonexistent -DVITQ_DNNL_LIB=VITQ_DNNL_LIB-NOTFOUND -DCMAKE_POLICY_VERSION_MINIMUM=3.5
-  "-DCMAKE_EXE_LINKER_FLAGS=-Wl,--no-as-needed" "-DCMAKE_CXX_FLAGS=-isystem $D/usr/include/$A -include cstdint"
+  "-DCMAKE_EXE_LINKER_FLAGS=-Wl,--no-as-needed" "-DCMAKE_CXX_FLAGS=-isystem $D/usr/include/$A -include cstdint -DFMT_HEADER_ONLY=1"
   "-DJPEG_INCLUDE_DIR=$D/usr/include" "-DJPEG_LIBRARY=$D/usr/lib/$A/libjpeg.so.62" "-DJPEG_LIBRARY_RELEASE=$D/usr/lib/$A/libjpeg.so.62"
   "-DPNG_PNG_INCLUDE_DIR=$D/usr/include/libpng16" "-DPNG_LIBRARY=$D/usr/lib/$A/libpng16.so.16" "-DPNG_LIBRARY_RELEASE=$D/usr/lib/$A/libpng16.so.16"
   "-DZLIB_INCLUDE_DIR=$D/usr/include" "-DZLIB_LIBRARY=$D/lib/$A/libz.so.1.2.13" "-DZLIB_LIBRARY_RELEASE=$D/lib/$A/libz.so.1.2.13"

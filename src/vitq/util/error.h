@@ -2,6 +2,7 @@
 // the problem (the file, tensor or option at fault); the CLI prints it and exits nonzero.
 #pragma once
 #include <fmt/format.h>
+#include <fmt/ranges.h>  // fmt::join: in format.h before fmt 11; the libtorch of a pip PyTorch 2.x bundles fmt 11
 
 #include <stdexcept>
 #include <string>
