@@ -14,7 +14,7 @@
 #     evaluated on all of val1000 on the CPU machine (eval --plan);
 #  6. with the time left, the W3A3 recipe (repqvit+adalog+headwise+wmse+recon) with RECON_ITERS3 steps a block
 #     (default: as many thousands as the W4A4 run's speed allows, at most 8000).
-# Everything it prints goes to $OUT/log.txt, a digest to $OUT/summary.md, the plans to $OUT/plans.tar.gz.
+# QUICK=1 stops after step 3. Everything it prints goes to $OUT/log.txt, a digest to $OUT/summary.md, the plans to $OUT/plans.tar.gz.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/vitq_gpu_out}
@@ -105,6 +105,7 @@ step "fake-quant W8A8 eval, cuda" 120 "$V" eval "$M" --plan "$TMP/plans/minmax_w
 step "fake-quant W8A8 eval, cpu" 120 "$V" eval "$M" --plan "$TMP/plans/minmax_w8a8.json" --data "$VAL" --device cpu --batch 50 --threads "$NT" --quiet --dump-logits "$TMP/q8_cpu.npy"
 say ""
 cmp_logits "$TMP/q8_cpu.npy" "$TMP/q8_cuda.npy"
+if [ -n "${QUICK:-}" ]; then say "QUICK: stopped after the logit checks, $(elapsed) s"; exit 0; fi
 
 # ---------------------------------------------------------------------------------------------- bench
 TAIL=30 step "bench, cuda" 150 "$V" bench "$M" --data "$VAL" --device cuda --batch 64 --iters 20 --threads "$NT" --out "$OUT/bench"

@@ -1,6 +1,7 @@
 #include "vitq/graph/executor.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 
@@ -447,6 +448,13 @@ std::vector<at::Tensor> run_node(const Node& n, const std::vector<at::Tensor>& i
 
 Executor::Executor(const Graph& graph, c10::Device device) : graph_(graph), device_(device) {
   graph_.validate();
+  if (device_.is_cuda()) {
+    // FP32 on the GPU too: cuDNN's convolutions default to TF32 (a 10-bit mantissa), which moved DeiT-Tiny's
+    // logits by up to 0.026 from timm's (CPU: 1e-5) and, through the rounding of 8-bit activations behind the
+    // patch embedding, changed 3 of 100 fake-quant predictions against the CPU (scripts/gpu/check.sh).
+    at::globalContext().setAllowTF32CuDNN(false);
+    at::globalContext().setAllowTF32CuBLAS(false);
+  }
   consts_.resize(graph_.values.size());
   for (size_t v = 0; v < graph_.values.size(); ++v)
     if (graph_.consts[v].defined()) {
