@@ -121,7 +121,7 @@ int run_bench(const BenchOptions& o) {
     fmt::print(stderr, "bench: {}: {:.2f} ms at batch 1, {:.1f} images/s at batch {}\n", name, engines.back().latency_ms,
                engines.back().images_per_second, B);
   };
-  measure("vitq FP32", "vitq executor (oneDNN GEMMs, libtorch ops)", [&](const at::Tensor& in) { exec.run(in); });
+  measure("vitq FP32", device.is_cuda() ? "vitq executor (libtorch ops on CUDA)" : "vitq executor (oneDNN GEMMs, libtorch ops)", [&](const at::Tensor& in) { exec.run(in); });
   std::optional<QuantPlan> plan;
   std::map<std::string, double> int8_op_seconds;
   if (!o.plan.empty()) {

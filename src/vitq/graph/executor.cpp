@@ -450,8 +450,8 @@ Executor::Executor(const Graph& graph, c10::Device device) : graph_(graph), devi
   graph_.validate();
   if (device_.is_cuda()) {
     // FP32 on the GPU too: cuDNN's convolutions default to TF32 (a 10-bit mantissa), which moved DeiT-Tiny's
-    // logits by up to 0.026 from timm's (CPU: 1e-5) and, through the rounding of 8-bit activations behind the
-    // patch embedding, changed 3 of 100 fake-quant predictions against the CPU (scripts/gpu/check.sh).
+    // logits by up to 0.026 from timm's; with it off, 2.5e-5 (the CPU: 1e-5). scripts/gpu/check.sh,
+    // bench/results/gpu_h200_check.md.
     at::globalContext().setAllowTF32CuDNN(false);
     at::globalContext().setAllowTF32CuBLAS(false);
   }
