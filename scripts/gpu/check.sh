@@ -14,7 +14,7 @@
 #     evaluated on all of val1000 on the CPU machine (eval --plan);
 #  6. with the time left, the W3A3 recipe (repqvit+adalog+headwise+wmse+recon) with RECON_ITERS3 steps a block
 #     (default: as many thousands as the W4A4 run's speed allows, at most 8000).
-# QUICK=1 stops after step 3. Everything it prints goes to $OUT/log.txt, a digest to $OUT/summary.md, the plans to $OUT/plans.tar.gz.
+# QUICK=1 stops after step 3; SKIP_CHECKS=1 skips steps 2-4. Everything it prints goes to $OUT/log.txt, a digest to $OUT/summary.md, the plans to $OUT/plans.tar.gz.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/vitq_gpu_out}
@@ -46,7 +46,10 @@ step() {
   return $rc
 }
 
-say "# vitq on a GPU machine ($(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'))"
+# The device's copy of .git can lag behind the tree it was sent, so the sources are named by a hash of their
+# contents: `git ls-files -z src include CMakeLists.txt | xargs -0 sha1sum | sha1sum` on the committing machine.
+SRC=$(git ls-files -z src include CMakeLists.txt 2>/dev/null | xargs -0 sha1sum | sha1sum | cut -c1-12)
+say "# vitq on a GPU machine ($(date -u +%FT%TZ), sources $SRC)"
 TAIL=20 step "machine" 60 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; nproc;
   g++ --version | head -1; cmake --version | head -1; ninja --version;
   python3 -c "import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, torch.cuda.is_available())"'
@@ -82,6 +85,7 @@ VAL=.gpu/val100
 CAL=.gpu/calib
 NT=$(nproc)
 
+if [ -n "${SKIP_CHECKS:-}" ]; then say "SKIP_CHECKS: straight to the reconstruction runs"; else
 # ---------------------------------------------------------------------------------------------- FP32, fake quant
 cmp_logits() {  # golden-or-other npy, then named npy files: max |difference| and top-1 agreement against the first
   python3 - "$@" <<'EOF' | tee -a "$SUM"
@@ -109,6 +113,7 @@ if [ -n "${QUICK:-}" ]; then say "QUICK: stopped after the logit checks, $(elaps
 
 # ---------------------------------------------------------------------------------------------- bench
 TAIL=30 step "bench, cuda" 150 "$V" bench "$M" --data "$VAL" --device cuda --batch 64 --iters 20 --threads "$NT" --out "$OUT/bench"
+fi
 
 # ---------------------------------------------------------------------------------------------- reconstruction
 RECON4=0
