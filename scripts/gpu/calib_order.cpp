@@ -1,5 +1,6 @@
 // scripts/gpu/prepare.sh: orders the calibration subset so that vitq's seeded draw (sample_subset) over the
 // subset folder gives the images in the order the same draw gives them over the whole folder. Usage: calib_order LABELS N
+// draw() repeats sample_subset's Fisher-Yates (src/vitq/data/dataset.cpp) without linking libtorch: change both together.
 #include <fstream>
 #include <iostream>
 #include <numeric>

@@ -61,7 +61,6 @@ rm -rf "$D" && mkdir -p "$D"
 for f in .gpu/debs/*.deb; do dpkg -x "$f" "$D"; done
 export LD_LIBRARY_PATH="$D/usr/lib/$A${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 TP=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
-export VITQ_TORCH_ROOT=$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')
 CFG=(-S . -G Ninja -DCMAKE_BUILD_TYPE=Release -DVITQ_WITH_ONNX=OFF -DVITQ_BUILD_TESTS=OFF
   -DVITQ_ORT_DIR=/nonexistent -DVITQ_DNNL_LIB=VITQ_DNNL_LIB-NOTFOUND -DCMAKE_POLICY_VERSION_MINIMUM=3.5
   "-DCMAKE_EXE_LINKER_FLAGS=-Wl,--no-as-needed" "-DCMAKE_CXX_FLAGS=-isystem $D/usr/include/$A -include cstdint -DFMT_HEADER_ONLY=1"
@@ -71,10 +70,7 @@ CFG=(-S . -G Ninja -DCMAKE_BUILD_TYPE=Release -DVITQ_WITH_ONNX=OFF -DVITQ_BUILD_
   "-Dfmt_DIR=$D/usr/lib/$A/cmake/fmt" "-Dnlohmann_json_DIR=$D/usr/share/cmake/nlohmann_json" "-DCLI11_DIR=$D/usr/share/cmake/CLI11")
 BD=build-cuda
 rm -rf "$BD"
-if ! TAIL=15 step "configure (PyTorch's TorchConfig.cmake)" 120 cmake -B "$BD" "${CFG[@]}" "-DCMAKE_PREFIX_PATH=$TP"; then
-  rm -rf "$BD"
-  TAIL=15 step "configure (scripts/gpu/torch_fallback)" 120 cmake -B "$BD" "${CFG[@]}" "-DTorch_DIR=$PWD/scripts/gpu/torch_fallback" || exit 1
-fi
+TAIL=15 step "configure" 120 cmake -B "$BD" "${CFG[@]}" "-DCMAKE_PREFIX_PATH=$TP" || exit 1
 if ! TAIL=40 step "build" 330 cmake --build "$BD" --target vitq -j "$(nproc)" -- -k 0; then
   grep -E "error|Error" "$LOG" | head -60 >>"$SUM"
   exit 1
