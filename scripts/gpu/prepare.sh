@@ -3,7 +3,9 @@
 # .gpu/ (git-ignored through .git/info/exclude) with Debian 12's packages of vitq's small dependencies (unpacked
 # there into a private prefix, never into /), the DeiT-Tiny weights and golden logits, the 128 calib1000 images
 # that --calib-size 128 --seed 0 draws (ordered so that the same draw over the subset gives them in the same
-# order), and the first 100 val1000 images. About 41 MB; the device tool carries it with carry: [".gpu"].
+# order), and the first 100 val1000 images. About 41 MB; the device tool carries it with carry: [".gpu"], which
+# with the tracked tree must stay under 64 MiB. For scripts/gpu/recon.sh: CALIB_N=300 (images drawn), NO_VAL=1 (no
+# val100), PLANS="a.json b.json" (start plans, copied into .gpu/plans).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 S=${VITQ_SHARED:-../shared}
@@ -17,6 +19,12 @@ cp "$S"/models/deit_tiny_patch16_224/golden/val1000_first100_logits.npy .gpu/dei
 g++ -O2 -std=c++17 -o /tmp/vitq_calib_order scripts/gpu/calib_order.cpp
 /tmp/vitq_calib_order "$S/data/imagenet/calib1000/labels.txt" "$N" > .gpu/calib/labels.txt
 while read -r f _; do cp "$S/data/imagenet/calib1000/$f" .gpu/calib/; done < .gpu/calib/labels.txt
-grep -v '^#' "$S/data/imagenet/val1000/labels.txt" | head -100 > .gpu/val100/labels.txt
-while read -r f _; do cp "$S/data/imagenet/val1000/$f" .gpu/val100/; done < .gpu/val100/labels.txt
+if [ -z "${NO_VAL:-}" ]; then  # recon.sh evaluates nothing there: NO_VAL=1 leaves room for calibration images
+  grep -v '^#' "$S/data/imagenet/val1000/labels.txt" | head -100 > .gpu/val100/labels.txt
+  while read -r f _; do cp "$S/data/imagenet/val1000/$f" .gpu/val100/; done < .gpu/val100/labels.txt
+fi
+if [ -n "${PLANS:-}" ]; then  # start plans for recon.sh, calibrated here
+  mkdir -p .gpu/plans
+  for p in $PLANS; do cp "$p" .gpu/plans/; done
+fi
 du -sh .gpu

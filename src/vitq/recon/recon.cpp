@@ -217,15 +217,16 @@ std::vector<Block> plan_blocks(const Graph& g, const QuantPlan& plan, const std:
 }
 
 // ---------------------------------------------------------------------------------------------- fisher
-std::map<int, at::Tensor> fisher_gradients(const Graph& g, const at::Tensor& images, uint64_t seed, const std::vector<int>& values) {
+std::map<int, at::Tensor> fisher_gradients(const Graph& g, const at::Tensor& images, uint64_t seed, const std::vector<int>& values,
+                                           const c10::Device& device) {
   c10::InferenceMode not_inference(false);
   at::AutoGradMode grad_on(true);
-  Executor ex(g);
+  Executor ex(g, device);
   const std::set<int> want(values.begin(), values.end());
   std::mt19937_64 rng(seed);
   std::uniform_real_distribution<double> uniform(0.0, 1.0);
   std::map<int, std::vector<at::Tensor>> grads;
-  const int64_t chunk = 4;
+  const int64_t chunk = device.is_cuda() ? 32 : 4;
   for (int64_t b = 0; b < images.size(0); b += chunk) {
     std::map<int, at::Tensor> outs;
     ExecHooks h;
@@ -236,15 +237,15 @@ std::map<int, at::Tensor> fisher_gradients(const Graph& g, const at::Tensor& ima
           outs[n.outputs[k]] = o[k];
         }
     };
-    auto x = images.narrow(0, b, std::min(chunk, images.size(0) - b)).clone().set_requires_grad(true);
+    auto x = images.narrow(0, b, std::min(chunk, images.size(0) - b)).to(device, at::kFloat).clone().set_requires_grad(true);
     auto logp = at::log_softmax(ex.run(x, &h), -1);
-    auto p = logp.detach().exp().to(at::kDouble).cumsum(-1).contiguous();
+    auto p = logp.detach().exp().to(at::kDouble).cumsum(-1).cpu().contiguous();
     std::vector<int64_t> labels;
     for (int64_t i = 0; i < p.size(0); ++i) {
       const double u = uniform(rng) * p[i][-1].item<double>();
       labels.push_back(std::min<int64_t>(at::searchsorted(p[i], at::scalar_tensor(u, at::kDouble)).item<int64_t>(), p.size(1) - 1));
     }
-    auto loss = -logp.gather(1, at::tensor(labels).unsqueeze(1)).sum();
+    auto loss = -logp.gather(1, at::tensor(labels).unsqueeze(1).to(device)).sum();
     loss.backward();
     for (auto& [v, o] : outs) grads[v].push_back(o.grad().defined() ? o.grad().detach().clone() : at::zeros_like(o).detach());
   }
@@ -558,7 +559,8 @@ BlockResult reconstruct_block(const Executor& ex, QuantPlan& plan, const Block& 
   std::vector<at::Tensor> params = tr.params();
   std::vector<at::Tensor> start;
   for (const auto& p : params) start.push_back(p.detach().clone());
-  std::vector<at::Tensor> last_good = start;
+  std::vector<at::Tensor> last_good;
+  for (const auto& p : start) last_good.push_back(p.clone());  // its own storage: copied into every step
   torch::optim::Adam adam(tr.groups());
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(o.seed);
   const int warm = static_cast<int>(o.warmup * o.iters);
@@ -572,10 +574,17 @@ BlockResult reconstruct_block(const Executor& ex, QuantPlan& plan, const Block& 
       const double beta = o.beta_end + (o.beta_start - o.beta_end) * std::max(0.0, 1.0 - rel);
       loss = loss + o.round_weight * tr.regularizer(beta);
     }
-    const double lv = loss.item<double>();
-    bool finite = std::isfinite(lv);
-    for (const auto& p : params) finite = finite && at::isfinite(p).all().item<bool>();
+    // one device-to-host transfer a step: the loss and every parameter finite (on a GPU each read waits for the
+    // queue to drain, and the step is bound by launching kernels, not by the GPU's work)
+    bool finite;
+    {
+      at::NoGradGuard no_grad;
+      at::Tensor ok = at::isfinite(loss.detach());
+      for (const auto& p : params) ok = at::logical_and(ok, at::isfinite(p).all());
+      finite = ok.item<bool>();
+    }
     if (!finite) {
+      const double lv = loss.item<double>();
       for (size_t k = 0; k < params.size(); ++k) {
         at::NoGradGuard no_grad;
         params[k].copy_(last_good[k]);
@@ -585,7 +594,10 @@ BlockResult reconstruct_block(const Executor& ex, QuantPlan& plan, const Block& 
                  b.name, lv, it);
       break;
     }
-    for (size_t k = 0; k < params.size(); ++k) last_good[k] = params[k].detach().clone();
+    {
+      at::NoGradGuard no_grad;
+      for (size_t k = 0; k < params.size(); ++k) last_good[k].copy_(params[k].detach());
+    }
     adam.zero_grad();
     loss.backward();
     adam.step();
@@ -679,7 +691,7 @@ std::vector<BlockResult> reconstruct(const Graph& model, const at::Tensor& calib
     std::vector<int> outs;
     for (const auto& b : blocks) outs.insert(outs.end(), b.outputs.begin(), b.outputs.end());
     if (o.progress) fmt::print(stderr, "recon: Fisher weights from one backward pass of the FP model on {} images\n", n);
-    grads = fisher_gradients(g, images, o.seed, outs);
+    grads = fisher_gradients(g, images, o.seed, outs, dev);
   }
   Executor ex(g, dev);  // its constants are normal tensors (reconstruction trains through them)
   at::InferenceMode guard;

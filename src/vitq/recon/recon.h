@@ -109,7 +109,9 @@ std::vector<BlockResult> reconstruct(const Graph& g, const at::Tensor& calib, Qu
 double block_output_mse(const Graph& g, const at::Tensor& images, const QuantPlan& plan, const Block& block);
 
 // ∂(−log p_FP(y))/∂v on the FP model for each value v in `values`, y drawn (seeded) from the FP prediction of
-// each image; images run in chunks of 4. Values that do not reach the logits get zeros.
-std::map<int, at::Tensor> fisher_gradients(const Graph& g, const at::Tensor& images, uint64_t seed, const std::vector<int>& values);
+// each image; images run on `device` in chunks of 4 (32 on a GPU). Values that do not reach the logits get zeros. The
+// gradients stay on `device`.
+std::map<int, at::Tensor> fisher_gradients(const Graph& g, const at::Tensor& images, uint64_t seed, const std::vector<int>& values,
+                                           const c10::Device& device = c10::Device(c10::kCPU));
 
 }  // namespace vitq::recon

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Block reconstruction on a GPU machine, starting from plans calibrated on the CPU here (the RepQ-ViT/AdaLog
+# search barely uses threads and would cost the GPU lease as much as the reconstruction), several runs at once
+# (a step is bound by launching kernels from one CPU thread, so one process leaves the GPU mostly idle).
+#
+# Here:   vitq quantize ../shared/models/deit_tiny_patch16_224 --method repqvit+adalog+headwise+wmse --wbits 3 --abits 3 \
+#           --calib ../shared/data/imagenet/calib1000 --calib-size 128 --seed 0 --out w3a3_start.json   (likewise W4A4)
+#         CALIB_N=300 NO_VAL=1 PLANS="w3a3_start.json w4a4_start.json" bash scripts/gpu/prepare.sh
+# There:  OUT=<dir> BUDGET=<s> bash scripts/gpu/recon.sh      (.gpu carried)
+#
+# JOBS: one run a line, "NAME PLAN IMAGES ITERS BATCH [more vitq quantize options]"; PLAN is a file in .gpu/plans,
+# IMAGES the first that many of the calibration images (the seeded draw of all of them: the first 128 are the ones
+# `--calib-size 128 --seed 0` draws from calib1000, the start plans' calibration images). Each run gets the time
+# left less 20 s; a run not done by then is stopped and its plan is missing. The plans come back in
+# $OUT/plans.tar.gz, every run's output in $OUT/log.txt, a digest in $OUT/summary.md.
+cd "$(dirname "$0")/../.."
+source scripts/gpu/lib.sh
+M=.gpu/deit
+CAL=.gpu/calib
+NCAL=$(grep -cv '^#' "$CAL/labels.txt")
+JOBS=${JOBS:-"w3a3_n${NCAL}_b32_i1500 w3a3_start.json $NCAL 1500 32
+w4a4_n${NCAL}_b32_i1000 w4a4_start.json $NCAL 1000 32"}
+NJ=$(echo "$JOBS" | grep -c .)
+TH=$((NT / NJ > 0 ? NT / NJ : 1))
+LIMIT=$(($(left) - 20))
+say ""
+say "### $NJ reconstruction runs at once ($NCAL calibration images packed, $TH threads each, ${LIMIT} s each at most, from $(elapsed) s)"
+pids=()
+names=()
+while read -r name plan images iters batch extra; do
+  [ -z "$name" ] && continue
+  # shellcheck disable=SC2086  # extra: more options, split on purpose
+  cmd=("$V" quantize "$M" --start-plan ".gpu/plans/$plan" --reconstruct block --calib "$CAL" --calib-size "$NCAL" --seed 0
+    --recon-images "$images" --recon-iters "$iters" --recon-batch "$batch" --device "${DEVICE:-cuda}" --threads "$TH" $extra
+    --out "$TMP/plans/$name.json")
+  say "- $name: \`${cmd[*]}\`"
+  timeout "$LIMIT" "${cmd[@]}" >"$TMP/$name.out" 2>&1 &
+  pids+=($!)
+  names+=("$name")
+done <<<"$JOBS"
+nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader >"$TMP/smi.txt" 2>&1
+(sleep 60 && nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader >>"$TMP/smi.txt" 2>&1) &
+for k in "${!pids[@]}"; do
+  wait "${pids[$k]}"
+  rc=$?
+  name=${names[$k]}
+  { echo "===== $name"; cat "$TMP/$name.out"; } >>"$LOG"
+  say ""
+  say "#### $name: rc $rc, done at $(elapsed) s"
+  say '```'
+  grep -E '^(recon |method |calib +[0-9]|search |wrote |warning|error)' "$TMP/$name.out" | tail -n 24 | tee -a "$SUM"
+  say '```'
+done
+say ""
+say "GPU load, at the start and a minute in (utilisation, memory): $(tr '\n' ' ' <"$TMP/smi.txt")"
+tar -C "$TMP/plans" -czf "$OUT/plans.tar.gz" .
+say ""
+say "done in $(elapsed) s"
