@@ -162,6 +162,7 @@ TEST(ReconCli, BadInputFailsEarly) {
       {"--start-plan " + (tmp / "none.json").string(), "--reconstruct"},
       {"--start-plan " + (tmp / "none.json").string() + " --reconstruct block", "none.json"},
       {"--method minmax+rekon", "rekon"},
+      {"--method minmax+recon --recon-images 1001", "1001 asked"},
   };
   if (!at::hasCUDA()) cases.push_back({"--method minmax+recon --device cuda", "CUDA"});
   for (const auto& c : cases) {
@@ -171,6 +172,54 @@ TEST(ReconCli, BadInputFailsEarly) {
     EXPECT_LE(std::count(r.output.begin(), r.output.end(), '\n'), 2) << c.args << ":\n" << r.output;
     EXPECT_FALSE(fs::exists(tmp / "p.json")) << c.args;
   }
+  // more reconstruction images than the synthetic calibration images: refused before synthesising any
+  auto r = run_vitq("quantize " + deit + " --calib synthetic:2 --quiet --method minmax+recon --recon-images 4 --out " + (tmp / "p.json").string());
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("--recon-images 4 is more than the 2 synthetic"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(tmp / "p.json"));
+}
+
+// --recon-images above --calib-size: the method calibrates on the --calib-size images and the reconstruction
+// optimises on more of the same seeded draw, the calibration images first. One command gives exactly what two
+// give: calibrating on 2 images, then reconstructing that plan (--start-plan) on the 4 that --calib-size 4 draws.
+TEST(ReconCli, ReconstructsOnMoreImagesThanItCalibratesOn) {
+  TempDir tmp;
+  const std::string deit = model_dir().string(), calib = " --calib " + imagenet("calib1000").string() + " --seed 3 --threads 1 --quiet";
+  const std::string recon = " --recon-iters 2 --recon-batch 2";
+  auto r = run_vitq("quantize " + deit + calib + " --method minmax+recon --calib-size 2 --recon-images 4" + recon + " --out " +
+                    (tmp / "one.json").string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("the reconstruction's 4"), std::string::npos) << r.output;
+  r = run_vitq("quantize " + deit + calib + " --method minmax --calib-size 2 --out " + (tmp / "start.json").string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = run_vitq("quantize " + deit + calib + " --calib-size 4 --start-plan " + (tmp / "start.json").string() + " --reconstruct block" +
+               recon + " --out " + (tmp / "two.json").string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  const Graph g = load_model(deit);
+  const QuantPlan one = load_plan((tmp / "one.json").string(), g), two = load_plan((tmp / "two.json").string(), g);
+  EXPECT_EQ(one.settings["calib_images"], 2);
+  EXPECT_EQ(one.settings["reconstruction"]["images"], 4);
+  EXPECT_EQ(two.settings["reconstruction"]["images"], 4);
+  ASSERT_EQ(one.points.size(), two.points.size());
+  int learned = 0;
+  for (size_t k = 0; k < one.points.size(); ++k) {
+    const auto &a = one.points[k], &b = two.points[k];
+    ASSERT_EQ(a.node, b.node);
+    ASSERT_EQ(a.codes.defined(), b.codes.defined()) << a.node;
+    if (a.codes.defined()) {
+      ++learned;
+      EXPECT_TRUE(at::equal(a.codes, b.codes)) << a.node << " slot " << a.slot;
+    }
+    EXPECT_TRUE(at::allclose(a.params.scale, b.params.scale, 0, 0)) << a.node << " slot " << a.slot;
+  }
+  EXPECT_GT(learned, 40);  // every weight's rounding was learned
+  // fewer reconstruction images than calibration images: the first of them
+  r = run_vitq("quantize " + deit + calib + " --method minmax+recon --calib-size 4 --recon-images 2" + recon + " --out " +
+               (tmp / "fewer.json").string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  const QuantPlan fewer = load_plan((tmp / "fewer.json").string(), g);
+  EXPECT_EQ(fewer.settings["calib_images"], 4);
+  EXPECT_EQ(fewer.settings["reconstruction"]["images"], 2);
 }
 
 // A plan made for another model is refused before calibration; a plan of this model is reconstructed from the

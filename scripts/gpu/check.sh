@@ -3,7 +3,7 @@
 # PyTorch built for CUDA, no network, no ../shared). Run scripts/gpu/prepare.sh here first; then, on the
 # device, with .gpu carried:  OUT=<dir> bash scripts/gpu/check.sh
 #
-#  1. builds the vitq CLI against that PyTorch's libtorch (CUDA) and Debian 12's small dependencies from .gpu/debs
+#  1. builds the vitq CLI (scripts/gpu/lib.sh) against that PyTorch's libtorch (CUDA) and Debian 12's small dependencies from .gpu/debs
 #     (unpacked into /tmp/vitq_deps, never into /); ONNX, oneDNN and ONNX Runtime off, as that machine lacks them;
 #  2. FP32 on the first 100 val1000 images, --device cuda and --device cpu with the same binary, each against
 #     timm's golden logits (max |difference|, top-1 agreement);

@@ -321,7 +321,8 @@ int main(int argc, char** argv) {
     c->add_option("--reconstruct", q.reconstruct, "reconstruction after the method: none, layer or block (default: none; qhyvit: block; a '+recon' method: block)");
     c->add_option("--recon-iters", q.recon_iters, "reconstruction: Adam steps per block (default 300)");
     c->add_option("--recon-batch", q.recon_batch, "reconstruction: images per step (default 8)");
-    c->add_option("--recon-images", q.recon_images, "reconstruction: calibration images used (default 0: all)");
+    c->add_option("--recon-images", q.recon_images, "reconstruction: images it optimises on (default 0: the calibration images; fewer: the first of them; more: the "
+                                                    "same seeded draw continued, the calibration images first)");
     c->add_option("--recon-lr-round", q.recon_lr_round, "reconstruction: learning rate of AdaRound's rounding variables (default 0.02)");
     c->add_option("--recon-lr-scale", q.recon_lr_scale, "reconstruction: learning rate of the log activation steps (default 0.002)");
     c->add_flag("--recon-learn-log", q.recon_learn_log, "reconstruction: also learn the AdaLog activation quantizers' scale and base");

@@ -139,7 +139,32 @@ MethodOptions method_options(const QuantArgs& a) {
 }
 
 // --calib: a folder (--calib-size images drawn with --seed) or synthetic[:N] (synthesised from the model, seeded).
-at::Tensor calibration_images(const Graph& g, const QuantArgs& a) {
+// With --recon-images above --calib-size, the draw is that long: `calib` is its first --calib-size images (the
+// same images a draw of --calib-size gives, as the draw is a Fisher-Yates prefix), `recon` all of them.
+struct CalibrationSets {
+  at::Tensor calib, recon;  // recon: undefined unless the reconstruction gets more images than the calibration
+};
+
+at::Tensor calibration_images(const Graph& g, const QuantArgs& a, size_t count);
+
+CalibrationSets calibration_sets(const Graph& g, const QuantArgs& a) {
+  CalibrationSets s;
+  int64_t n = 0;
+  const bool synthetic = parse_synthetic_calib(a.calib, &n);
+  const int64_t calib_n = synthetic && n ? n : static_cast<int64_t>(a.calib_size);
+  if (a.recon_images <= calib_n) {
+    s.calib = calibration_images(g, a, a.calib_size);
+    return s;
+  }
+  if (synthetic)
+    fail("--recon-images {} is more than the {} synthetic calibration images; synthesise that many (--calib synthetic:{})",
+         a.recon_images, calib_n, a.recon_images);
+  s.recon = calibration_images(g, a, static_cast<size_t>(a.recon_images));
+  s.calib = s.recon.narrow(0, 0, calib_n);
+  return s;
+}
+
+at::Tensor calibration_images(const Graph& g, const QuantArgs& a, size_t count) {
   int64_t n = 0;
   if (parse_synthetic_calib(a.calib, &n)) {
     SyntheticOptions so;
@@ -151,7 +176,7 @@ at::Tensor calibration_images(const Graph& g, const QuantArgs& a) {
     so.progress = !a.quiet;
     return synthesize_calibration(g, so);
   }
-  return load_calibration(g, open_dataset(a.calib), a.calib_size, a.seed, !a.quiet);
+  return load_calibration(g, open_dataset(a.calib), count, a.seed, !a.quiet);
 }
 
 // --exclude-calib: the evaluation set without the images drawn for calibration (the same files, compared by their
@@ -191,7 +216,9 @@ int run_quantize(const QuantArgs& a) {
   QuantPlan start;
   if (!a.start_plan.empty()) start = load_plan(a.start_plan, g);  // checked against this model before any work
   auto t0 = std::chrono::steady_clock::now();
-  at::Tensor calib = calibration_images(g, a);
+  const CalibrationSets sets = calibration_sets(g, a);
+  const at::Tensor& calib = sets.calib;
+  if (sets.recon.defined()) o.recon_calib = &sets.recon;
   const double load_s = seconds_since(t0);
   auto t1 = std::chrono::steady_clock::now();
   QuantPlan plan;
@@ -217,7 +244,9 @@ int run_quantize(const QuantArgs& a) {
   save_plan(plan, a.out);
   fmt::print("method    {} on {} ({} quantizers), W{}A{}\n", plan.method, g.meta.name, plan.points.size(),
              plan.settings.value("wbits", a.wbits), plan.settings.value("abits", a.abits));
-  fmt::print("calib     {} images from {} (seed {}), loaded in {:.1f} s\n", calib.size(0), a.calib, a.seed, load_s);
+  fmt::print("calib     {} images from {} (seed {}{}), loaded in {:.1f} s\n", calib.size(0), a.calib, a.seed,
+             sets.recon.defined() ? fmt::format("; the reconstruction's {}: these and the next of the draw", sets.recon.size(0)) : std::string(),
+             load_s);
   fmt::print("search    {:.1f} s ({} threads){}\n", search_s, threads,
              plan.settings.contains("reconstruction") ? ", reconstruction included" : "");
   if (plan.settings.contains("reconstruction")) {
@@ -427,7 +456,8 @@ int run_compare(const CompareArgs& c) {
   Dataset data = open_dataset(c.data);
   const int64_t excluded = c.exclude_calib ? drop_calibration_images(data, c.q) : 0;
   if (c.exclude_calib) fmt::print(stderr, "--exclude-calib: {} of the calibration images are in {}; evaluating the other {}\n", excluded, c.data, data.samples.size());
-  at::Tensor calib = calibration_images(g, c.q);
+  const CalibrationSets sets = calibration_sets(g, c.q);
+  const at::Tensor& calib = sets.calib;
   // FP32 once; every quantized run is compared with these logits.
   EvalOptions eo;
   eo.limit = c.limit;
@@ -461,6 +491,7 @@ int run_compare(const CompareArgs& c) {
     qa.abits = a;
     MethodOptions o = method_options(qa);
     o.fp_layers = &fp_layers;
+    if (sets.recon.defined()) o.recon_calib = &sets.recon;
     const std::string base = apply_method_variant(m, o);
     fmt::print(stderr, "{} W{}A{}\n", m, w, a);
     auto t0 = std::chrono::steady_clock::now();

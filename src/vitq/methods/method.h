@@ -25,6 +25,10 @@ struct MethodOptions {
   // FP inputs / outputs of the quantizable layers on the calibration batch, when the caller already has them
   // (vitq compare captures them once for every method); null = the method captures them.
   const LayerTensors* fp_layers = nullptr;
+  // The images a reconstruction optimises on when it is given more than the calibration batch (`--recon-images`
+  // above `--calib-size`: the same seeded draw, longer, so the calibration batch comes first); null = the
+  // calibration batch. The method's own search still sees the calibration batch alone.
+  const at::Tensor* recon_calib = nullptr;
   // liu2021
   bool ranking = true;              // ranking-aware loss on the q·kᵀ matmul
   bool bias_correction = true;

@@ -35,7 +35,7 @@ void reconstruct_plan(const Graph& g, const at::Tensor& calib, QuantPlan& plan, 
   ro.progress = o.progress;
   ro.seed = o.seed;
   auto blocks = recon::plan_blocks(g, plan, mode, joint);
-  recon::reconstruct(g, calib, plan, blocks, ro);
+  recon::reconstruct(g, o.recon_calib && o.recon_calib->defined() ? *o.recon_calib : calib, plan, blocks, ro);
 }
 
 QuantPlan run_method(const Graph& g, const at::Tensor& calib, const std::string& name, const MethodOptions& o) {

@@ -46,7 +46,9 @@ QuantizedModel::QuantizedModel(const Graph& g, const QuantPlan& plan, c10::Devic
     acts.resize(n.inputs.size(), nullptr);
     if (p.weight) {
       const int v = n.inputs[static_cast<size_t>(p.slot)];
-      const auto& w = plan_weight(plan, p.slot == 1 ? p.node : "", changed.count(v) ? changed.at(v) : g.const_tensor(v));
+      // a handle (reference-counted), not a reference: GCC 13 cannot tell that plan_weight returns a plan's or a
+      // graph's tensor, never the temporary string's, and warns of a dangling reference
+      const at::Tensor w = plan_weight(plan, p.slot == 1 ? p.node : "", changed.count(v) ? changed.at(v) : g.const_tensor(v));
       consts[static_cast<size_t>(p.slot)] = quantize_point(p, w).to(device);
     } else {
       acts[static_cast<size_t>(p.slot)] = &p;
