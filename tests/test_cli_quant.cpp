@@ -126,6 +126,16 @@ TEST(CliQuant, CompareExcludesCalibrationImages) {
     EXPECT_EQ(j["images"].get<int64_t>(), total - excluded) << data;
     EXPECT_NE(read_file(dir / "t.md").find("without the " + std::to_string(excluded) + " calibration images"), std::string::npos);
   }
+  // images a reconstruction would optimise on beyond the calibration batch (--recon-images) are held out too
+  {
+    auto r = run_vitq("compare " + quoted(model_dir()) + " --calib " + quoted(set) + " --calib-size 2 --recon-images 5 --seed 0 --data " +
+                      quoted(set) + " --methods minmax --bits w8a8 --quiet --exclude-calib --out " + quoted(dir / "t"));
+    ASSERT_EQ(r.code, 0) << r.output;
+    const auto j = nlohmann::json::parse(read_file(dir / "t.json"));
+    EXPECT_EQ(j["calibration_images_excluded"].get<int64_t>(), 5);
+    EXPECT_EQ(j["images"].get<int64_t>(), 1);
+    EXPECT_EQ(j["calib_size"].get<int64_t>(), 2);
+  }
   // nothing left, and synthetic calibration images (which no folder holds)
   expect_cli_error(run_vitq("compare " + quoted(model_dir()) + " --calib " + quoted(set) + " --calib-size 6 --data " + quoted(set) +
                             " --methods minmax --bits w8a8 --quiet --exclude-calib --out " + quoted(dir / "u")),

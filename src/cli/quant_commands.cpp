@@ -179,14 +179,16 @@ at::Tensor calibration_images(const Graph& g, const QuantArgs& a, size_t count) 
   return load_calibration(g, open_dataset(a.calib), count, a.seed, !a.quiet);
 }
 
-// --exclude-calib: the evaluation set without the images drawn for calibration (the same files, compared by their
+// --exclude-calib: the evaluation set without the images drawn for calibration or reconstruction (the same files, compared by their
 // canonical paths), so that a method is judged on images none of its searches saw. Returns how many it dropped.
 int64_t drop_calibration_images(Dataset& data, const QuantArgs& a) {
   int64_t n = 0;
   if (parse_synthetic_calib(a.calib, &n))
     fail("--exclude-calib: the calibration images are synthetic ({}); none of them is in --data", a.calib);
   const Dataset all = open_dataset(a.calib);
-  const Dataset drawn = sample_subset(all, std::min(a.calib_size, all.samples.size()), a.seed);
+  // the reconstruction's images too, where --recon-images draws more than --calib-size
+  const size_t n_drawn = std::max(a.calib_size, static_cast<size_t>(std::max(a.recon_images, 0)));
+  const Dataset drawn = sample_subset(all, std::min(n_drawn, all.samples.size()), a.seed);
   auto key = [](const std::string& path) {
     std::error_code ec;
     const auto c = std::filesystem::weakly_canonical(path, ec);
