@@ -23,6 +23,7 @@ w4a4_n${NCAL}_b32_i1000 w4a4_start.json $NCAL 1000 32"}
 NJ=$(echo "$JOBS" | grep -c .)
 TH=$((NT / NJ > 0 ? NT / NJ : 1))
 LIMIT=$(($(left) - 20))
+if [ "$LIMIT" -lt 60 ]; then say "no time left for a reconstruction ($LIMIT s; BUDGET=$BUDGET)"; exit 1; fi
 say ""
 say "### $NJ reconstruction runs at once ($NCAL calibration images packed, $TH threads each, ${LIMIT} s each at most, from $(elapsed) s)"
 pids=()
