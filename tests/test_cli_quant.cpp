@@ -129,7 +129,8 @@ TEST(CliQuant, CompareExcludesCalibrationImages) {
   // images a reconstruction would optimise on beyond the calibration batch (--recon-images) are held out too
   {
     auto r = run_vitq("compare " + quoted(model_dir()) + " --calib " + quoted(set) + " --calib-size 2 --recon-images 5 --seed 0 --data " +
-                      quoted(set) + " --methods minmax --bits w8a8 --quiet --exclude-calib --out " + quoted(dir / "t"));
+                      quoted(set) + " --methods minmax+recon --recon-iters 1 --recon-batch 2 --bits w8a8 --quiet --exclude-calib --out " +
+                      quoted(dir / "t"));
     ASSERT_EQ(r.code, 0) << r.output;
     const auto j = nlohmann::json::parse(read_file(dir / "t.json"));
     EXPECT_EQ(j["calibration_images_excluded"].get<int64_t>(), 5);

@@ -220,6 +220,11 @@ TEST(ReconCli, ReconstructsOnMoreImagesThanItCalibratesOn) {
   const QuantPlan fewer = load_plan((tmp / "fewer.json").string(), g);
   EXPECT_EQ(fewer.settings["calib_images"], 4);
   EXPECT_EQ(fewer.settings["reconstruction"]["images"], 2);
+  // nothing reconstructs: the option is ignored, said so, and no more images are loaded
+  r = run_vitq("quantize " + deit + calib + " --method minmax --calib-size 2 --recon-images 4 --out " + (tmp / "none.json").string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("--recon-images 4: nothing here reconstructs; ignored"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("the reconstruction's"), std::string::npos) << r.output;
 }
 
 // A plan made for another model is refused before calibration; a plan of this model is reconstructed from the

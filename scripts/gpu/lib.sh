@@ -62,7 +62,8 @@ CFG=(-S . -G Ninja -DCMAKE_BUILD_TYPE=Release -DVITQ_WITH_ONNX=OFF -DVITQ_BUILD_
   "-DZLIB_INCLUDE_DIR=$D/usr/include" "-DZLIB_LIBRARY=$D/lib/$A/libz.so.1.2.13" "-DZLIB_LIBRARY_RELEASE=$D/lib/$A/libz.so.1.2.13"
   "-Dfmt_DIR=$D/usr/lib/$A/cmake/fmt" "-Dnlohmann_json_DIR=$D/usr/share/cmake/nlohmann_json" "-DCLI11_DIR=$D/usr/share/cmake/CLI11")
 BD=build-cuda
-if [ -x "$BD/vitq" ] && [ "$(cat "$BD/sources" 2>/dev/null)" = "$SRC" ]; then  # a warm machine's build of these sources
+STAMP="$SRC $(cat scripts/gpu/lib.sh .gpu/debs/*.deb | sha1sum | cut -c1-12)"  # the sources, these flags, these packages
+if [ -x "$BD/vitq" ] && [ "$(cat "$BD/sources" 2>/dev/null)" = "$STAMP" ]; then  # a warm machine's build of the same
   say "build: $BD/vitq of sources $SRC kept from an earlier call"
 else
   rm -rf "$BD"
@@ -71,7 +72,7 @@ else
     grep -E "error|Error" "$LOG" | head -60 >>"$SUM"
     exit 1
   fi
-  echo "$SRC" >"$BD/sources"
+  echo "$STAMP" >"$BD/sources"
 fi
 V="$BD/vitq"
 NT=$(nproc)

@@ -5,7 +5,7 @@
 # that --calib-size 128 --seed 0 draws (ordered so that the same draw over the subset gives them in the same
 # order), and the first 100 val1000 images. About 41 MB; the device tool carries it with carry: [".gpu"], which
 # with the tracked tree must stay under 64 MiB. For scripts/gpu/recon.sh: CALIB_N=300 (images drawn), NO_VAL=1 (no
-# val100), PLANS="a.json b.json" (start plans, copied into .gpu/plans).
+# val100: check.sh then fails its evaluations), PLANS="a.json b.json" (start plans, copied into .gpu/plans).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 S=${VITQ_SHARED:-../shared}

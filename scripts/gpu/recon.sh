@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Block reconstruction on a GPU machine, starting from plans calibrated on the CPU here (the RepQ-ViT/AdaLog
 # search barely uses threads and would cost the GPU lease as much as the reconstruction), several runs at once
-# (a step is bound by launching kernels from one CPU thread, so one process leaves the GPU mostly idle).
+# (a step is bound by launching kernels from one CPU thread: two runs at once each ran about 1.4x slower a step
+# than alone, so together they did about 1.4x the work; bench/results/gpu_h200_recon.md).
 #
 # Here:   vitq quantize ../shared/models/deit_tiny_patch16_224 --method repqvit+adalog+headwise+wmse --wbits 3 --abits 3 \
 #           --calib ../shared/data/imagenet/calib1000 --calib-size 128 --seed 0 --out w3a3_start.json   (likewise W4A4)
@@ -35,25 +36,30 @@ while read -r name plan images iters batch extra; do
     --recon-images "$images" --recon-iters "$iters" --recon-batch "$batch" --device "${DEVICE:-cuda}" --threads "$TH" $extra
     --out "$TMP/plans/$name.json")
   say "- $name: \`${cmd[*]}\`"
-  timeout "$LIMIT" "${cmd[@]}" >"$TMP/$name.out" 2>&1 &
+  # each run's own end: the waits below return in the order the runs started
+  (timeout "$LIMIT" "${cmd[@]}" >"$TMP/$name.out" 2>&1; echo "rc $?, done at $(elapsed) s" >"$TMP/$name.end") &
   pids+=($!)
   names+=("$name")
 done <<<"$JOBS"
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader >"$TMP/smi.txt" 2>&1
 (sleep 60 && nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader >>"$TMP/smi.txt" 2>&1) &
+sampler=$!
+ok=0
 for k in "${!pids[@]}"; do
   wait "${pids[$k]}"
-  rc=$?
   name=${names[$k]}
+  [ -s "$TMP/plans/$name.json" ] && ok=$((ok + 1))
   { echo "===== $name"; cat "$TMP/$name.out"; } >>"$LOG"
   say ""
-  say "#### $name: rc $rc, done at $(elapsed) s"
+  say "#### $name: $(cat "$TMP/$name.end" 2>/dev/null || echo 'no end recorded')"
   say '```'
   grep -E '^(recon |method |calib +[0-9]|search |wrote |warning|error)' "$TMP/$name.out" | tail -n 24 | tee -a "$SUM"
   say '```'
 done
+kill "$sampler" 2>/dev/null
 say ""
 say "GPU load, at the start and a minute in (utilisation, memory): $(tr '\n' ' ' <"$TMP/smi.txt")"
 tar -C "$TMP/plans" -czf "$OUT/plans.tar.gz" .
 say ""
-say "done in $(elapsed) s"
+say "done in $(elapsed) s: $ok of $NJ plans written"
+[ "$ok" -gt 0 ]

@@ -147,21 +147,48 @@ struct CalibrationSets {
 
 at::Tensor calibration_images(const Graph& g, const QuantArgs& a, size_t count);
 
-CalibrationSets calibration_sets(const Graph& g, const QuantArgs& a) {
-  CalibrationSets s;
+// Whether the reconstruction gets images beyond the calibration batch: --recon-images above the calibration
+// count, and something reconstructs (else the option is ignored, with a warning).
+bool more_recon_images(const QuantArgs& a, bool reconstructs) {
   int64_t n = 0;
   const bool synthetic = parse_synthetic_calib(a.calib, &n);
   const int64_t calib_n = synthetic && n ? n : static_cast<int64_t>(a.calib_size);
-  if (a.recon_images <= calib_n) {
-    s.calib = calibration_images(g, a, a.calib_size);
-    return s;
+  if (a.recon_images <= calib_n) return false;
+  if (!reconstructs) {
+    fmt::print(stderr, "vitq: warning: --recon-images {}: nothing here reconstructs; ignored\n", a.recon_images);
+    return false;
   }
   if (synthetic)
     fail("--recon-images {} is more than the {} synthetic calibration images; synthesise that many (--calib synthetic:{})",
          a.recon_images, calib_n, a.recon_images);
+  if (calib_n < 1) fail("--calib-size must be at least 1");
+  return true;
+}
+
+// more: more_recon_images(a, …)
+CalibrationSets calibration_sets(const Graph& g, const QuantArgs& a, bool more) {
+  CalibrationSets s;
+  if (!more) {
+    s.calib = calibration_images(g, a, a.calib_size);
+    return s;
+  }
   s.recon = calibration_images(g, a, static_cast<size_t>(a.recon_images));
+  const auto calib_n = static_cast<int64_t>(a.calib_size);
+  // an unreadable image is skipped (with a warning) and the draw's next one moves up
+  if (s.recon.size(0) < calib_n)
+    fail("only {} of the {} images drawn from {} could be read, fewer than --calib-size {}", s.recon.size(0), a.recon_images, a.calib, calib_n);
   s.calib = s.recon.narrow(0, 0, calib_n);
   return s;
+}
+
+// Whether any of these methods (with their variants) reconstructs, under the options of `a`.
+bool any_reconstructs(const std::vector<std::string>& methods, const QuantArgs& a) {
+  for (const auto& m : methods) {
+    MethodOptions o = method_options(a);
+    const std::string base = apply_method_variant(m, o);
+    if (o.reconstruct == "layer" || o.reconstruct == "block" || find_method(base).reconstructs) return true;
+  }
+  return false;
 }
 
 at::Tensor calibration_images(const Graph& g, const QuantArgs& a, size_t count) {
@@ -181,13 +208,13 @@ at::Tensor calibration_images(const Graph& g, const QuantArgs& a, size_t count) 
 
 // --exclude-calib: the evaluation set without the images drawn for calibration or reconstruction (the same files, compared by their
 // canonical paths), so that a method is judged on images none of its searches saw. Returns how many it dropped.
-int64_t drop_calibration_images(Dataset& data, const QuantArgs& a) {
+int64_t drop_calibration_images(Dataset& data, const QuantArgs& a, bool more_recon) {
   int64_t n = 0;
   if (parse_synthetic_calib(a.calib, &n))
     fail("--exclude-calib: the calibration images are synthetic ({}); none of them is in --data", a.calib);
   const Dataset all = open_dataset(a.calib);
   // the reconstruction's images too, where --recon-images draws more than --calib-size
-  const size_t n_drawn = std::max(a.calib_size, static_cast<size_t>(std::max(a.recon_images, 0)));
+  const size_t n_drawn = more_recon ? static_cast<size_t>(a.recon_images) : a.calib_size;
   const Dataset drawn = sample_subset(all, std::min(n_drawn, all.samples.size()), a.seed);
   auto key = [](const std::string& path) {
     std::error_code ec;
@@ -218,7 +245,8 @@ int run_quantize(const QuantArgs& a) {
   QuantPlan start;
   if (!a.start_plan.empty()) start = load_plan(a.start_plan, g);  // checked against this model before any work
   auto t0 = std::chrono::steady_clock::now();
-  const CalibrationSets sets = calibration_sets(g, a);
+  const bool reconstructs = !a.start_plan.empty() || o.reconstruct == "layer" || o.reconstruct == "block" || find_method(method).reconstructs;
+  const CalibrationSets sets = calibration_sets(g, a, more_recon_images(a, reconstructs));
   const at::Tensor& calib = sets.calib;
   if (sets.recon.defined()) o.recon_calib = &sets.recon;
   const double load_s = seconds_since(t0);
@@ -456,9 +484,10 @@ int run_compare(const CompareArgs& c) {
   for (int64_t k = 0; k < total; ++k)
     if (k % shard.second == shard.first) mine.push_back(k);
   Dataset data = open_dataset(c.data);
-  const int64_t excluded = c.exclude_calib ? drop_calibration_images(data, c.q) : 0;
+  const bool more_recon = more_recon_images(c.q, any_reconstructs(methods, c.q));
+  const int64_t excluded = c.exclude_calib ? drop_calibration_images(data, c.q, more_recon) : 0;
   if (c.exclude_calib) fmt::print(stderr, "--exclude-calib: {} of the calibration images are in {}; evaluating the other {}\n", excluded, c.data, data.samples.size());
-  const CalibrationSets sets = calibration_sets(g, c.q);
+  const CalibrationSets sets = calibration_sets(g, c.q, more_recon);
   const at::Tensor& calib = sets.calib;
   // FP32 once; every quantized run is compared with these logits.
   EvalOptions eo;
