@@ -1,5 +1,6 @@
 #include "vitq/graph/passes.h"
 
+#include <algorithm>
 #include <ATen/ATen.h>
 
 #include <cmath>
@@ -316,7 +317,12 @@ void fold_batch_norm(Graph& g) {
     const auto& w = g.const_tensor(conv.inputs[1]);
     auto scale = d(bn.inputs[1]) / at::sqrt(d(bn.inputs[4]) + bn.getf("epsilon", 1e-5));
     auto b0 = conv.inputs.size() > 2 && conv.inputs[2] >= 0 ? d(conv.inputs[2]) : at::zeros({w.size(0)}, at::kDouble);
-    auto wf = (w.to(at::kDouble) * scale.view({-1, 1, 1, 1})).to(at::kFloat).contiguous();
+    // a config alone's placeholder weight (one value seen through every index, stride 0: models/builder_util.cpp)
+    // stays one value a channel, so that a large model's config costs no memory
+    const auto& st = w.strides();
+    const bool placeholder = w.numel() > 0 && std::all_of(st.begin(), st.end(), [](int64_t s) { return s == 0; });
+    auto wf = placeholder ? (w.as_strided({}, {}).to(at::kDouble) * scale).to(at::kFloat).view({-1, 1, 1, 1}).expand(w.sizes())
+                          : (w.to(at::kDouble) * scale.view({-1, 1, 1, 1})).to(at::kFloat).contiguous();
     auto bf = ((b0 - d(bn.inputs[3])) * scale + d(bn.inputs[2])).to(at::kFloat).contiguous();
     const std::string wname = g.values[static_cast<size_t>(conv.inputs[1])].name;
     int wv = g.add_const(wname, wf);
