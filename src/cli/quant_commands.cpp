@@ -181,12 +181,17 @@ CalibrationSets calibration_sets(const Graph& g, const QuantArgs& a, bool more) 
   return s;
 }
 
+// Whether run_method reconstructs: the method does it itself (qhyvit) or is asked to (+recon, --reconstruct).
+bool method_reconstructs(const std::string& base, const MethodOptions& o) {
+  return o.reconstruct == "layer" || o.reconstruct == "block" || find_method(base).reconstructs;
+}
+
 // Whether any of these methods (with their variants) reconstructs, under the options of `a`.
 bool any_reconstructs(const std::vector<std::string>& methods, const QuantArgs& a) {
   for (const auto& m : methods) {
     MethodOptions o = method_options(a);
     const std::string base = apply_method_variant(m, o);
-    if (o.reconstruct == "layer" || o.reconstruct == "block" || find_method(base).reconstructs) return true;
+    if (method_reconstructs(base, o)) return true;
   }
   return false;
 }
@@ -245,7 +250,7 @@ int run_quantize(const QuantArgs& a) {
   QuantPlan start;
   if (!a.start_plan.empty()) start = load_plan(a.start_plan, g);  // checked against this model before any work
   auto t0 = std::chrono::steady_clock::now();
-  const bool reconstructs = !a.start_plan.empty() || o.reconstruct == "layer" || o.reconstruct == "block" || find_method(method).reconstructs;
+  const bool reconstructs = !a.start_plan.empty() || method_reconstructs(method, o);
   const CalibrationSets sets = calibration_sets(g, a, more_recon_images(a, reconstructs));
   const at::Tensor& calib = sets.calib;
   if (sets.recon.defined()) o.recon_calib = &sets.recon;

@@ -49,7 +49,7 @@ int ModelBuilder::fetch(const std::string& name, const std::vector<int64_t>& sha
       fail("{}: tensor {} has dtype {}, expected a floating-point tensor", f.path(), name, f.info(name).dtype);
   } else {
     // placeholders of a config alone: one element seen through every index (stride 0), so that a config of a
-    // large model costs no memory; an op that needs the values whole (a BatchNorm fold) makes them
+    // large model costs no memory (fold_batch_norm keeps them so, one value a channel)
     t = at::scalar_tensor(ends_with(name, "running_var") ? 1.0 : 0.0, at::kFloat).expand(shape);
   }
   if (!used_.insert(name).second) fail("{}: tensor {} is used twice by the builder of {}", w_.path(), name, label_);
