@@ -24,6 +24,27 @@ TEST(CliQuant, BitsOutsideRange) {
                "--abits must be between 2 and 8, got 1");
   expect_cli_error(run_vitq(quantize_args("--method minmax --layer-bits blocks.0.attn.qkv=12 --out " + quoted(dir / "p.json"))),
                "bits must be between 2 and 8");
+  for (const std::string bad : {"blocks.0.attn.qkv=w9", "blocks.0.attn.qkv=a", "blocks.0.attn.qkv=w4ax", "blocks.0.attn.qkv=x4",
+                                "blocks.0.attn.qkv=w4a-3"})
+    expect_cli_error(run_vitq(quantize_args("--method minmax --layer-bits " + bad + " --out " + quoted(dir / "p.json"))), "--layer-bits");
+  EXPECT_FALSE(fs::exists(dir / "p.json"));
+  // NAME=wBaB: the weight and the input apart, written into the plan
+  ASSERT_EQ(run_vitq(quantize_args("--method minmax --layer-bits blocks.0.attn.qkv=w4a7,blocks.1.mlp.fc1=a5 --out " + quoted(dir / "p.json"))).code, 0);
+  const auto plan = nlohmann::json::parse(std::ifstream(dir / "p.json"));
+  int seen = 0;
+  for (const auto& p : plan["points"]) {
+    const std::string node = p["node"];
+    const bool weight = p["weight"];
+    if (node == "blocks.0.attn.qkv") {
+      EXPECT_EQ(p["spec"]["bits"], weight ? 4 : 7);
+      ++seen;
+    }
+    if (node == "blocks.1.mlp.fc1") {
+      EXPECT_EQ(p["spec"]["bits"], weight ? 8 : 5);
+      ++seen;
+    }
+  }
+  EXPECT_EQ(seen, 4);
 }
 
 TEST(CliQuant, UnknownMethod) {

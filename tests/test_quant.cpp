@@ -213,6 +213,29 @@ TEST(Plan, DefaultPlacementFollowsTheLiterature) {
   EXPECT_EQ(points.size(), 146u);
   for (const auto& p : points)
     if (p.node == "blocks.0.attn.qkv") EXPECT_EQ(p.spec.bits, 8);
+  // the weight or the input alone, over the layer's both-sides override; a matmul's two inputs are inputs
+  o.layer_wbits = {{"blocks.0.attn.qkv", 3}};
+  o.layer_abits = {{"blocks.1.mlp.fc1", 7}, {"blocks.2.attn.matmul_qk", 5}};
+  points = default_placement(deit(), o);
+  int seen = 0;
+  for (const auto& p : points) {
+    if (p.node == "blocks.0.attn.qkv") {
+      EXPECT_EQ(p.spec.bits, p.weight ? 3 : 8);
+      ++seen;
+    }
+    if (p.node == "blocks.1.mlp.fc1") {
+      EXPECT_EQ(p.spec.bits, p.weight ? 4 : 7);
+      ++seen;
+    }
+    if (p.node == "blocks.2.attn.matmul_qk") {
+      EXPECT_EQ(p.spec.bits, 5);
+      ++seen;
+    }
+  }
+  EXPECT_EQ(seen, 6);
+  o.layer_abits = {{"blocks.0.attn.nope", 7}};
+  EXPECT_THROW(default_placement(deit(), o), Error);
+  o.layer_abits.clear();
   o.keep_fp = {"blocks.99.mlp"};
   EXPECT_THROW(default_placement(deit(), o), Error);
 }
@@ -344,7 +367,7 @@ TEST(Methods, Liu2021KeepsSearchedStepsOnlyWhereTheyWinOnHeldOutImages) {
 // image's input at 8 either way).
 TEST(Methods, MixedPrecisionRespectsTheBudget) {
   const auto fp = capture_layers(deit(), calib(1));  // the activations' element counts
-  for (const std::string sensitivity : {"nuclear", "kl"}) {
+  for (const std::string sensitivity : {"nuclear", "kl", "kind"}) {
     MethodOptions o = quick_options(6, 4, 2);
     o.mixed_precision = true;
     o.avg_bits = 6;
@@ -382,6 +405,24 @@ TEST(Methods, MixedPrecisionRespectsTheBudget) {
     EXPECT_EQ(mp["sensitivity"], sensitivity);
     if (sensitivity == "nuclear") {
       EXPECT_GT(used.size(), 1u);
+    } else if (sensitivity == "kind") {
+      // one width a kind: a layer's weight (input) width is the same in all 12 blocks; each kind's KL falls
+      // (or stays) as it widens, and the allocation used more than one width
+      std::map<std::string, std::set<int>> widths;
+      std::set<int> all;
+      for (const auto& p : plan.points) {
+        std::string kind = p.node.rfind("blocks.", 0) == 0 ? p.node.substr(p.node.find('.', 7) + 1) : p.node;
+        widths[kind + (p.weight ? " W" : " A")].insert(p.spec.bits);
+        all.insert(p.spec.bits);
+      }
+      for (const auto& [kind, w] : widths) EXPECT_EQ(w.size(), 1u) << kind;
+      EXPECT_GT(all.size(), 2u);  // more than 8 (the image) and one other width
+      EXPECT_EQ(mp["kinds"].size(), 13u);  // qkv/proj/fc1/fc2 W and A, the two matmuls, the head's W and A, the patch embedding's W
+      for (const auto& [name, k] : mp["kinds"].items()) {
+        const auto& kl = k["kl"];
+        ASSERT_EQ(kl.size(), 5u) << name;
+        EXPECT_GT(kl[0].get<double>(), kl[4].get<double>()) << name;
+      }
     } else {
       const auto& check = mp["check"];
       EXPECT_EQ(check["images"], 4);

@@ -303,7 +303,7 @@ int main(int argc, char** argv) {
     c->add_option("--seed", q.seed, "seed of the calibration draw and of sampled pairs");
     c->add_option("--weight-granularity", q.weight_granularity, "weight scales: channel or tensor");
     c->add_option("--keep-fp", q.keep_fp, "comma-separated layers left in floating point");
-    c->add_option("--layer-bits", q.layer_bits, "comma-separated NAME=BITS overrides (weights and inputs)");
+    c->add_option("--layer-bits", q.layer_bits, "comma-separated per-layer overrides: NAME=BITS (weights and inputs), NAME=wBITS, NAME=aBITS, NAME=wBITSaBITS");
     c->add_option("--similarity", q.similarity, "liu2021: pearson or cosine");
     c->add_flag("--no-ranking", q.no_ranking, "liu2021: no ranking loss on attention");
     c->add_flag("--no-bias-correction", q.no_bias_correction, "liu2021: no bias correction");
@@ -334,7 +334,7 @@ int main(int argc, char** argv) {
   };
   auto* quantize = app.add_subcommand("quantize", "calibrate and search a quantization plan with a PTQ method");
   add_quant_options(quantize, qa);
-  quantize->add_option("--method", qa.method, "minmax, percentile, omse, liu2021, easyquant, fqvit, ptq4vit, qhyvit, repqvit (variants: liu2021+norank, +nobc, +holdout, +cosine, +mp, +mpkl; fqvit+attn8; repqvit+noreparam, +nolog, +erq, +headwise, +wmse, +amse; any method +adalog, +recon)");
+  quantize->add_option("--method", qa.method, "minmax, percentile, omse, liu2021, easyquant, fqvit, ptq4vit, qhyvit, repqvit (variants: liu2021+norank, +nobc, +holdout, +cosine, +mp, +mpkl, +mpkind; fqvit+attn8; repqvit+noreparam, +nolog, +erq, +headwise, +wmse, +amse; any method +adalog, +recon)");
   quantize->add_option("--start-plan", qa.start_plan, "instead of a method: reconstruct this plan (needs --reconstruct layer or block)");
   quantize->add_option("--wbits", qa.wbits, "weight bits (2-8)");
   quantize->add_option("--abits", qa.abits, "activation bits (2-8)");

@@ -1,6 +1,7 @@
 // vitq quantize / vitq compare, and the plan side of vitq eval.
 #include <ATen/ATen.h>
 
+#include <cctype>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -49,9 +50,10 @@ std::string apply_method_variant(const std::string& spec, MethodOptions& o) {
     else if (v == "nobc") o.bias_correction = false;
     else if (v == "holdout") o.holdout = true;
     else if (v == "cosine") o.similarity = "cosine";
-    else if (v == "mp" || v == "mpkl") {
+    else if (v == "mp" || v == "mpkl" || v == "mpkind") {
       o.mixed_precision = true;
       if (v == "mpkl") o.mp_sensitivity = "kl";
+      if (v == "mpkind") o.mp_sensitivity = "kind";
       if (o.avg_bits == 0) o.avg_bits = o.placement.wbits;
     } else if (v == "attn8") o.attn_bits = 8;
     else if (v == "noreparam") o.reparam = false;
@@ -63,7 +65,7 @@ std::string apply_method_variant(const std::string& spec, MethodOptions& o) {
     else if (v == "amse") o.activation_mse = true;
     else if (v == "recon") {
       if (o.reconstruct.empty() || o.reconstruct == "none") o.reconstruct = "block";
-    } else fail("unknown method variant '+{}' in '{}' (norank, nobc, holdout, cosine, mp, mpkl, attn8, noreparam, nolog, erq, headwise, wmse, amse, adalog, recon)", v, spec);
+    } else fail("unknown method variant '+{}' in '{}' (norank, nobc, holdout, cosine, mp, mpkl, mpkind, attn8, noreparam, nolog, erq, headwise, wmse, amse, adalog, recon)", v, spec);
   }
   find_method(parts[0]);
   return parts[0];
@@ -76,21 +78,38 @@ void fill_placement(PlacementOptions& p, const QuantArgs& a) {
   if (p.weight_granularity == Granularity::PerGroup || p.weight_granularity == Granularity::PerHead)
     fail("--weight-granularity must be tensor or channel");
   for (const auto& name : split(a.keep_fp, ',')) p.keep_fp.insert(name);
+  // NAME=B (weights and inputs), NAME=wB (weights alone), NAME=aB (inputs alone), NAME=wBaC (both, apart)
   for (const auto& item : split(a.layer_bits, ',')) {
     auto eq = item.find('=');
     if (eq == std::string::npos) fail("--layer-bits expects NAME=BITS, got '{}'", item);
-    int bits = 0;
-    const std::string text = item.substr(eq + 1);
-    try {
-      size_t used = 0;
-      bits = std::stoi(text, &used);
-      if (used != text.size()) throw std::invalid_argument(text);  // "4x" is not 4
-    } catch (const std::exception&) {
-      fail("--layer-bits: '{}' is not a number of bits", text);
-    }
     if (eq == 0) fail("--layer-bits: '{}' names no layer", item);
-    if (bits < 2 || bits > 8) fail("--layer-bits: bits must be between 2 and 8, got {}", bits);
-    p.layer_bits[item.substr(0, eq)] = bits;
+    const std::string name = item.substr(0, eq), text = item.substr(eq + 1);
+    auto number = [&](const std::string& digits) {
+      int bits = 0;
+      try {
+        size_t used = 0;
+        bits = std::stoi(digits, &used);
+        if (used != digits.size() || digits.empty() || !std::isdigit(static_cast<unsigned char>(digits[0])))
+          throw std::invalid_argument(digits);  // "4x" is not 4
+      } catch (const std::exception&) {
+        fail("--layer-bits: '{}' is not a number of bits (BITS, wBITS, aBITS or wBITSaBITS)", text);
+      }
+      if (bits < 2 || bits > 8) fail("--layer-bits: bits must be between 2 and 8, got {}", bits);
+      return bits;
+    };
+    if (!text.empty() && (text[0] == 'w' || text[0] == 'a')) {
+      const auto apos = text.find('a');
+      if (text[0] == 'w' && apos != std::string::npos) {
+        p.layer_wbits[name] = number(text.substr(1, apos - 1));
+        p.layer_abits[name] = number(text.substr(apos + 1));
+      } else if (text[0] == 'w') {
+        p.layer_wbits[name] = number(text.substr(1));
+      } else {
+        p.layer_abits[name] = number(text.substr(1));
+      }
+    } else {
+      p.layer_bits[name] = number(text);
+    }
   }
 }
 

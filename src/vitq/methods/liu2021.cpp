@@ -21,6 +21,14 @@
 // by the error they are measured to remove, and a swap is kept only if the whole model's KL on those images
 // falls. The result is kept only if its KL is also lower than the uniform model's on the other half (at most 16
 // images, which chose nothing); otherwise the model stays uniform.
+// Variant +mpkind (vitq's): the layers of one kind (the same name but for the block numbers: all 12 qkv layers,
+// ...) share a width, their weights and their inputs apart. A kind's error at each width 4..8 is the model's KL
+// from FP32 on all the calibration images with that kind alone quantized (everything else FP), each layer's
+// range clipped at the best of {1, 0.9, ..., 0.5} by its output's Pearson correlation, since the method searches
+// the steps after the allocation and min/max's error is not what the search leaves (post-GELU and softmax inputs
+// lose most of theirs, the post-LayerNorm inputs little). Then the same greedy as the nuclear norm's, from 4
+// bits, most KL removed per bit of budget first. Per kind and over all the images, the measurement is of a few
+// dozen forward passes and steady; per layer on half the images (+mpkl) it was noise.
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -100,9 +108,9 @@ struct Allocation {
 Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOptions& o,
                          const std::vector<std::string>& layers, const at::Tensor& calib) {
   const int64_t images = calib.size(0);
-  if (o.mp_sensitivity != "nuclear" && o.mp_sensitivity != "kl")
-    fail("mixed-precision sensitivity must be nuclear or kl, got '{}'", o.mp_sensitivity);
-  const bool kl = o.mp_sensitivity == "kl";
+  if (o.mp_sensitivity != "nuclear" && o.mp_sensitivity != "kl" && o.mp_sensitivity != "kind")
+    fail("mixed-precision sensitivity must be nuclear, kl or kind, got '{}'", o.mp_sensitivity);
+  const bool kl = o.mp_sensitivity == "kl", kindwise = o.mp_sensitivity == "kind";
   // nuclear: every width from 4 to 8, so that a layer the budget moves costs one bit of precision, not two
   // (a 4-bit activation has four times a 6-bit one's error); kl measures each width, so it keeps three
   const std::vector<int> choices = kl ? std::vector<int>{4, 6, 8} : std::vector<int>{4, 5, 6, 7, 8};
@@ -118,6 +126,8 @@ Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOpti
     PlacementOptions po = o.placement;
     po.wbits = po.abits = bits;
     po.layer_bits.clear();
+    po.layer_wbits.clear();
+    po.layer_abits.clear();
     po.keep_fp.clear();
     placements.push_back(default_placement(g, po));
   }
@@ -150,7 +160,24 @@ Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOpti
       Slots sl;
       for (const auto& p : pts)
         if (p.node == name) sl.p[p.slot == 0 ? 0 : 1] = &p;
-      for (int k = 0; k < 2; ++k) sl.q[k] = scaled(range_of(args[static_cast<size_t>(k)], sl.p[k]->spec), sl.p[k]->spec, 1.0);
+      for (int k = 0; k < 2; ++k) {
+        const Range r = range_of(args[static_cast<size_t>(k)], sl.p[k]->spec);
+        sl.q[k] = scaled(r, sl.p[k]->spec, 1.0);
+        if (!kindwise) continue;
+        // kind: the width's error as a clipping search leaves it (the method searches every width's steps after
+        // the allocation, and min/max's error at a width is not what is left of it): the clipping of the min/max
+        // range, of a few, that best keeps the layer's output (Pearson) with the other input in FP
+        double best = -2;
+        for (double alpha : {1.0, 0.9, 0.8, 0.7, 0.6, 0.5}) {
+          const QuantParams q = scaled(r, sl.p[k]->spec, alpha);
+          const at::Tensor qo = quantized_output(n, args, k == 0 ? sl.p[0] : nullptr, q, k == 1 ? sl.p[1] : nullptr, q, out.size(0));
+          const double sim = similarity(out, qo, true);
+          if (sim > best) {
+            best = sim;
+            sl.q[k] = q;
+          }
+        }
+      }
       at[li].push_back(sl);
     }
     const bool matmul = n.op == OpKind::MatMul, image_input = n.inputs[0] == g.input;
@@ -162,7 +189,7 @@ Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOpti
     // other activations.
     const double asize =
         image_input ? 0.0 : static_cast<double>(args[0].numel() + (matmul ? args[1].numel() : 0)) / static_cast<double>(images);
-    if (!kl) {
+    if (!kl && !kindwise) {
       Item it = item(li, !image_input, true);
       it.sens = nuclear_norm(n, search::first_rows(out, std::min<int64_t>(4, images), images));
       it.wsize = wsize;
@@ -238,14 +265,74 @@ Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOpti
                    static_cast<long long>(sub));
   }
 
+  // kind: the layers of one kind (the same name but for the block numbers) share a width, their weights and
+  // their inputs apart; a kind's error at a width is the model's KL from FP32 on the calibration images with that
+  // kind alone quantized (min/max steps) and everything else in FP
+  std::vector<std::vector<size_t>> kind_items;
+  std::vector<Item> kinds;
+  std::vector<std::string> names;
+  if (kindwise) {
+    auto kind_of = [](const std::string& name) {
+      std::string key;
+      size_t from = 0;
+      while (from <= name.size()) {
+        const size_t dot = std::min(name.find('.', from), name.size());
+        const std::string part = name.substr(from, dot - from);
+        const bool number = !part.empty() && std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; });
+        key += (from ? "." : "") + (number ? std::string("*") : part);
+        from = dot + 1;
+      }
+      return key;
+    };
+    std::map<std::string, size_t> index;
+    for (size_t i = 0; i < items.size(); ++i) {
+      const std::string key = kind_of(layers[items[i].layer]) + (items[i].wsize > 0 ? " W" : " A");
+      auto [pos, fresh] = index.emplace(key, kinds.size());
+      if (fresh) {
+        kinds.push_back(item(0, false, false));
+        kind_items.emplace_back();
+        names.push_back(key);
+      }
+      Item& k = kinds[pos->second];
+      k.wsize += items[i].wsize;
+      k.asize += items[i].asize;
+      kind_items[pos->second].push_back(i);
+    }
+    ex = std::make_unique<Executor>(g);
+    const at::Tensor ref = at::log_softmax(ex->run(calib).to(at::kDouble), -1);
+    Progress bar("liu2021 bit allocation (model KL per kind of layer and width)", kinds.size(), o.progress);
+    for (size_t k = 0; k < kinds.size(); ++k) {
+      for (size_t c = 0; c < choices.size(); ++c) {
+        std::unordered_map<std::string, std::pair<const Slots*, const Slots*>> slots;
+        for (size_t i : kind_items[k]) {
+          auto& e = slots[layers[items[i].layer]];
+          if (items[i].slot[0]) e.first = &at[items[i].layer][c];
+          if (items[i].slot[1]) e.second = &at[items[i].layer][c];
+        }
+        ExecHooks hooks;
+        hooks.transform_input = [&](const Node& node, size_t slot, const at::Tensor& x) {
+          auto it = slots.find(node.name);
+          if (it == slots.end() || slot > 1) return x;
+          const Slots* sl = slot == 0 ? it->second.first : it->second.second;
+          return sl ? fake_quant(x, sl->p[slot]->spec, sl->q[slot]) : x;
+        };
+        auto logp = at::log_softmax(ex->run(calib, &hooks).to(at::kDouble), -1);
+        kinds[k].err.push_back((ref.exp() * (ref - logp)).sum(-1).mean().item<double>());
+      }
+      bar.update(k + 1, names[k]);
+    }
+    bar.finish();
+  }
+
   Allocation a;
   a.info["sensitivity"] = o.mp_sensitivity;
   double kl_mixed_scoring = 0;  // kl: the allocation's KL on the scoring images, as the swaps leave it
   // The greedy: from the start width (nuclear: the narrowest; kl: the base), the upgrade removing the most error
   // per bit first, while the budget allows.
+  std::vector<Item>& pool = kindwise ? kinds : items;
   const size_t start_pick = kl ? base : 0;
   double wused = 0, aused = 0;
-  for (auto& it : items) {
+  for (auto& it : pool) {
     it.pick = start_pick;
     wused += it.wsize * choices[start_pick];
     aused += it.asize * choices[start_pick];
@@ -254,7 +341,7 @@ Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOpti
   for (;;) {
     double best_gain = 0;
     Item* best = nullptr;
-    for (auto& it : items) {
+    for (auto& it : pool) {
       if (it.pick + 1 >= choices.size()) continue;
       const double db = choices[it.pick + 1] - choices[it.pick];
       if (wused + it.wsize * db > wbudget || aused + it.asize * db > abudget) continue;
@@ -272,6 +359,15 @@ Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOpti
     aused += best->asize * db;
     ++best->pick;
   }
+  if (kindwise) {
+    nlohmann::json widths = nlohmann::json::object();
+    for (size_t k = 0; k < kinds.size(); ++k) {
+      for (size_t i : kind_items[k]) items[i].pick = kinds[k].pick;
+      widths[names[k]] = {{"bits", choices[kinds[k].pick]}, {"kl", kinds[k].err}};
+    }
+    a.info["kinds"] = widths;
+  }
+
   // kl: then swaps at an unchanged budget — one weight (input) one width up, another weight (input) at least as
   // large one width down — ranked by the error they are measured to remove, each tried on the scoring images with
   // everything else as allocated so far and kept only if the model's KL falls: the measured one-at-a-time

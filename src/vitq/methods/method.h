@@ -43,7 +43,8 @@ struct MethodOptions {
   double avg_bits = 0;              // mixed-precision budget (average bits over weights, and over activations)
   // how widths are chosen: "nuclear" (the paper: one width a layer, its output's nuclear norm x (1 − Pearson of its
   // output)) or "kl" (vitq's, the variant liu2021+mpkl: weights and inputs separately, by the model's KL from
-  // FP32, swaps from the uniform model each checked on calibration images; liu2021.cpp)
+  // FP32, swaps from the uniform model each checked on calibration images) or "kind" (vitq's, liu2021+mpkind: one width
+  // a kind of layer, weights and inputs apart, by the model's KL with that kind alone quantized; liu2021.cpp)
   std::string mp_sensitivity = "nuclear";
   // repqvit: the scale reparameterisation of post-LayerNorm inputs (off: they get the per-tensor search, the
   // variant repqvit+noreparam) and the log√2 post-softmax quantizer (off: uniform with the search, repqvit+nolog)

@@ -41,9 +41,12 @@ std::vector<QuantPoint> default_placement(const Graph& g, const PlacementOptions
   std::vector<QuantPoint> points;
   for (const auto& n : g.nodes) {
     if (!is_quantizable(g, n) || o.keep_fp.count(n.name)) continue;
-    auto override_it = o.layer_bits.find(n.name);
-    const int wbits = override_it != o.layer_bits.end() ? override_it->second : o.wbits;
-    int abits = override_it != o.layer_bits.end() ? override_it->second : o.abits;
+    auto bits_of = [&](const std::map<std::string, int>& one, int fallback) {
+      if (auto it = one.find(n.name); it != one.end()) return it->second;
+      if (auto it = o.layer_bits.find(n.name); it != o.layer_bits.end()) return it->second;
+      return fallback;
+    };
+    const int wbits = bits_of(o.layer_wbits, o.wbits), abits = bits_of(o.layer_abits, o.abits);
     QuantSpec act;
     act.bits = abits;
     act.symmetric = o.act_symmetric;
@@ -70,8 +73,9 @@ std::vector<QuantPoint> default_placement(const Graph& g, const PlacementOptions
   };
   for (const auto& name : o.keep_fp)
     if (!is_layer(name)) fail("--keep-fp: {} is not a quantizable layer of {}", name, g.meta.name);
-  for (const auto& [name, bits] : o.layer_bits)
-    if (!is_layer(name)) fail("--layer-bits: {} is not a quantizable layer of {}", name, g.meta.name);
+  for (const auto* m : {&o.layer_bits, &o.layer_wbits, &o.layer_abits})
+    for (const auto& [name, bits] : *m)
+      if (!is_layer(name)) fail("--layer-bits: {} is not a quantizable layer of {}", name, g.meta.name);
   return points;
 }
 

@@ -87,6 +87,8 @@ struct PlacementOptions {
   bool act_symmetric = false;                   // activations asymmetric (zero point) by default
   std::set<std::string> keep_fp;                // layers left in floating point
   std::map<std::string, int> layer_bits;        // per-layer override: both weight and input bits
+  std::map<std::string, int> layer_wbits;       // per-layer override of the weight bits alone (wins over layer_bits)
+  std::map<std::string, int> layer_abits;       // per-layer override of the input bits alone (wins over layer_bits)
 };
 std::vector<QuantPoint> default_placement(const Graph& graph, const PlacementOptions& options);
 // Whether (node, slot) may carry a quantizer: inputs 0/1 of quantizable layers, the activation input of a
