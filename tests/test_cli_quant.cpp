@@ -3,6 +3,7 @@
 #include <png.h>
 
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "test_util.h"
 #include "vitq/data/dataset.h"
@@ -25,11 +26,22 @@ TEST(CliQuant, BitsOutsideRange) {
   expect_cli_error(run_vitq(quantize_args("--method minmax --layer-bits blocks.0.attn.qkv=12 --out " + quoted(dir / "p.json"))),
                "bits must be between 2 and 8");
   for (const std::string bad : {"blocks.0.attn.qkv=w9", "blocks.0.attn.qkv=a", "blocks.0.attn.qkv=w4ax", "blocks.0.attn.qkv=x4",
-                                "blocks.0.attn.qkv=w4a-3"})
+                                "blocks.0.attn.qkv=w4a-3", "blocks.0.attn.qkv=wa4", "blocks.0.attn.qkv=w4a", "blocks.0.attn.qkv=a4w5",
+                                "blocks.0.attn.qkv=", "blocks.0.attn.qkv=w99999999999", "blocks.0.attn.qkv=+4"})
     expect_cli_error(run_vitq(quantize_args("--method minmax --layer-bits " + bad + " --out " + quoted(dir / "p.json"))), "--layer-bits");
+  // widths that would change nothing: a matmul has no weight, the patch embedding's input is the 8-bit image
+  expect_cli_error(run_vitq(quantize_args("--method minmax --layer-bits blocks.0.attn.matmul_qk=w4 --out " + quoted(dir / "p.json"))),
+                   "has no weight");
+  expect_cli_error(run_vitq(quantize_args("--method minmax --layer-bits patch_embed.proj=a4 --out " + quoted(dir / "p.json"))),
+                   "is the image");
+  // mixed precision chooses every width itself
+  expect_cli_error(run_vitq(quantize_args("--method liu2021+mpkind --layer-bits head=8 --out " + quoted(dir / "p.json"))),
+                   "cannot be combined with mixed precision");
   EXPECT_FALSE(fs::exists(dir / "p.json"));
   // NAME=wBaB: the weight and the input apart, written into the plan
-  ASSERT_EQ(run_vitq(quantize_args("--method minmax --layer-bits blocks.0.attn.qkv=w4a7,blocks.1.mlp.fc1=a5 --out " + quoted(dir / "p.json"))).code, 0);
+  // (a side given alone wins over NAME=BITS, in either order)
+  ASSERT_EQ(run_vitq(quantize_args("--method minmax --layer-bits blocks.0.attn.qkv=w4a7,blocks.1.mlp.fc1=a5,blocks.1.mlp.fc1=3,"
+                                   "blocks.2.mlp.fc2=w5,blocks.2.mlp.fc2=7 --out " + quoted(dir / "p.json"))).code, 0);
   const auto plan = nlohmann::json::parse(std::ifstream(dir / "p.json"));
   int seen = 0;
   for (const auto& p : plan["points"]) {
@@ -40,11 +52,33 @@ TEST(CliQuant, BitsOutsideRange) {
       ++seen;
     }
     if (node == "blocks.1.mlp.fc1") {
-      EXPECT_EQ(p["spec"]["bits"], weight ? 8 : 5);
+      EXPECT_EQ(p["spec"]["bits"], weight ? 3 : 5);
+      ++seen;
+    }
+    if (node == "blocks.2.mlp.fc2") {
+      EXPECT_EQ(p["spec"]["bits"], weight ? 5 : 7);
       ++seen;
     }
   }
-  EXPECT_EQ(seen, 4);
+  EXPECT_EQ(seen, 6);
+}
+
+// liu2021+mpkind through the command line: the variant is parsed, the plan says which allocation chose its widths
+// and keeps both budgets.
+TEST(CliQuant, MixedPrecisionByKind) {
+  TempDir dir;
+  const auto r = run_vitq(quantize_args("--method liu2021+mpkind --wbits 6 --abits 6 --search-steps 2 --search-images 2 --threads 2 --out " +
+                                        quoted(dir / "p.json")));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto plan = nlohmann::json::parse(std::ifstream(dir / "p.json"));
+  const auto& mp = plan["settings"]["mixed_precision"];
+  EXPECT_EQ(mp["sensitivity"], "kind");
+  EXPECT_EQ(mp["avg_bits"], 6.0);
+  EXPECT_EQ(mp["kinds"].size(), 13u);
+  EXPECT_TRUE(mp["kinds"].contains("blocks.*.attn.qkv A (Linear after LayerNorm)")) << mp["kinds"].dump();
+  std::set<int> widths;
+  for (const auto& p : plan["points"]) widths.insert(p["spec"]["bits"].get<int>());
+  EXPECT_GT(widths.size(), 2u);
 }
 
 TEST(CliQuant, UnknownMethod) {

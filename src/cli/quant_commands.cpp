@@ -81,7 +81,7 @@ void fill_placement(PlacementOptions& p, const QuantArgs& a) {
   // NAME=B (weights and inputs), NAME=wB (weights alone), NAME=aB (inputs alone), NAME=wBaC (both, apart)
   for (const auto& item : split(a.layer_bits, ',')) {
     auto eq = item.find('=');
-    if (eq == std::string::npos) fail("--layer-bits expects NAME=BITS, got '{}'", item);
+    if (eq == std::string::npos) fail("--layer-bits expects NAME=BITS, NAME=wBITS, NAME=aBITS or NAME=wBITSaBITS, got '{}'", item);
     if (eq == 0) fail("--layer-bits: '{}' names no layer", item);
     const std::string name = item.substr(0, eq), text = item.substr(eq + 1);
     auto number = [&](const std::string& digits) {

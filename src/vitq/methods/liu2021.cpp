@@ -163,15 +163,15 @@ Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOpti
       for (int k = 0; k < 2; ++k) {
         const Range r = range_of(args[static_cast<size_t>(k)], sl.p[k]->spec);
         sl.q[k] = scaled(r, sl.p[k]->spec, 1.0);
-        if (!kindwise) continue;
+        if (!kindwise || (k == 0 && n.inputs[0] == g.input)) continue;  // the image: 8 bits, never allocated
         // kind: the width's error as a clipping search leaves it (the method searches every width's steps after
         // the allocation, and min/max's error at a width is not what is left of it): the clipping of the min/max
-        // range, of a few, that best keeps the layer's output (Pearson) with the other input in FP
+        // range, of a few, that best keeps the layer's output (the method's similarity) with the other input in FP
         double best = -2;
         for (double alpha : {1.0, 0.9, 0.8, 0.7, 0.6, 0.5}) {
           const QuantParams q = scaled(r, sl.p[k]->spec, alpha);
           const at::Tensor qo = quantized_output(n, args, k == 0 ? sl.p[0] : nullptr, q, k == 1 ? sl.p[1] : nullptr, q, out.size(0));
-          const double sim = similarity(out, qo, true);
+          const double sim = similarity(out, qo, o.similarity == "pearson");
           if (sim > best) {
             best = sim;
             sl.q[k] = q;
@@ -265,9 +265,9 @@ Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOpti
                    static_cast<long long>(sub));
   }
 
-  // kind: the layers of one kind (the same name but for the block numbers) share a width, their weights and
-  // their inputs apart; a kind's error at a width is the model's KL from FP32 on the calibration images with that
-  // kind alone quantized (min/max steps) and everything else in FP
+  // kind: the layers of one kind (the same name but for the block numbers, the same op, its input made by the same
+  // op) share a width, their weights and their inputs apart; a kind's error at a width is the model's KL from FP32
+  // on the calibration images with that kind alone quantized (ranges clipped as above) and everything else in FP
   std::vector<std::vector<size_t>> kind_items;
   std::vector<Item> kinds;
   std::vector<std::string> names;
@@ -286,7 +286,12 @@ Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOpti
     };
     std::map<std::string, size_t> index;
     for (size_t i = 0; i < items.size(); ++i) {
-      const std::string key = kind_of(layers[items[i].layer]) + (items[i].wsize > 0 ? " W" : " A");
+      // the op and what makes its input are in the key: a conv fc1 fed by the residual stream and a Linear fc1 fed
+      // by a LayerNorm (EfficientFormer's two kinds of block) are not one kind
+      const Node& n = node_named(g, layers[items[i].layer]);
+      const int from = n.inputs[0] >= 0 ? g.values[static_cast<size_t>(n.inputs[0])].producer : -1;
+      const std::string key = kind_of(n.name) + (items[i].wsize > 0 ? " W" : " A") + " (" + op_name(n.op) + " after " +
+                              (from >= 0 ? op_name(g.nodes[static_cast<size_t>(from)].op) : "input") + ")";
       auto [pos, fresh] = index.emplace(key, kinds.size());
       if (fresh) {
         kinds.push_back(item(0, false, false));
@@ -298,6 +303,9 @@ Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOpti
       k.asize += items[i].asize;
       kind_items[pos->second].push_back(i);
     }
+    if (o.progress)
+      std::fprintf(stderr, "liu2021 bit allocation: %zu kinds of layer for %zu weights and inputs%s\n", kinds.size(), items.size(),
+                   2 * kinds.size() > items.size() ? " (few layers share a kind: the widths are measured almost layer by layer)" : "");
     ex = std::make_unique<Executor>(g);
     const at::Tensor ref = at::log_softmax(ex->run(calib).to(at::kDouble), -1);
     Progress bar("liu2021 bit allocation (model KL per kind of layer and width)", kinds.size(), o.progress);
@@ -347,7 +355,7 @@ Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOpti
       if (wused + it.wsize * db > wbudget || aused + it.asize * db > abudget) continue;
       const double gain = it.sens * (it.err[it.pick] - it.err[it.pick + 1]);
       const double cost = db * (it.wsize / std::max(wtotal, 1.0) + it.asize / std::max(atotal, 1.0));
-      if (kl && gain <= 0) continue;
+      if ((kl || kindwise) && gain <= 0) continue;  // a measured width that does not lower the error is not bought
       if (gain / cost > best_gain || !best) {
         best_gain = gain / cost;
         best = &it;
@@ -470,6 +478,8 @@ QuantPlan run_liu2021(const Graph& g, const at::Tensor& calib, const MethodOptio
   for (const auto& n : g.nodes)
     if (is_quantizable(g, n) && !placement.keep_fp.count(n.name)) layers.push_back(n.name);
   Allocation alloc;
+  if (o.mixed_precision && !(placement.layer_bits.empty() && placement.layer_wbits.empty() && placement.layer_abits.empty()))
+    fail("--layer-bits cannot be combined with mixed precision: the allocation chooses every layer's widths");
   if (o.mixed_precision) {
     alloc = allocate_bits(g, t, o, layers, calib);
     nlohmann::json bits = nlohmann::json::object();  // "W"/"A" widths per layer (a matmul: A for both inputs)

@@ -76,6 +76,12 @@ std::vector<QuantPoint> default_placement(const Graph& g, const PlacementOptions
   for (const auto* m : {&o.layer_bits, &o.layer_wbits, &o.layer_abits})
     for (const auto& [name, bits] : *m)
       if (!is_layer(name)) fail("--layer-bits: {} is not a quantizable layer of {}", name, g.meta.name);
+  // a width that would change nothing is refused, not ignored
+  for (const auto& [name, bits] : o.layer_wbits)
+    if (g.find_node(name)->op == OpKind::MatMul) fail("--layer-bits: {} is a matmul of two activations and has no weight (use {}=a{})", name, name, bits);
+  for (const auto& [name, bits] : o.layer_abits)
+    if (g.find_node(name)->inputs[0] == g.input)
+      fail("--layer-bits: the input of {} is the image, quantized at 8 bits in every convention", name);
   return points;
 }
 
