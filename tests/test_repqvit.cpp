@@ -15,6 +15,7 @@
 #include "vitq/deploy/int8_runtime.h"
 #include "vitq/graph/executor.h"
 #include "vitq/methods/method.h"
+#include "vitq/methods/search.h"
 #include "vitq/models/model_loader.h"
 #include "vitq/quant/calibration.h"
 #include "vitq/quant/fake_quant.h"
@@ -470,3 +471,27 @@ TEST(RepQvit, ActivationMseClippingCutsLongTailsOnly) {
   EXPECT_GE(((s.qmax() - q.zero_point) * q.scale).item<double>(), 0.95 * u.max().item<double>());
   EXPECT_LE(err(u, q), err(u, params_from_range(reduce_amin(u, s), reduce_amax(u, s), s)) * (1 + 1e-6));
 }
+
+// The quantiles of the searches (RepQ-ViT's percentiles, AdaLog's top quantiles) come from the ordered ends of each
+// row; they equal, bit for bit, the same interpolation on the fully sorted rows, with ties, for rows too short to
+// have separate ends and for long ones; a rank between the kept ends is refused, not guessed.
+TEST(Search, RowTailsEqualAFullSort) {
+  at::manual_seed(3);
+  for (int64_t n : {1, 2, 5, 1000, 100003}) {
+    const auto rows = at::round(at::randn({3, n}, at::kDouble).pow(3) * 100) / 100;  // long tails and ties
+    const auto sorted = std::get<0>(rows.sort(1));
+    const search::RowTails tails(rows, 0.999);
+    for (double q : {0.0, 1e-5, 1e-4, 1e-3, 0.999, 0.9999, 0.99999, 1.0}) {
+      const double pos = q * static_cast<double>(n - 1);
+      const int64_t lo = static_cast<int64_t>(std::floor(pos)), hi = std::min(lo + 1, n - 1);
+      const auto expect = sorted.select(1, lo) * (1.0 - (pos - static_cast<double>(lo))) + sorted.select(1, hi) * (pos - static_cast<double>(lo));
+      EXPECT_TRUE(at::equal(tails.quantile(q), expect)) << "n " << n << " q " << q;
+    }
+    EXPECT_TRUE(at::equal(tails.min(), std::get<0>(rows.min(1))));
+    EXPECT_TRUE(at::equal(tails.max(), std::get<0>(rows.max(1))));
+    if (n == 100003) EXPECT_THROW(tails.rank(n / 2), Error);
+  }
+  EXPECT_THROW(search::RowTails(at::zeros({4}), 0.999), Error);
+  EXPECT_THROW(search::RowTails(at::zeros({2, 3}), 0.2), Error);
+}
+

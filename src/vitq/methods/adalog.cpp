@@ -11,10 +11,12 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 
 #include "vitq/methods/method.h"
+#include "vitq/methods/search.h"
 #include "vitq/quant/fake_quant.h"
 #include "vitq/util/error.h"
 #include "vitq/util/progress.h"
@@ -48,12 +50,13 @@ AdaLogFit fit_adalog(const at::Tensor& x_in, int bits, bool shifted) {
   spec.kind = QuantKind::AdaLog;
   spec.validate();
   const double shift = shifted ? std::max(0.0, -x.min().item<double>()) : 0.0;
-  const auto sorted = std::get<0>((x + shift).sort());
-  const int64_t n = sorted.numel();
+  // the candidate scales are top quantiles (the lowest 0.1% from the top): only the largest values are ordered
+  const search::RowTails tails((x + shift).reshape({1, -1}), *std::min_element(kTop.begin(), kTop.end()));
+  const int64_t n = tails.size();
   AdaLogFit best;
   best.error = INFINITY;
   for (double q : kTop) {
-    const double scale = sorted[static_cast<int64_t>(std::llround(q * static_cast<double>(n - 1)))].item<double>();
+    const double scale = tails.rank(std::llround(q * static_cast<double>(n - 1)))[0].item<double>();
     if (!(scale > 0) || !std::isfinite(scale)) continue;
     for (double tau : kTaus) {
       QuantParams p = adalog_params(scale, tau, shift);

@@ -28,6 +28,7 @@
 #include <set>
 
 #include "vitq/methods/method.h"
+#include "vitq/methods/search.h"
 #include "vitq/util/error.h"
 #include "vitq/util/progress.h"
 
@@ -38,13 +39,7 @@ namespace {
 const std::vector<double> kPercentiles = {0.999, 0.9999, 0.99999};
 
 // Linear-interpolated quantile q of each row of `sorted` (rows sorted ascending), as torch.quantile: [rows].
-at::Tensor row_quantile(const at::Tensor& sorted, double q) {
-  const int64_t n = sorted.size(1);
-  const double pos = q * static_cast<double>(n - 1);
-  const int64_t lo = static_cast<int64_t>(std::floor(pos)), hi = std::min(lo + 1, n - 1);
-  const double frac = pos - static_cast<double>(lo);
-  return sorted.select(1, lo) * (1.0 - frac) + sorted.select(1, hi) * frac;
-}
+using search::RowTails;
 
 // x as rows of what one quantizer parameter covers: [channels, elements] (per channel on `axis`) or [1, all].
 at::Tensor as_rows(const at::Tensor& x, const QuantSpec& s) {
@@ -81,10 +76,10 @@ QuantParams least_error_range(const at::Tensor& x, const QuantSpec& s, int n,
 // pairs (p, 1 − p); per row the one with the least mean squared quantization error wins.
 QuantParams search_clipping(const at::Tensor& x_in, const QuantSpec& s) {
   const auto x = x_in.detach().to(at::kFloat);
-  const auto sorted = std::get<0>(as_rows(x, s).sort(1));
+  const RowTails tails(as_rows(x, s), kPercentiles.front());
   return least_error_range(x, s, static_cast<int>(kPercentiles.size()), [&](int k) {
     const double pct = kPercentiles[static_cast<size_t>(k)];
-    return std::make_pair(row_quantile(sorted, 1.0 - pct), row_quantile(sorted, pct));
+    return std::make_pair(tails.quantile(1.0 - pct), tails.quantile(pct));
   });
 }
 
@@ -118,9 +113,9 @@ namespace {
 // squared error.
 QuantParams search_log_scale(const at::Tensor& x_in, const QuantSpec& s) {
   const auto x = x_in.detach().to(at::kFloat);
-  const auto sorted = std::get<0>(x.reshape({1, -1}).sort(1));
-  std::vector<double> candidates = {sorted[0][-1].item<double>()};
-  for (double pct : kPercentiles) candidates.push_back(row_quantile(sorted, pct).item<double>());
+  const RowTails tails(x.reshape({1, -1}), kPercentiles.front());
+  std::vector<double> candidates = {tails.max().item<double>()};
+  for (double pct : kPercentiles) candidates.push_back(tails.quantile(pct).item<double>());
   QuantParams best;
   double best_err = INFINITY;
   for (double c : candidates) {
@@ -145,12 +140,12 @@ ChannelParams search_channels(const at::Tensor& x_in, int bits) {
   const auto x = x_in.detach().to(at::kDouble);
   const int64_t c = x.size(-1);
   const auto rows = x.reshape({-1, c}).t().contiguous();  // [C, N]
-  const auto sorted = std::get<0>(rows.sort(1));
+  const RowTails tails(rows, kPercentiles.front());
   const double top = static_cast<double>((int64_t{1} << bits) - 1);
   ChannelParams best;
   at::Tensor best_err;
   for (double pct : kPercentiles) {
-    auto lo = row_quantile(sorted, 1.0 - pct), hi = row_quantile(sorted, pct);
+    auto lo = tails.quantile(1.0 - pct), hi = tails.quantile(pct);
     auto step = at::clamp_min((hi - lo) / top, 1e-8);
     auto zp = at::round(-lo / step);
     auto q = at::clamp(at::round(rows / step.unsqueeze(1)) + zp.unsqueeze(1), 0.0, top);
@@ -169,8 +164,8 @@ ChannelParams search_channels(const at::Tensor& x_in, int bits) {
   // point that puts its value mid-grid (within half a step), rather than a step of ~0 and a zero point of ~1e8,
   // which would pull the mean zero point (the per-tensor one) off the grid and, through it, offset every other
   // channel of the reparameterised input.
-  const auto lo = std::get<0>(sorted.min(1));
-  const auto range = std::get<0>(sorted.max(1)) - lo;
+  const auto lo = tails.min();
+  const auto range = tails.max() - lo;
   const auto flat = range <= 1e-6 * std::max(1e-30, range.max().item<double>());
   if (flat.any().item<bool>() && !flat.all().item<bool>()) {
     const double median_step = best.step.masked_select(~flat).median().item<double>();

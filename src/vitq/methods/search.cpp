@@ -2,6 +2,9 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <cmath>
+
 #include "vitq/graph/executor.h"
 #include "vitq/util/error.h"
 
@@ -97,6 +100,35 @@ std::vector<at::Tensor> first_images(const Graph& g, const Node& n, const std::v
   for (size_t s = 0; s < out.size(); ++s)
     if (out[s].defined() && n.inputs[s] >= 0 && !g.is_const(n.inputs[s])) out[s] = first_rows(out[s], images, total);
   return out;
+}
+
+RowTails::RowTails(const at::Tensor& rows, double inner) : n_(rows.dim() == 2 ? rows.size(1) : 0) {
+  if (n_ == 0) fail("row tails: quantiles of an empty or non-2-d tensor");
+  if (!(inner >= 0.5 && inner <= 1.0)) fail("row tails: inner quantile {} outside [0.5, 1]", inner);
+  // ranks from floor(inner (n - 1)) up (and their mirror images down), with one more for the interpolation
+  const int64_t k = std::min<int64_t>(n_, n_ - static_cast<int64_t>(std::floor(inner * static_cast<double>(n_ - 1))) + 1);
+  if (2 * k >= n_) {
+    full_ = std::get<0>(rows.sort(1));
+    return;
+  }
+  top_ = std::get<0>(rows.topk(k, 1, /*largest=*/true, /*sorted=*/true));      // descending
+  bottom_ = std::get<0>(rows.topk(k, 1, /*largest=*/false, /*sorted=*/true));  // ascending
+}
+
+at::Tensor RowTails::rank(int64_t r) const {
+  if (r < 0 || r >= n_) fail("row tails: rank {} of {}", r, n_);
+  if (full_.defined()) return full_.select(1, r);
+  if (r < bottom_.size(1)) return bottom_.select(1, r);
+  const int64_t from_top = n_ - 1 - r;
+  if (from_top < top_.size(1)) return top_.select(1, from_top);
+  fail("row tails: rank {} of {} is not within the kept ends ({} each)", r, n_, top_.size(1));
+}
+
+at::Tensor RowTails::quantile(double q) const {
+  const double pos = q * static_cast<double>(n_ - 1);
+  const int64_t lo = static_cast<int64_t>(std::floor(pos)), hi = std::min(lo + 1, n_ - 1);
+  const double frac = pos - static_cast<double>(lo);
+  return rank(lo) * (1.0 - frac) + rank(hi) * frac;
 }
 
 }  // namespace vitq::search

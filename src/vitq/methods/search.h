@@ -55,4 +55,22 @@ at::Tensor image_rows(const at::Tensor& t, int64_t begin, int64_t count, int64_t
 std::vector<at::Tensor> first_images(const Graph& g, const Node& n, const std::vector<at::Tensor>& args, int64_t images,
                                      int64_t total);
 
+// Quantiles from the ends of each row of a [R, N] tensor, as a sort of every row would give them (linear
+// interpolation between the closest ranks), for searches whose quantiles all lie within 1 - inner of either end
+// (RepQ-ViT's percentiles, AdaLog's top quantiles): only the ends are ordered (top-k), not whole rows. Sorting
+// whole rows of 19M activations (fc2's input over 128 images) took most of repqvit's calibration time.
+class RowTails {
+ public:
+  RowTails(const at::Tensor& rows, double inner);
+  at::Tensor rank(int64_t r) const;  // the element of ascending rank r of every row: [R]
+  at::Tensor quantile(double q) const;
+  at::Tensor min() const { return rank(0); }
+  at::Tensor max() const { return rank(n_ - 1); }
+  int64_t size() const { return n_; }
+
+ private:
+  int64_t n_;
+  at::Tensor full_, top_, bottom_;  // full_: every row sorted (when the tails would overlap); else the two ends
+};
+
 }  // namespace vitq::search
