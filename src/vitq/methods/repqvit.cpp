@@ -38,7 +38,7 @@ namespace {
 
 const std::vector<double> kPercentiles = {0.999, 0.9999, 0.99999};
 
-// Linear-interpolated quantile q of each row of `sorted` (rows sorted ascending), as torch.quantile: [rows].
+// The percentiles' quantiles of each row, as torch.quantile gives them from a sort (search.h).
 using search::RowTails;
 
 // x as rows of what one quantizer parameter covers: [channels, elements] (per channel on `axis`) or [1, all].

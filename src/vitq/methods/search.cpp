@@ -105,7 +105,9 @@ std::vector<at::Tensor> first_images(const Graph& g, const Node& n, const std::v
 RowTails::RowTails(const at::Tensor& rows, double inner) : n_(rows.dim() == 2 ? rows.size(1) : 0) {
   if (n_ == 0) fail("row tails: quantiles of an empty or non-2-d tensor");
   if (!(inner >= 0.5 && inner <= 1.0)) fail("row tails: inner quantile {} outside [0.5, 1]", inner);
-  // ranks from floor(inner (n - 1)) up (and their mirror images down), with one more for the interpolation
+  // ranks from floor(inner (n - 1)) up, n - F of them; +1: on the bottom end the mirrored floor of
+  // (1 - inner)(n - 1), plus one for the interpolation, reaches rank n - F when both products are whole numbers
+  // (n = 1001 at 0.999)
   const int64_t k = std::min<int64_t>(n_, n_ - static_cast<int64_t>(std::floor(inner * static_cast<double>(n_ - 1))) + 1);
   if (2 * k >= n_) {
     full_ = std::get<0>(rows.sort(1));
