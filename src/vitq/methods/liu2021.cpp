@@ -21,14 +21,16 @@
 // by the error they are measured to remove, and a swap is kept only if the whole model's KL on those images
 // falls. The result is kept only if its KL is also lower than the uniform model's on the other half (at most 16
 // images, which chose nothing); otherwise the model stays uniform.
-// Variant +mpkind (vitq's): the layers of one kind (the same name but for the block numbers: all 12 qkv layers,
-// ...) share a width, their weights and their inputs apart. A kind's error at each width 4..8 is the model's KL
-// from FP32 on all the calibration images with that kind alone quantized (everything else FP), each layer's
-// range clipped at the best of {1, 0.9, ..., 0.5} by its output's Pearson correlation, since the method searches
-// the steps after the allocation and min/max's error is not what the search leaves (post-GELU and softmax inputs
-// lose most of theirs, the post-LayerNorm inputs little). Then the same greedy as the nuclear norm's, from 4
-// bits, most KL removed per bit of budget first. Per kind and over all the images, the measurement is of a few
-// dozen forward passes and steady; per layer on half the images (+mpkl) it was noise.
+// Variant +mpkind (vitq's): the layers of one kind (the same name but for the block numbers, the same op, its
+// input made by the same op: all 12 qkv layers, ...) share a width, their weights and their inputs apart. A kind's
+// error at each width 4..8 is the model's KL from FP32 on all the calibration images with that kind alone
+// quantized (everything else FP), each layer's range clipped at the best of {1, 0.9, ..., 0.5} by its output's
+// similarity (the method's), since the method searches the steps after the allocation and min/max's error is not
+// what the search leaves (clipping removes most of the post-GELU and softmax inputs' error and adds to the
+// post-LayerNorm inputs', whose outlier channels it cuts). Then the same greedy as the nuclear norm's, from 4
+// bits, most KL removed per bit of budget first, no width bought that does not lower the KL. Per kind and over
+// all the images, the measurement is a few dozen forward passes and steady; per layer on half the images
+// (+mpkl) it was noise.
 #include <ATen/ATen.h>
 
 #include <algorithm>
