@@ -19,24 +19,21 @@ std::string quantize_args(const std::string& extra) {
 
 TEST(CliQuant, BitsOutsideRange) {
   TempDir dir;
-  expect_cli_error(run_vitq(quantize_args("--method minmax --wbits 9 --abits 8 --out " + quoted(dir / "p.json"))),
-               "--wbits must be between 2 and 8, got 9");
-  expect_cli_error(run_vitq(quantize_args("--method minmax --wbits 4 --abits 1 --out " + quoted(dir / "p.json"))),
-               "--abits must be between 2 and 8, got 1");
-  expect_cli_error(run_vitq(quantize_args("--method minmax --layer-bits blocks.0.attn.qkv=12 --out " + quoted(dir / "p.json"))),
-               "bits must be between 2 and 8");
+  auto refused = [&](const std::string& options, const std::string& message) {
+    expect_cli_error(run_vitq(quantize_args(options + " --out " + quoted(dir / "p.json"))), message);
+  };
+  refused("--method minmax --wbits 9 --abits 8", "--wbits must be between 2 and 8, got 9");
+  refused("--method minmax --wbits 4 --abits 1", "--abits must be between 2 and 8, got 1");
+  refused("--method minmax --layer-bits blocks.0.attn.qkv=12", "bits must be between 2 and 8");
   for (const std::string bad : {"blocks.0.attn.qkv=w9", "blocks.0.attn.qkv=a", "blocks.0.attn.qkv=w4ax", "blocks.0.attn.qkv=x4",
                                 "blocks.0.attn.qkv=w4a-3", "blocks.0.attn.qkv=wa4", "blocks.0.attn.qkv=w4a", "blocks.0.attn.qkv=a4w5",
                                 "blocks.0.attn.qkv=", "blocks.0.attn.qkv=w99999999999", "blocks.0.attn.qkv=+4"})
-    expect_cli_error(run_vitq(quantize_args("--method minmax --layer-bits " + bad + " --out " + quoted(dir / "p.json"))), "--layer-bits");
+    refused("--method minmax --layer-bits " + bad, "--layer-bits");
   // widths that would change nothing: a matmul has no weight, the patch embedding's input is the 8-bit image
-  expect_cli_error(run_vitq(quantize_args("--method minmax --layer-bits blocks.0.attn.matmul_qk=w4 --out " + quoted(dir / "p.json"))),
-                   "has no weight");
-  expect_cli_error(run_vitq(quantize_args("--method minmax --layer-bits patch_embed.proj=a4 --out " + quoted(dir / "p.json"))),
-                   "is the image");
+  refused("--method minmax --layer-bits blocks.0.attn.matmul_qk=w4", "has no weight");
+  refused("--method minmax --layer-bits patch_embed.proj=a4", "is the image");
   // mixed precision chooses every width itself
-  expect_cli_error(run_vitq(quantize_args("--method liu2021+mpkind --layer-bits head=8 --out " + quoted(dir / "p.json"))),
-                   "cannot be combined with mixed precision");
+  refused("--method liu2021+mpkind --layer-bits head=8", "cannot be combined with mixed precision");
   EXPECT_FALSE(fs::exists(dir / "p.json"));
   // NAME=wBaB: the weight and the input apart, written into the plan
   // (a side given alone wins over NAME=BITS, in either order)

@@ -35,6 +35,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <memory>
 #include <random>
 #include <unordered_map>
@@ -223,23 +224,35 @@ Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOpti
   // interactions of the other layers' errors are in the measure.
   const size_t base = static_cast<size_t>(std::upper_bound(choices.begin(), choices.end(), static_cast<int>(o.avg_bits + 1e-9)) - choices.begin()) - 1;
   std::unique_ptr<Executor> ex;
-  auto model_kl = [&](const at::Tensor& imgs, const at::Tensor& ref_logp, const std::vector<size_t>& assign) {
-    std::unordered_map<std::string, std::pair<const Slots*, const Slots*>> slots;  // slot 0's, slot 1's
-    for (size_t li = 0; li < layers.size(); ++li) slots[layers[li]] = {&at[li][base], &at[li][base]};
-    for (size_t i = 0; i < items.size(); ++i) {
-      auto& e = slots[layers[items[i].layer]];
-      if (items[i].slot[0]) e.first = &at[items[i].layer][assign[i]];
-      if (items[i].slot[1]) e.second = &at[items[i].layer][assign[i]];
-    }
+  // The model's KL from FP32 (ref_logp) on imgs with each listed layer's slot 0 / slot 1 quantized by the given
+  // choice's quantizer (null, or a layer not listed: FP).
+  using LayerSlots = std::unordered_map<std::string, std::pair<const Slots*, const Slots*>>;
+  auto kl_with = [&](const at::Tensor& imgs, const at::Tensor& ref_logp, const LayerSlots& slots) {
     ExecHooks hooks;
     hooks.transform_input = [&](const Node& node, size_t slot, const at::Tensor& x) {
       auto it = slots.find(node.name);
       if (it == slots.end() || slot > 1) return x;
-      const Slots& sl = slot == 0 ? *it->second.first : *it->second.second;
-      return fake_quant(x, sl.p[slot]->spec, sl.q[slot]);
+      const Slots* sl = slot == 0 ? it->second.first : it->second.second;
+      return sl ? fake_quant(x, sl->p[slot]->spec, sl->q[slot]) : x;
     };
     auto logp = at::log_softmax(ex->run(imgs, &hooks).to(at::kDouble), -1);
     return (ref_logp.exp() * (ref_logp - logp)).sum(-1).mean().item<double>();
+  };
+  // items set as `assign` says on top of `slots`
+  auto assign_items = [&](LayerSlots& slots, const std::vector<size_t>& which, const std::function<size_t(size_t)>& choice) {
+    for (size_t i : which) {
+      auto& e = slots[layers[items[i].layer]];
+      if (items[i].slot[0]) e.first = &at[items[i].layer][choice(i)];
+      if (items[i].slot[1]) e.second = &at[items[i].layer][choice(i)];
+    }
+  };
+  std::vector<size_t> all_items(items.size());
+  for (size_t i = 0; i < items.size(); ++i) all_items[i] = i;
+  auto model_kl = [&](const at::Tensor& imgs, const at::Tensor& ref_logp, const std::vector<size_t>& assign) {
+    LayerSlots slots;
+    for (size_t li = 0; li < layers.size(); ++li) slots[layers[li]] = {&at[li][base], &at[li][base]};
+    assign_items(slots, all_items, [&](size_t i) { return assign[i]; });
+    return kl_with(imgs, ref_logp, slots);
   };
   // kl: half the calibration images (at most 16) score, the other half (at most 16) check; the KL of a few images
   // is dominated by whichever one flips, and 8 proved too few
@@ -313,21 +326,9 @@ Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOpti
     Progress bar("liu2021 bit allocation (model KL per kind of layer and width)", kinds.size(), o.progress);
     for (size_t k = 0; k < kinds.size(); ++k) {
       for (size_t c = 0; c < choices.size(); ++c) {
-        std::unordered_map<std::string, std::pair<const Slots*, const Slots*>> slots;
-        for (size_t i : kind_items[k]) {
-          auto& e = slots[layers[items[i].layer]];
-          if (items[i].slot[0]) e.first = &at[items[i].layer][c];
-          if (items[i].slot[1]) e.second = &at[items[i].layer][c];
-        }
-        ExecHooks hooks;
-        hooks.transform_input = [&](const Node& node, size_t slot, const at::Tensor& x) {
-          auto it = slots.find(node.name);
-          if (it == slots.end() || slot > 1) return x;
-          const Slots* sl = slot == 0 ? it->second.first : it->second.second;
-          return sl ? fake_quant(x, sl->p[slot]->spec, sl->q[slot]) : x;
-        };
-        auto logp = at::log_softmax(ex->run(calib, &hooks).to(at::kDouble), -1);
-        kinds[k].err.push_back((ref.exp() * (ref - logp)).sum(-1).mean().item<double>());
+        LayerSlots slots;  // this kind at choice c, everything else FP
+        assign_items(slots, kind_items[k], [c](size_t) { return c; });
+        kinds[k].err.push_back(kl_with(calib, ref, slots));
       }
       bar.update(k + 1, names[k]);
     }
