@@ -15,6 +15,14 @@ namespace {
 std::string quantize_args(const std::string& extra) {
   return "quantize " + quoted(model_dir()) + " --calib " + quoted(imagenet("calib1000")) + " --calib-size 4 --quiet " + extra;
 }
+// The plan `vitq quantize` writes with these options (the command must succeed).
+nlohmann::json quantized_plan(const std::string& options) {
+  TempDir dir;
+  const auto r = run_vitq(quantize_args(options + " --out " + quoted(dir / "p.json")));
+  EXPECT_EQ(r.code, 0) << r.output;
+  if (r.code != 0) return nlohmann::json::object();
+  return nlohmann::json::parse(std::ifstream(dir / "p.json"));
+}
 }  // namespace
 
 TEST(CliQuant, BitsOutsideRange) {
@@ -63,11 +71,8 @@ TEST(CliQuant, BitsOutsideRange) {
 // liu2021+mpkind through the command line: the variant is parsed, the plan says which allocation chose its widths
 // and keeps both budgets.
 TEST(CliQuant, MixedPrecisionByKind) {
-  TempDir dir;
-  const auto r = run_vitq(quantize_args("--method liu2021+mpkind --wbits 6 --abits 6 --search-steps 2 --search-images 2 --threads 2 --out " +
-                                        quoted(dir / "p.json")));
-  ASSERT_EQ(r.code, 0) << r.output;
-  const auto plan = nlohmann::json::parse(std::ifstream(dir / "p.json"));
+  const auto plan = quantized_plan("--method liu2021+mpkind --wbits 6 --abits 6 --search-steps 2 --search-images 2 --threads 2");
+  ASSERT_TRUE(plan.contains("settings") && plan["settings"].contains("mixed_precision")) << plan.dump().substr(0, 200);
   const auto& mp = plan["settings"]["mixed_precision"];
   EXPECT_EQ(mp["sensitivity"], "kind");
   EXPECT_EQ(mp["avg_bits"], 6.0);
@@ -76,6 +81,22 @@ TEST(CliQuant, MixedPrecisionByKind) {
   std::set<int> widths;
   for (const auto& p : plan["points"]) widths.insert(p["spec"]["bits"].get<int>());
   EXPECT_GT(widths.size(), 2u);
+}
+
+// liu2021+klcheck through the command line: the variant is parsed and the plan records, for each of the 16 kinds of
+// input, both KLs and which steps it kept, consistently with them.
+TEST(CliQuant, Liu2021KlCheck) {
+  const auto plan = quantized_plan("--method liu2021+klcheck --wbits 8 --abits 8 --search-steps 2 --search-images 2 --threads 2");
+  ASSERT_TRUE(plan.contains("settings") && plan["settings"].contains("kl_check")) << plan.dump().substr(0, 200);
+  const auto& check = plan["settings"]["kl_check"];
+  EXPECT_EQ(check["images"], 4);
+  ASSERT_EQ(check["kinds"].size(), 16u) << check.dump();
+  int minmax = 0;
+  for (const auto& [name, k] : check["kinds"].items()) {
+    minmax += k["kept"] == "minmax";
+    EXPECT_EQ(k["kept"] == "minmax", k["kl_minmax"].get<double>() <= k["kl_searched"].get<double>()) << name;
+  }
+  EXPECT_EQ(check["kinds_kept_at_minmax"], minmax);
 }
 
 TEST(CliQuant, UnknownMethod) {

@@ -333,32 +333,87 @@ TEST(Methods, Liu2021BeatsMinMaxLayerwiseAtW4A4) {
   EXPECT_GT(sum_l, sum_m);
 }
 
+// liu2021 with one of its checks (the option `check`) on and off, and minmax, on the same 8 calibration images; and
+// for each of the checked plan's points whether its step is the unchecked search's and whether it is min/max's
+// (every point must be one or the other).
+struct CheckedLiu2021 {
+  QuantPlan checked, free, minmax;
+  std::map<std::pair<std::string, int>, std::pair<bool, bool>> as_search_minmax;
+  int64_t as_searched = 0, reverted = 0;  // points only as searched, only as min/max
+};
+CheckedLiu2021 liu2021_checked(MethodOptions o, bool MethodOptions::*check) {
+  CheckedLiu2021 r;
+  o.*check = true;
+  r.checked = run_method(deit(), calib(8), "liu2021", o);
+  o.*check = false;
+  r.free = run_method(deit(), calib(8), "liu2021", o);
+  r.minmax = run_method(deit(), calib(8), "minmax", o);
+  EXPECT_EQ(r.checked.points.size(), r.minmax.points.size());
+  for (const auto& c : r.checked.points) {
+    const bool as_search = at::equal(c.params.scale, r.free.find(c.node, c.slot)->params.scale);
+    const bool as_minmax = at::allclose(c.params.scale, r.minmax.find(c.node, c.slot)->params.scale);
+    EXPECT_TRUE(as_search || as_minmax) << c.node << " slot " << c.slot;
+    r.as_search_minmax[{c.node, c.slot}] = {as_search, as_minmax};
+    r.as_searched += as_search && !as_minmax;
+    r.reverted += as_minmax && !as_search;
+  }
+  return r;
+}
+
 TEST(Methods, Liu2021KeepsSearchedStepsOnlyWhereTheyWinOnHeldOutImages) {
   // 8 calibration images, the search scores on the first 4: the next 4 decide, per layer, between min/max and
   // the searched steps. Every step of the plan is then either the search's (as without the check) or min/max's.
-  MethodOptions o = quick_options(4, 20, 4);
-  o.holdout = true;
-  QuantPlan held = run_method(deit(), calib(8), "liu2021", o);
-  o.holdout = false;
-  QuantPlan free = run_method(deit(), calib(8), "liu2021", o);
-  QuantPlan mm = run_method(deit(), calib(8), "minmax", o);
+  const auto r = liu2021_checked(quick_options(4, 20, 4), &MethodOptions::holdout);
+  const QuantPlan& held = r.checked;
   EXPECT_EQ(held.settings["search"]["holdout_images"], 4);
-  EXPECT_FALSE(free.settings["search"].contains("holdout_images"));
-  ASSERT_EQ(held.points.size(), mm.points.size());
-  int64_t searched = 0, reverted = 0;
-  for (size_t i = 0; i < held.points.size(); ++i) {
-    const auto& h = held.points[i];
-    const auto& f = *free.find(h.node, h.slot);
-    const auto& m = *mm.find(h.node, h.slot);
-    const bool as_search = at::allclose(h.params.scale, f.params.scale), as_minmax = at::allclose(h.params.scale, m.params.scale);
-    EXPECT_TRUE(as_search || as_minmax) << h.node << " slot " << h.slot;
-    searched += as_search && !as_minmax;
-    reverted += as_minmax && !as_search;
-  }
+  EXPECT_FALSE(r.free.settings["search"].contains("holdout_images"));
+  const int64_t searched = r.as_searched, reverted = r.reverted;
   std::printf("liu2021 W4A4 with the held-out check: %lld steps as searched, %lld back at min/max, %lld layers all min/max\n",
               static_cast<long long>(searched), static_cast<long long>(reverted), static_cast<long long>(held.settings["search"]["layers_kept_at_minmax"].get<int64_t>()));
   EXPECT_GT(searched, 0);  // the search still matters
   EXPECT_GT(reverted, 0);  // and the check does something at 4 bits
+}
+
+// +klcheck: per kind of input (the same input of the same layer in every block), the model's KL on the calibration
+// images with that kind alone quantized decides between the searched steps and min/max's. Every step is then the
+// search's (as without the check) or min/max's, whole kinds together, as the recorded KLs say; the bias correction
+// follows the steps kept (a plan whose steps are all as searched has the same biases as without the check).
+TEST(Methods, Liu2021KlCheckKeepsMinMaxWhereTheModelSaysSo) {
+  const auto r = liu2021_checked(quick_options(6, 20, 4), &MethodOptions::kl_check);
+  const QuantPlan &checked = r.checked, &free = r.free;
+  EXPECT_FALSE(free.settings.contains("kl_check"));
+  const auto& check = checked.settings["kl_check"];
+  EXPECT_EQ(check["images"], 8);
+  const auto& kinds = check["kinds"];
+  ASSERT_GT(kinds.size(), 10u) << check.dump();
+  EXPECT_TRUE(kinds.contains("blocks.*.attn.qkv A (Linear after LayerNorm)")) << check.dump();
+  EXPECT_TRUE(kinds.contains("blocks.*.attn.matmul_qk A1 (MatMul after Squeeze)")) << check.dump();
+  int minmax_kinds = 0;
+  for (const auto& [name, k] : kinds.items()) {
+    const bool kept_minmax = k["kept"] == "minmax";
+    EXPECT_EQ(kept_minmax, k["kl_minmax"].get<double>() <= k["kl_searched"].get<double>()) << name;
+    EXPECT_TRUE(std::isfinite(k["kl_minmax"].get<double>()) && std::isfinite(k["kl_searched"].get<double>())) << name;
+    minmax_kinds += kept_minmax;
+  }
+  EXPECT_EQ(check["kinds_kept_at_minmax"], minmax_kinds);
+  // each point: as searched, or min/max's (liu2021_checked); every qkv input alike
+  const int64_t as_searched = r.as_searched, reverted = r.reverted;
+  std::set<bool> qkv;
+  for (const auto& [point, which] : r.as_search_minmax)
+    if (point.first.find("attn.qkv") != std::string::npos && point.second == 0) qkv.insert(which.first);
+  EXPECT_EQ(qkv.size(), 1u);  // one decision for the kind
+  std::printf("liu2021 W6A6 with the KL check: %lld steps as searched, %lld back at min/max, %d kinds at min/max\n",
+              static_cast<long long>(as_searched), static_cast<long long>(reverted), minmax_kinds);
+  EXPECT_GT(as_searched, 0);
+  EXPECT_EQ(reverted > 0, minmax_kinds > 0);
+  // the bias correction: recomputed for the steps kept, so equal to the unchecked plan's where a layer's steps are
+  for (const auto& [name, b] : checked.bias) {
+    const QuantPoint* c0 = checked.find(name, 0);
+    const QuantPoint* c1 = checked.find(name, 1);
+    const bool unchanged = at::equal(c0->params.scale, free.find(name, 0)->params.scale) && at::equal(c1->params.scale, free.find(name, 1)->params.scale);
+    if (unchanged) EXPECT_TRUE(at::equal(b, free.bias.at(name))) << name;
+    else EXPECT_FALSE(at::equal(b, free.bias.at(name))) << name;
+  }
 }
 
 // The average weight bits stay within the budget under both allocations. The paper's (nuclear norm) uses more

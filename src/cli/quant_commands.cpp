@@ -49,6 +49,7 @@ std::string apply_method_variant(const std::string& spec, MethodOptions& o) {
     if (v == "norank") o.ranking = false;
     else if (v == "nobc") o.bias_correction = false;
     else if (v == "holdout") o.holdout = true;
+    else if (v == "klcheck") o.kl_check = true;
     else if (v == "cosine") o.similarity = "cosine";
     else if (v == "mp" || v == "mpkl" || v == "mpkind") {
       o.mixed_precision = true;
@@ -65,7 +66,7 @@ std::string apply_method_variant(const std::string& spec, MethodOptions& o) {
     else if (v == "amse") o.activation_mse = true;
     else if (v == "recon") {
       if (o.reconstruct.empty() || o.reconstruct == "none") o.reconstruct = "block";
-    } else fail("unknown method variant '+{}' in '{}' (norank, nobc, holdout, cosine, mp, mpkl, mpkind, attn8, noreparam, nolog, erq, headwise, wmse, amse, adalog, recon)", v, spec);
+    } else fail("unknown method variant '+{}' in '{}' (norank, nobc, holdout, klcheck, cosine, mp, mpkl, mpkind, attn8, noreparam, nolog, erq, headwise, wmse, amse, adalog, recon)", v, spec);
   }
   find_method(parts[0]);
   return parts[0];

@@ -39,6 +39,9 @@ struct MethodOptions {
   // keep a searched step only where it also scores better than min/max on the next search_images calibration
   // images, which the search did not score on (liu2021.cpp; the variant liu2021+holdout)
   bool holdout = false;
+  // keep a kind of input's searched steps only where the model's KL on the calibration images, with that kind alone
+  // quantized, is lower than with min/max's steps (liu2021.cpp; the variant liu2021+klcheck)
+  bool kl_check = false;
   bool mixed_precision = false;
   double avg_bits = 0;              // mixed-precision budget (average bits over weights, and over activations)
   // how widths are chosen: "nuclear" (the paper: one width a layer, its output's nuclear norm x (1 − Pearson of its
