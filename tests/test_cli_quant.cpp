@@ -88,21 +88,24 @@ TEST(CliQuant, MixedPrecisionByKind) {
 TEST(CliQuant, Liu2021KlCheck) {
   const auto plan = quantized_plan("--method liu2021+klcheck --wbits 8 --abits 8 --search-steps 2 --search-images 2 --threads 2");
   ASSERT_TRUE(plan.contains("settings") && plan["settings"].contains("kl_check")) << plan.dump().substr(0, 200);
-  const auto& check = plan["settings"]["kl_check"];
-  EXPECT_EQ(check["images"], 4);
-  ASSERT_EQ(check["kinds"].size(), 16u) << check.dump();
+  const auto& check = plan.at("settings").at("kl_check");
+  EXPECT_EQ(check.at("images"), 4);
+  ASSERT_EQ(check.at("kinds").size(), 16u) << check.dump();
+  EXPECT_EQ(check.at("kinds_not_moved_by_the_search"), 0);  // 2 grid points, 0.5 and 1.2: the search moves every step
   int minmax = 0;
-  for (const auto& [name, k] : check["kinds"].items()) {
-    minmax += k["kept"] == "minmax";
-    EXPECT_EQ(k["kept"] == "minmax", k["kl_minmax"].get<double>() <= k["kl_searched"].get<double>()) << name;
+  for (const auto& [name, k] : check.at("kinds").items()) {
+    minmax += k.at("kept") == "minmax";
+    EXPECT_EQ(k.at("kept") == "minmax", k.at("kl_minmax").get<double>() <= k.at("kl_searched").get<double>()) << name;
   }
-  EXPECT_EQ(check["kinds_kept_at_minmax"], minmax);
+  EXPECT_EQ(check.at("kinds_kept_at_minmax"), minmax);
 }
 
 TEST(CliQuant, UnknownMethod) {
   TempDir dir;
   expect_cli_error(run_vitq(quantize_args("--method brecq --out " + quoted(dir / "p.json"))), "unknown method 'brecq'");
   expect_cli_error(run_vitq(quantize_args("--method liu2021+fast --out " + quoted(dir / "p.json"))), "unknown method variant");
+  expect_cli_error(run_vitq(quantize_args("--method minmax+klcheck --out " + quoted(dir / "p.json"))), "'+klcheck' is liu2021's");
+  expect_cli_error(run_vitq(quantize_args("--method repqvit+holdout --out " + quoted(dir / "p.json"))), "'+holdout' is liu2021's");
 }
 
 TEST(CliQuant, PlanFromAnotherModel) {

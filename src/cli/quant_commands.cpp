@@ -48,6 +48,8 @@ std::string apply_method_variant(const std::string& spec, MethodOptions& o) {
     const auto& v = parts[i];
     if (v == "norank") o.ranking = false;
     else if (v == "nobc") o.bias_correction = false;
+    else if ((v == "holdout" || v == "klcheck") && parts[0] != "liu2021")
+      fail("method variant '+{}' is liu2021's (its searched steps checked), not {}'s", v, parts[0]);
     else if (v == "holdout") o.holdout = true;
     else if (v == "klcheck") o.kl_check = true;
     else if (v == "cosine") o.similarity = "cosine";
