@@ -104,6 +104,15 @@ double nuclear_norm(const Node& n, const at::Tensor& out) {
   return at::linalg_svdvals(mats.to(at::kDouble)).sum(-1).mean().item<double>();
 }
 
+// The model's log-probabilities on imgs, in double (hooks: null for none), and the mean over images of KL(ref ‖ logp)
+// from two such: what the mixed-precision allocations and the +klcheck check measure a configuration by.
+at::Tensor log_probs(const Executor& ex, const at::Tensor& imgs, const ExecHooks* hooks = nullptr) {
+  return at::log_softmax(ex.run(imgs, hooks).to(at::kDouble), -1);
+}
+double mean_kl(const at::Tensor& ref_logp, const at::Tensor& logp) {
+  return (ref_logp.exp() * (ref_logp - logp)).sum(-1).mean().item<double>();
+}
+
 // A layer's kind: its name with the block numbers as '*', the tag (which of its inputs: W, A, ...), its op and the op
 // that makes its first input (a conv fc1 fed by the residual stream and a Linear fc1 fed by a LayerNorm,
 // EfficientFormer's two kinds of block, are not one kind): "blocks.*.attn.qkv A (Linear after LayerNorm)".
@@ -255,8 +264,7 @@ Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOpti
       const Slots* sl = slot == 0 ? it->second.first : it->second.second;
       return sl ? fake_quant(x, sl->p[slot]->spec, sl->q[slot]) : x;
     };
-    auto logp = at::log_softmax(ex->run(imgs, &hooks).to(at::kDouble), -1);
-    return (ref_logp.exp() * (ref_logp - logp)).sum(-1).mean().item<double>();
+    return mean_kl(ref_logp, log_probs(*ex, imgs, &hooks));
   };
   // items set as `assign` says on top of `slots`
   auto assign_items = [&](LayerSlots& slots, const std::vector<size_t>& which, const std::function<size_t(size_t)>& choice) {
@@ -282,7 +290,7 @@ Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOpti
   if (kl) {
     ex = std::make_unique<Executor>(g);
     score_imgs = calib.narrow(0, 0, sub);
-    score_ref = at::log_softmax(ex->run(score_imgs).to(at::kDouble), -1);
+    score_ref = log_probs(*ex, score_imgs);
     std::vector<size_t> assign(items.size(), base);
     const double base_kl = model_kl(score_imgs, score_ref, assign);
     Progress bar("liu2021 bit allocation (model KL per weight/input and width)", items.size(), o.progress);
@@ -325,7 +333,7 @@ Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOpti
       std::fprintf(stderr, "liu2021 bit allocation: %zu kinds of layer for %zu weights and inputs%s\n", kinds.size(), items.size(),
                    2 * kinds.size() > items.size() ? " (few layers share a kind: the widths are measured almost layer by layer)" : "");
     ex = std::make_unique<Executor>(g);
-    const at::Tensor ref = at::log_softmax(ex->run(calib).to(at::kDouble), -1);
+    const at::Tensor ref = log_probs(*ex, calib);
     Progress bar("liu2021 bit allocation (model KL per kind of layer and width)", kinds.size(), o.progress);
     for (size_t k = 0; k < kinds.size(); ++k) {
       for (size_t c = 0; c < choices.size(); ++c) {
@@ -453,7 +461,7 @@ Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOpti
     std::vector<size_t> mixed, flat(items.size(), base);
     for (const auto& it : items) mixed.push_back(it.pick);
     at::Tensor check_imgs = held > 0 ? calib.narrow(0, sub, held) : score_imgs;
-    at::Tensor check_ref = held > 0 ? at::log_softmax(ex->run(check_imgs).to(at::kDouble), -1) : score_ref;
+    at::Tensor check_ref = held > 0 ? log_probs(*ex, check_imgs) : score_ref;
     const double kl_mixed = model_kl(check_imgs, check_ref, mixed), kl_flat = model_kl(check_imgs, check_ref, flat);
     uniform = !(kl_mixed < kl_flat);
     a.info["check"] = {{"images", check_imgs.size(0)}, {"held_out", held > 0}, {"kl_mixed", kl_mixed},
@@ -514,7 +522,7 @@ void check_against_minmax(const Graph& g, const LayerTensors& t, const at::Tenso
   Executor ex(g);
   const ExecHooks none;  // the reference run as the measured ones run (hooks: no Linear+GELU fusion), so that
                          // float differences between the two paths are not part of the KLs
-  const at::Tensor ref = at::log_softmax(ex.run(calib, &none).to(at::kDouble), -1);
+  const at::Tensor ref = log_probs(ex, calib, &none);
   // the model's KL with the kind's slots quantized at factor alpha (searched: the search's), the rest FP
   auto kl_of = [&](const std::vector<Slot>& slots, bool minmax) {
     std::unordered_map<std::string, std::pair<std::optional<QuantParams>, std::optional<QuantParams>>> q;
@@ -544,8 +552,7 @@ void check_against_minmax(const Graph& g, const LayerTensors& t, const at::Tenso
       const auto& params = slot == 0 ? it->second.first : it->second.second;
       return params ? fake_quant(x, plan.find(node.name, static_cast<int>(slot))->spec, *params) : x;
     };
-    const at::Tensor logp = at::log_softmax(ex.run(calib, &hooks).to(at::kDouble), -1);
-    return (ref.exp() * (ref - logp)).sum(-1).mean().item<double>();
+    return mean_kl(ref, log_probs(ex, calib, &hooks));
   };
   nlohmann::json report = nlohmann::json::object();
   int reverted = 0;
