@@ -497,3 +497,74 @@ TEST(Search, RowTailsEqualAFullSort) {
   EXPECT_THROW(search::RowTails(at::zeros({2, 3}), 0.2), Error);
 }
 
+
+// +osearch: each two-input layer's output error, recomputed here from the inputs the searched model feeds it (its
+// unquantized inputs, captured in a run of that model), is no larger with the searched quantizers than with the ones
+// the method left, layer by layer; only uniform quantizers move; the stage's own record agrees; plans whose LayerNorm
+// or softmax run in integers are refused.
+TEST(RepQvit, OutputSearchNeverRaisesALayersOutputError) {
+  auto start = [](MethodOptions& o) {
+    o.adalog = true;
+    o.matmul_per_head = true;
+    o.weight_mse = true;
+  };
+  const QuantPlan a = repqvit_plan(3, start);
+  const QuantPlan b = repqvit_plan(3, [&](MethodOptions& o) {
+    start(o);
+    o.output_search = true;
+  });
+  const auto& rec = b.settings.at("output_search");
+  EXPECT_EQ(rec.at("layers").get<int>(), 74);  // patch embedding, 6 a block, head
+  EXPECT_LT(rec.at("error_after").get<double>(), 0.9 * rec.at("error_before").get<double>());
+  ASSERT_EQ(a.reparams.size(), b.reparams.size());
+  for (size_t k = 0; k < a.reparams.size(); ++k) EXPECT_TRUE(at::equal(a.reparams[k].scale, b.reparams[k].scale));
+
+  const Graph g = with_reparams(model(), b);
+  std::map<int, at::Tensor> vals;
+  ExecHooks capture;
+  capture.on_output = [&](const Node& n, const std::vector<at::Tensor>& outs) {
+    for (size_t k = 0; k < outs.size(); ++k) vals[n.outputs[k]] = outs[k];
+  };
+  at::InferenceMode guard;
+  QuantizedModel(model(), b).run(images(), &capture);
+  vals[g.input] = images();
+  int layers = 0, moved = 0;
+  double sum_a = 0, sum_b = 0;
+  for (const auto& n : g.nodes) {
+    const QuantPoint *pa0 = a.find(n.name, 0), *pa1 = a.find(n.name, 1), *pb0 = b.find(n.name, 0), *pb1 = b.find(n.name, 1);
+    if (!pb0 || !pb1) continue;
+    ASSERT_TRUE(pa0 && pa1) << n.name;
+    std::vector<at::Tensor> args;
+    for (int v : n.inputs) args.push_back(v < 0 ? at::Tensor() : g.is_const(v) ? g.const_tensor(v) : vals.at(v));
+    const auto out = run_node(n, args, images().size(0))[0].to(at::kDouble);
+    auto error = [&](const QuantPoint* p0, const QuantPoint* p1) {
+      auto q = args;
+      q[0] = quantize_point(*p0, args[0]);
+      q[1] = quantize_point(*p1, args[1]);
+      return (run_node(n, q, images().size(0))[0].to(at::kDouble) - out).pow(2).sum().item<double>();
+    };
+    const double ea = error(pa0, pa1), eb = error(pb0, pb1);
+    EXPECT_LE(eb, ea * (1 + 1e-4) + 1e-9) << n.name;
+    sum_a += ea;
+    sum_b += eb;
+    ++layers;
+    for (auto [pa, pb] : {std::pair{pa0, pb0}, std::pair{pa1, pb1}}) {
+      EXPECT_EQ(pa->spec.kind, pb->spec.kind) << n.name;
+      const bool same = at::equal(pa->params.scale, pb->params.scale) && at::equal(pa->params.zero_point, pb->params.zero_point);
+      if (pa->spec.kind != QuantKind::Uniform) EXPECT_TRUE(same) << n.name << ": a log quantizer moved";
+      moved += !same;
+    }
+  }
+  EXPECT_EQ(layers, 74);
+  EXPECT_GT(moved, 74);  // most of the 136 uniform quantizers move at 3 bits
+  std::cout << "3-bit layer output error, summed: method " << sum_a << ", output search " << sum_b << " (stage's record: "
+            << rec.at("error_before").get<double>() << " -> " << rec.at("error_after").get<double>() << ")\n";
+  EXPECT_NEAR(sum_b, rec.at("error_after").get<double>(), 1e-3 * sum_b);  // the record measures what was kept
+
+  MethodOptions f;
+  f.progress = false;
+  f.output_search = true;
+  const std::string why = error_of([&] { run_method(model(), images(), "fqvit", f); });
+  EXPECT_NE(why.find("+osearch"), std::string::npos) << why;
+  EXPECT_NE(why.find("integers"), std::string::npos) << why;
+}

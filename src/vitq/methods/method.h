@@ -71,6 +71,9 @@ struct MethodOptions {
   // any method (the variant suffix +adalog): post-softmax and post-GELU inputs get AdaLog quantizers (a searched
   // log base) where those quantize them with less error than the method's own (adalog.cpp)
   bool adalog = false;
+  // any method (the variant suffix +osearch): after the method (and +adalog), the clipping of every uniform quantizer
+  // of a two-input layer searched on that layer's output error, alternating its two inputs (output_search.cpp)
+  bool output_search = false;
   // easyquant / ptq4vit: alternating rounds (0 = the paper's: 2 for EasyQuant, 3 for PTQ4ViT)
   int rounds = 0;
   // fqvit: bits of the softmax output; 4 or fewer = Log-Int-Softmax (log2 codes), 8 = uniform 8-bit codes
@@ -131,6 +134,11 @@ QuantParams search_activation_mse(const at::Tensor& x, const QuantSpec& spec);
 // fit of the input it sees in the plan's model where that fit quantizes it with less error. Returns a record for
 // the plan's settings ({"replaced", "kept", "taus": {node: τ}}).
 nlohmann::json adalog_refit(const Graph& graph, const at::Tensor& calib, QuantPlan& plan, const MethodOptions& options);
+
+// The output-error search any plan can go through (`+osearch`, after +adalog and before +recon): per two-input
+// layer, in one sequential pass of the calibration batch, the clipping of each uniform quantizer chosen on the layer's
+// output error (output_search.cpp). Returns a record for the plan's settings.
+nlohmann::json output_search(const Graph& graph, const at::Tensor& calib, QuantPlan& plan, const MethodOptions& options);
 
 // The reconstruction stage any plan can go through (`+recon`): blocks as `mode` says ("layer" / "block"),
 // bridge blocks joint when given. Prints one line per block when options.progress.

@@ -59,6 +59,7 @@ QuantPlan run_method(const Graph& g, const at::Tensor& calib, const std::string&
   QuantPlan plan = m.run(g, calib, o);
   plan.model = g.meta.name;
   if (o.adalog) plan.settings["adalog"] = adalog_refit(g, calib, plan, o);  // before the reconstruction starts from it
+  if (o.output_search) plan.settings["output_search"] = output_search(g, calib, plan, o);  // on the AdaLog quantizers' outputs
   if (recon_after) reconstruct_plan(g, calib, plan, o.reconstruct, o);
   plan.method = name;
   plan.settings["wbits"] = o.placement.wbits;

@@ -1,0 +1,153 @@
+// The output-error search any plan can go through (the variant suffix +osearch): the calibration AdaLog's and
+// APHQ-ViT's codes run for their uniform quantizers, on top of whatever the method found.
+//   * One pass of the calibration batch through the model being quantized, layer after layer: each layer sees the
+//     input the quantized layers before it produce (already searched), unquantized.
+//   * At a layer with two quantized inputs (a Linear or Conv2d's input and weight, an attention matmul's two
+//     inputs), the clipping of each uniform quantizer is searched to minimise the squared error of the layer's
+//     output against its output from the same inputs unquantized, alternating between the two inputs for
+//     `kRounds` rounds, the other input quantized as last chosen. A per-channel weight chooses per output
+//     channel (the output columns it alone affects), a per-head input per head, a per-tensor input on the whole
+//     output, scored on the first 32 calibration images (all of them when fewer). Candidates scale the range of min/max (weights: α from 0.2 to 1 in steps of 0.025; activations:
+//     α = 0.95^k, k = 0..59), the method's own parameters being the first candidate, so that a layer's output
+//     error never grows.
+//   * Log quantizers (log√2, AdaLog, log2), twin uniform and PTF points are applied as the plan has them and not
+//     searched; learned weight codes are not (the stage comes before any reconstruction).
+// The question it answers at 3 bits: RepQ-ViT's percentile candidates and +wmse choose each quantizer by its own
+// tensor's error, blind to what the other input's quantization does to the output.
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "vitq/graph/executor.h"
+#include "vitq/graph/kernels.h"
+#include "vitq/methods/method.h"
+#include "vitq/methods/search.h"
+#include "vitq/quant/fake_quant.h"
+#include "vitq/util/error.h"
+#include "vitq/util/progress.h"
+
+namespace vitq {
+
+namespace {
+
+constexpr int kRounds = 3;
+constexpr int64_t kScoreImages = 32;  // images the candidates are scored on (the first of the calibration batch)
+
+bool searchable(const QuantPoint* p) {
+  return p && p->spec.kind == QuantKind::Uniform && !p->codes.defined() && p->params.scale.defined();
+}
+
+std::vector<double> weight_alphas() {
+  std::vector<double> a;
+  for (int k = 0; k <= 32; ++k) a.push_back(1.0 - 0.025 * k);  // 1 .. 0.2
+  return a;
+}
+std::vector<double> activation_alphas() {
+  std::vector<double> a;
+  for (int k = 0; k < 60; ++k) a.push_back(std::pow(0.95, k));  // 1 .. 0.048
+  return a;
+}
+
+// Σ (q − out)² per group, negated (grid_search keeps the highest score).
+at::Tensor neg_error(const at::Tensor& out, const at::Tensor& q, const search::Groups& groups) {
+  return -search::reduce_to_groups((q.to(at::kDouble) - out.to(at::kDouble)).pow(2), groups);
+}
+
+}  // namespace
+
+nlohmann::json output_search(const Graph& model, const at::Tensor& calib, QuantPlan& plan, const MethodOptions& o) {
+  if (!plan.int_ops.empty()) fail("+osearch: the plan runs {} LayerNorm / softmax nodes in integers, which the output search does not model", plan.int_ops.size());
+  const Graph g = with_reparams(model, plan);  // the model the plan's quantizers see (x', W')
+  const auto w_alphas = weight_alphas(), a_alphas = activation_alphas();
+  std::vector<std::string> layers;
+  for (const auto& n : g.nodes)
+    if (searchable(plan.find(n.name, 0)) || searchable(plan.find(n.name, 1)))
+      if (plan.find(n.name, 0) && plan.find(n.name, 1)) layers.push_back(n.name);
+  nlohmann::json record = {{"layers", 0}, {"rounds", kRounds}, {"scoring_images", std::min<int64_t>(kScoreImages, calib.size(0))},
+                           {"error_before", 0.0}, {"error_after", 0.0},
+                           {"weight_alphas", {w_alphas.back(), w_alphas.front(), w_alphas.size()}},
+                           {"activation_alphas", {a_alphas.back(), a_alphas.front(), a_alphas.size()}}};
+  if (layers.empty()) return record;
+  Progress bar("output search", layers.size(), o.progress);
+  size_t done = 0;
+  double before = 0, after = 0;
+  const int64_t images = calib.size(0);
+  ExecHooks h;
+  h.replace = [&](const Node& n, const std::vector<at::Tensor>& in) -> std::vector<at::Tensor> {
+    std::vector<at::Tensor> args = in;  // what the quantized layer computes with: the plan's weight and bias
+    if (n.op == OpKind::Linear || n.op == OpKind::Conv2d) {  // the plan's weight update and bias, if any
+      if (args.size() > 1 && args[1].defined()) args[1] = plan_weight(plan, n.name, args[1]).to(args[1].device());
+      auto b = plan.bias.find(n.name);
+      if (b != plan.bias.end() && args.size() > 2) args[2] = b->second.to(args[0].device());
+    }
+    QuantPoint* pts[2] = {plan.find(n.name, 0), plan.find(n.name, 1)};
+    const bool search = pts[0] && pts[1] && (searchable(pts[0]) || searchable(pts[1]));
+    if (search) {
+      // scored on the first `sub` images; ranges from all of them
+      const int64_t sub = std::min<int64_t>(kScoreImages, images);
+      const auto sargs = search::first_images(g, n, args, sub, images);
+      // the target: the model's own weight and bias, unquantized
+      const at::Tensor out = run_node(n, search::first_images(g, n, in, sub, images), sub)[0];
+      auto quantized = [&](int s) { return quantize_point(*pts[s], sargs[static_cast<size_t>(s)]); };
+      auto error = [&]() {
+        std::vector<at::Tensor> q = sargs;
+        q[0] = quantized(0);
+        q[1] = quantized(1);
+        return (run_node(n, q, sub)[0] - out).pow(2).sum().item<double>();
+      };
+      const double e0 = error();
+      const QuantParams start[2] = {pts[0]->params, pts[1]->params};
+      for (int r = 0; r < kRounds; ++r) {
+        for (int slot : {1, 0}) {
+          QuantPoint& p = *pts[slot];
+          if (!searchable(&p)) continue;
+          const int other = 1 - slot;
+          std::vector<at::Tensor> qargs = sargs;
+          qargs[static_cast<size_t>(other)] = quantized(other);
+          const auto& alphas = p.weight ? w_alphas : a_alphas;
+          const auto range = search::range_of(args[static_cast<size_t>(slot)], p.spec);
+          const auto groups = search::output_groups(n, p);
+          const QuantParams current = p.params;
+          // candidate 0: the parameters as they are; then the grid
+          auto make = [&](int64_t k) { return k == 0 ? current : search::scaled(range, p.spec, alphas[static_cast<size_t>(k - 1)]); };
+          auto best = search::grid_search(
+              n, qargs, slot, p.spec, static_cast<int64_t>(alphas.size()) + 1, make,
+              [&](const at::Tensor& q) { return neg_error(out, q, groups); }, sub);
+          // per group: the chosen candidate's parameters (candidate 0 keeps the current ones)
+          auto alpha_t = at::tensor(alphas, at::kDouble);
+          auto chosen = search::expand_groups(alpha_t.index_select(0, at::clamp_min(best - 1, 0)), range.lo);
+          QuantParams grid = search::scaled(range, p.spec, chosen);
+          auto keep = search::expand_groups((best == 0).to(at::kDouble), range.lo).to(at::kBool);
+          auto cur_scale = current.scale.reshape(grid.scale.sizes()).to(grid.scale.device());
+          auto cur_zp = current.zero_point.reshape(grid.zero_point.sizes()).to(grid.zero_point.device());
+          p.params.scale = at::where(keep.reshape(grid.scale.sizes()), cur_scale, grid.scale).contiguous();
+          p.params.zero_point = at::where(keep.reshape(grid.zero_point.sizes()), cur_zp, grid.zero_point).contiguous();
+        }
+      }
+      double e1 = error();
+      if (!(e1 <= e0)) {  // numerical ties aside, never worse than the start
+        pts[0]->params = start[0];
+        pts[1]->params = start[1];
+        e1 = e0;
+      }
+      before += e0;
+      after += e1;
+      bar.update(++done, n.name);
+    }
+    for (int s = 0; s < 2; ++s)
+      if (pts[s]) args[static_cast<size_t>(s)] = quantize_point(*pts[s], args[static_cast<size_t>(s)]);
+    return run_node(n, args, images);
+  };
+  {
+    at::InferenceMode guard;
+    Executor(g).run(calib, &h);
+  }
+  bar.finish(fmt::format("output error {:.4g} -> {:.4g}", before, after));
+  record["layers"] = done;
+  record["error_before"] = before;
+  record["error_after"] = after;
+  return record;
+}
+
+}  // namespace vitq
