@@ -11,7 +11,11 @@
 //     α = 0.95^k, k = 0..59), the method's own parameters being the first candidate, so that a layer's output
 //     error never grows.
 //   * Log quantizers (log√2, AdaLog, log2), twin uniform and PTF points are applied as the plan has them and not
-//     searched; learned weight codes are not (the stage comes before any reconstruction).
+//     searched. Plans already reconstructed (learned weight codes: qhyvit's own reconstruction) and plans with
+//     integer LayerNorm / softmax (fqvit) are refused: the stage comes before any reconstruction, and models
+//     the fake-quantized float graph only.
+//   * The record: each searched layer's output squared error on the scoring images with the method's parameters
+//     and with the searched ones, both on the inputs the already-searched layers before it produce, summed.
 // The question it answers at 3 bits: RepQ-ViT's percentile candidates and +wmse choose each quantizer by its own
 // tensor's error, blind to what the other input's quantization does to the output.
 #include <ATen/ATen.h>
@@ -58,14 +62,22 @@ at::Tensor neg_error(const at::Tensor& out, const at::Tensor& q, const search::G
 
 nlohmann::json output_search(const Graph& model, const at::Tensor& calib, QuantPlan& plan, const MethodOptions& o) {
   if (!plan.int_ops.empty()) fail("+osearch: the plan runs {} LayerNorm / softmax nodes in integers, which the output search does not model", plan.int_ops.size());
+  for (const auto& p : plan.points)
+    if (p.codes.defined()) fail("+osearch: the plan was already reconstructed ({} has learned rounding); the output search comes before reconstruction", p.node);
   const Graph g = with_reparams(model, plan);  // the model the plan's quantizers see (x', W')
   const auto w_alphas = weight_alphas(), a_alphas = activation_alphas();
   std::vector<std::string> layers;
+  auto two_input_layer = [&](const Node& n) {
+    return (n.op == OpKind::Linear || n.op == OpKind::Conv2d || n.op == OpKind::MatMul) && plan.find(n.name, 0) &&
+           plan.find(n.name, 1) && (searchable(plan.find(n.name, 0)) || searchable(plan.find(n.name, 1)));
+  };
   for (const auto& n : g.nodes)
-    if (searchable(plan.find(n.name, 0)) || searchable(plan.find(n.name, 1)))
-      if (plan.find(n.name, 0) && plan.find(n.name, 1)) layers.push_back(n.name);
+    if (two_input_layer(n)) layers.push_back(n.name);
   nlohmann::json record = {{"layers", 0}, {"rounds", kRounds}, {"scoring_images", std::min<int64_t>(kScoreImages, calib.size(0))},
-                           {"error_before", 0.0}, {"error_after", 0.0},
+                           {"output_error_method", 0.0}, {"output_error_searched", 0.0},
+                           {"measured", "each searched layer's output squared error on the scoring images, with the method's "
+                                        "parameters and with the searched ones, on the inputs the searched layers before it "
+                                        "produce; summed"},
                            {"weight_alphas", {w_alphas.back(), w_alphas.front(), w_alphas.size()}},
                            {"activation_alphas", {a_alphas.back(), a_alphas.front(), a_alphas.size()}}};
   if (layers.empty()) return record;
@@ -75,14 +87,14 @@ nlohmann::json output_search(const Graph& model, const at::Tensor& calib, QuantP
   const int64_t images = calib.size(0);
   ExecHooks h;
   h.replace = [&](const Node& n, const std::vector<at::Tensor>& in) -> std::vector<at::Tensor> {
-    std::vector<at::Tensor> args = in;  // what the quantized layer computes with: the plan's weight and bias
-    if (n.op == OpKind::Linear || n.op == OpKind::Conv2d) {  // the plan's weight update and bias, if any
-      if (args.size() > 1 && args[1].defined()) args[1] = plan_weight(plan, n.name, args[1]).to(args[1].device());
-      auto b = plan.bias.find(n.name);
-      if (b != plan.bias.end() && args.size() > 2) args[2] = b->second.to(args[0].device());
-    }
+    // what the quantized layer computes with, as QuantizedModel applies the plan: its weight update and bias
+    std::vector<at::Tensor> args = in;
     QuantPoint* pts[2] = {plan.find(n.name, 0), plan.find(n.name, 1)};
-    const bool search = pts[0] && pts[1] && (searchable(pts[0]) || searchable(pts[1]));
+    if (pts[1] && pts[1]->weight && args.size() > 1 && args[1].defined())
+      args[1] = plan_weight(plan, n.name, args[1]).to(args[1].device());
+    if (auto b = plan.bias.find(n.name); b != plan.bias.end() && args.size() > 2 && args[2].defined())
+      args[2] = b->second.to(args[2].device());
+    const bool search = two_input_layer(n);
     if (search) {
       // scored on the first `sub` images; ranges from all of them
       const int64_t sub = std::min<int64_t>(kScoreImages, images);
@@ -143,10 +155,10 @@ nlohmann::json output_search(const Graph& model, const at::Tensor& calib, QuantP
     at::InferenceMode guard;
     Executor(g).run(calib, &h);
   }
-  bar.finish(fmt::format("output error {:.4g} -> {:.4g}", before, after));
+  bar.finish(fmt::format("layers' output error {:.4g} with the method's parameters, {:.4g} searched", before, after));
   record["layers"] = done;
-  record["error_before"] = before;
-  record["error_after"] = after;
+  record["output_error_method"] = before;
+  record["output_error_searched"] = after;
   return record;
 }
 
