@@ -7,9 +7,9 @@
 //     output against its output from the same inputs unquantized, alternating between the two inputs for
 //     `kRounds` rounds, the other input quantized as last chosen. A per-channel weight chooses per output
 //     channel (the output columns it alone affects), a per-head input per head, a per-tensor input on the whole
-//     output, scored on the first 32 calibration images (all of them when fewer). Candidates scale the range of min/max (weights: α from 0.2 to 1 in steps of 0.025; activations:
-//     α = 0.95^k, k = 0..59), the method's own parameters being the first candidate, so that a layer's output
-//     error never grows.
+//     output, scored on the first 32 calibration images (all of them when fewer). Candidates scale the range of
+//     min/max (weights: α from 0.2 to 1 in steps of 0.025; activations: α = 0.95^k, k = 0..59), the method's own
+//     parameters being the first candidate, so that a layer's output error never grows.
 //   * Log quantizers (log√2, AdaLog, log2), twin uniform and PTF points are applied as the plan has them and not
 //     searched. Plans already reconstructed (learned weight codes: qhyvit's own reconstruction) and plans with
 //     integer LayerNorm / softmax (fqvit) are refused: the stage comes before any reconstruction, and models
