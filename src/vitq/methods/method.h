@@ -74,6 +74,9 @@ struct MethodOptions {
   // any method (the variant suffix +osearch): after the method (and +adalog), the clipping of every uniform quantizer
   // of a two-input layer searched on that layer's output error, alternating its two inputs (output_search.cpp)
   bool output_search = false;
+  // +oslog: the output search also chooses each AdaLog quantizer's base and scale on the layer's output error (as
+  // AdaLog's code does) instead of keeping +adalog's fit of the input alone; implies output_search
+  bool output_search_log = false;
   // easyquant / ptq4vit: alternating rounds (0 = the paper's: 2 for EasyQuant, 3 for PTQ4ViT)
   int rounds = 0;
   // fqvit: bits of the softmax output; 4 or fewer = Log-Int-Softmax (log2 codes), 8 = uniform 8-bit codes

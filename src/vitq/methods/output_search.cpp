@@ -11,7 +11,10 @@
 //     min/max (weights: α from 0.2 to 1 in steps of 0.025; activations: α = 0.95^k, k = 0..59), the method's own
 //     parameters being the first candidate, so that a layer's output error never grows.
 //   * Log quantizers (log√2, AdaLog, log2), twin uniform and PTF points are applied as the plan has them and not
-//     searched. Plans already reconstructed (learned weight codes: qhyvit's own reconstruction) and plans with
+//     searched, except under +oslog: there an AdaLog quantizer (post-softmax, post-GELU) is searched in the same
+//     alternation on the same output error, as AdaLog's own code chooses its base and scale: candidates τ × scale
+//     (kLogTaus × kLogScales of the largest shifted value the layer sees over the whole batch), its shift kept,
+//     its current parameters the first candidate. The record lists each one's choice. Plans already reconstructed (learned weight codes: qhyvit's own reconstruction) and plans with
 //     integer LayerNorm / softmax (fqvit) are refused: the stage comes before any reconstruction, and models
 //     the fake-quantized float graph only.
 //   * The record: each searched layer's output squared error on the scoring images with the method's parameters
@@ -22,6 +25,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 
 #include "vitq/graph/executor.h"
 #include "vitq/graph/kernels.h"
@@ -41,6 +45,16 @@ constexpr int64_t kScoreImages = 32;  // images the candidates are scored on (th
 bool searchable(const QuantPoint* p) {
   return p && p->spec.kind == QuantKind::Uniform && !p->codes.defined() && p->params.scale.defined();
 }
+// +oslog: an AdaLog quantizer (one scale, base and shift) is searched too
+bool log_searchable(const QuantPoint* p) {
+  return p && p->spec.kind == QuantKind::AdaLog && !p->codes.defined() && p->params.scale.defined() &&
+         p->params.scale.numel() == 1;
+}
+
+// AdaLog candidates: τ codes per octave (finer than +adalog's grid where 3 bits need it) and the scale as a
+// fraction of the largest shifted value the layer sees.
+const std::vector<double> kLogTaus = {0.5, 0.6, 0.75, 0.9, 1.0, 1.15, 1.3, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0};
+const std::vector<double> kLogScales = {1.0, 0.85, 0.7, 0.6, 0.5, 0.42, 0.35, 0.3, 0.25, 0.2};
 
 std::vector<double> weight_alphas() {
   std::vector<double> a;
@@ -66,10 +80,12 @@ nlohmann::json output_search(const Graph& model, const at::Tensor& calib, QuantP
     if (p.codes.defined()) fail("+osearch: the plan was already reconstructed ({} has learned rounding); the output search comes before reconstruction", p.node);
   const Graph g = with_reparams(model, plan);  // the model the plan's quantizers see (x', W')
   const auto w_alphas = weight_alphas(), a_alphas = activation_alphas();
+  const bool logs = o.output_search_log;
+  auto any_searchable = [&](const QuantPoint* p) { return searchable(p) || (logs && log_searchable(p)); };
   std::vector<std::string> layers;
   auto two_input_layer = [&](const Node& n) {
     return (n.op == OpKind::Linear || n.op == OpKind::Conv2d || n.op == OpKind::MatMul) && plan.find(n.name, 0) &&
-           plan.find(n.name, 1) && (searchable(plan.find(n.name, 0)) || searchable(plan.find(n.name, 1)));
+           plan.find(n.name, 1) && (any_searchable(plan.find(n.name, 0)) || any_searchable(plan.find(n.name, 1)));
   };
   for (const auto& n : g.nodes)
     if (two_input_layer(n)) layers.push_back(n.name);
@@ -80,7 +96,13 @@ nlohmann::json output_search(const Graph& model, const at::Tensor& calib, QuantP
                                         "produce; summed"},
                            {"weight_alphas", {w_alphas.back(), w_alphas.front(), w_alphas.size()}},
                            {"activation_alphas", {a_alphas.back(), a_alphas.front(), a_alphas.size()}}};
+  if (logs) {
+    record["adalog"] = {{"taus", kLogTaus}, {"scale_fractions", kLogScales}, {"searched", 0}, {"moved", 0},
+                        {"chosen", nlohmann::json::object()}};
+  }
   if (layers.empty()) return record;
+  int log_searched = 0, log_moved = 0;
+  std::map<const QuantPoint*, double> log_fraction;  // the scale last chosen, as a fraction of the largest value
   Progress bar("output search", layers.size(), o.progress);
   size_t done = 0;
   double before = 0, after = 0;
@@ -113,10 +135,31 @@ nlohmann::json output_search(const Graph& model, const at::Tensor& calib, QuantP
       for (int r = 0; r < kRounds; ++r) {
         for (int slot : {1, 0}) {
           QuantPoint& p = *pts[slot];
-          if (!searchable(&p)) continue;
+          if (!any_searchable(&p)) continue;
           const int other = 1 - slot;
           std::vector<at::Tensor> qargs = sargs;
           qargs[static_cast<size_t>(other)] = quantized(other);
+          if (p.spec.kind == QuantKind::AdaLog) {
+            // one quantizer for the whole input: (scale, τ) on a grid, the shift kept; candidate 0 as it is
+            const double shift = log_shift(p.spec, p.params);
+            const double top = (args[static_cast<size_t>(slot)].to(at::kDouble) + shift).max().item<double>();
+            const QuantParams current = p.params;
+            std::vector<QuantParams> cands{current};
+            std::vector<double> fraction{0.0};  // of `top`; 0: the current parameters
+            if (top > 0 && std::isfinite(top))
+              for (double f : kLogScales)
+                for (double tau : kLogTaus) {
+                  cands.push_back(adalog_params(top * f, tau, shift));
+                  fraction.push_back(f);
+                }
+            auto best = search::grid_search(
+                n, qargs, slot, p.spec, static_cast<int64_t>(cands.size()),
+                [&](int64_t k) { return cands[static_cast<size_t>(k)]; },
+                [&](const at::Tensor& q) { return neg_error(out, q, search::Groups{}); }, sub);
+            p.params = cands[static_cast<size_t>(best.item<int64_t>())];
+            if (best.item<int64_t>() > 0) log_fraction[&p] = fraction[static_cast<size_t>(best.item<int64_t>())];
+            continue;
+          }
           const auto& alphas = p.weight ? w_alphas : a_alphas;
           const auto range = search::range_of(args[static_cast<size_t>(slot)], p.spec);
           const auto groups = search::output_groups(n, p);
@@ -143,6 +186,17 @@ nlohmann::json output_search(const Graph& model, const at::Tensor& calib, QuantP
         pts[1]->params = start[1];
         e1 = e0;
       }
+      if (logs)
+        for (int s = 0; s < 2; ++s)
+          if (log_searchable(pts[s])) {
+            ++log_searched;
+            const bool moved = !(pts[s]->params.scale.equal(start[s].scale) && pts[s]->params.base.equal(start[s].base));
+            if (moved) ++log_moved;
+            record["adalog"]["chosen"][pts[s]->node] = {{"tau", pts[s]->params.base.item<double>()},
+                                                        {"scale", pts[s]->params.scale.item<double>()},
+                                                        {"scale_fraction", moved ? log_fraction[pts[s]] : 0.0},
+                                                        {"moved", moved}};
+          }
       before += e0;
       after += e1;
       bar.update(++done, n.name);
@@ -159,6 +213,10 @@ nlohmann::json output_search(const Graph& model, const at::Tensor& calib, QuantP
   record["layers"] = done;
   record["output_error_method"] = before;
   record["output_error_searched"] = after;
+  if (logs) {
+    record["adalog"]["searched"] = log_searched;
+    record["adalog"]["moved"] = log_moved;
+  }
   return record;
 }
 
