@@ -14,7 +14,8 @@
 //     searched, except under +oslog: there an AdaLog quantizer (post-softmax, post-GELU) is searched in the same
 //     alternation on the same output error, as AdaLog's own code chooses its base and scale: candidates τ × scale
 //     (kLogTaus × kLogScales of the largest shifted value the layer sees over the whole batch), its shift kept,
-//     its current parameters the first candidate. The record lists each one's choice. Plans already reconstructed (learned weight codes: qhyvit's own reconstruction) and plans with
+//     its current parameters the first candidate. The record lists each one's choice.
+//   * Plans already reconstructed (learned weight codes: qhyvit's own reconstruction) and plans with
 //     integer LayerNorm / softmax (fqvit) are refused: the stage comes before any reconstruction, and models
 //     the fake-quantized float graph only.
 //   * The record: each searched layer's output squared error on the scoring images with the method's parameters
@@ -142,7 +143,7 @@ nlohmann::json output_search(const Graph& model, const at::Tensor& calib, QuantP
           if (p.spec.kind == QuantKind::AdaLog) {
             // one quantizer for the whole input: (scale, τ) on a grid, the shift kept; candidate 0 as it is
             const double shift = log_shift(p.spec, p.params);
-            const double top = (args[static_cast<size_t>(slot)].to(at::kDouble) + shift).max().item<double>();
+            const double top = args[static_cast<size_t>(slot)].max().item<double>() + shift;
             const QuantParams current = p.params;
             std::vector<QuantParams> cands{current};
             std::vector<double> fraction{0.0};  // of `top`; 0: the current parameters
@@ -190,7 +191,8 @@ nlohmann::json output_search(const Graph& model, const at::Tensor& calib, QuantP
         for (int s = 0; s < 2; ++s)
           if (log_searchable(pts[s])) {
             ++log_searched;
-            const bool moved = !(pts[s]->params.scale.equal(start[s].scale) && pts[s]->params.base.equal(start[s].base));
+            const bool moved = pts[s]->params.scale.item<double>() != start[s].scale.item<double>() ||
+                               pts[s]->params.base.item<double>() != start[s].base.item<double>();
             if (moved) ++log_moved;
             record["adalog"]["chosen"][pts[s]->node] = {{"tau", pts[s]->params.base.item<double>()},
                                                         {"scale", pts[s]->params.scale.item<double>()},
