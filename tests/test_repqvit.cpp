@@ -597,6 +597,38 @@ TEST(RepQvit, OutputSearchNeverRaisesALayersOutputError) {
   EXPECT_NE(why2.find("already reconstructed"), std::string::npos) << why2;
 }
 
+// +osends: each end of the asymmetric uniform quantizers searched apart after the common α; no layer's output error
+// grows against the method's, the record counts the points, and the summed error ends below +osearch's own.
+TEST(RepQvit, OutputSearchOfEachEndNeverRaisesALayersOutputError) {
+  const QuantPlan a = repqvit_plan(3, adalog_start);
+  const QuantPlan b = repqvit_plan(3, [&](MethodOptions& o) {
+    adalog_start(o);
+    o.output_search = true;
+  });
+  const QuantPlan e = repqvit_plan(3, [&](MethodOptions& o) {
+    adalog_start(o);
+    o.output_search = o.output_search_ends = true;
+  });
+  EXPECT_FALSE(b.settings.at("output_search").contains("ends"));
+  const auto [moved, logs_moved] = check_output_search(a, e);
+  EXPECT_GT(moved, 74);
+  EXPECT_EQ(logs_moved, 0);
+  const auto& rec = e.settings.at("output_search").at("ends");
+  int asymmetric = 0;  // uniform, asymmetric points of the 74 two-input layers (all of repqvit's activations, its weights)
+  for (const auto& p : e.points)
+    if (p.spec.kind == QuantKind::Uniform && !p.spec.symmetric && e.find(p.node, 0) && e.find(p.node, 1)) ++asymmetric;
+  EXPECT_GT(asymmetric, 0);
+  EXPECT_EQ(rec.at("searched").get<int>(), asymmetric);
+  EXPECT_GT(rec.at("moved").get<int>(), asymmetric / 4) << "at 3 bits the ends should move off the common α often";
+  EXPECT_LE(rec.at("moved").get<int>(), rec.at("searched").get<int>());
+  // each layer's search starts where +osearch's would end; the inputs differ as the layers before it differ, so
+  // only the sum is compared
+  const double with_alpha = b.settings.at("output_search").at("output_error_searched").get<double>();
+  const double with_ends = e.settings.at("output_search").at("output_error_searched").get<double>();
+  std::cout << "3-bit layer output error, summed: +osearch " << with_alpha << ", +osends " << with_ends << "\n";
+  EXPECT_LT(with_ends, with_alpha);
+}
+
 // +oslog: the AdaLog quantizers are searched in the same pass (each layer's output error still never grows, against
 // the method's quantizers), the chosen ones are grid candidates, and the record lists them; the uniform ones move too.
 TEST(RepQvit, OutputSearchOfLogQuantizersNeverRaisesALayersOutputError) {

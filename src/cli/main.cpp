@@ -334,7 +334,7 @@ int main(int argc, char** argv) {
   };
   auto* quantize = app.add_subcommand("quantize", "calibrate and search a quantization plan with a PTQ method");
   add_quant_options(quantize, qa);
-  quantize->add_option("--method", qa.method, "minmax, percentile, omse, liu2021, easyquant, fqvit, ptq4vit, qhyvit, repqvit (variants: liu2021+norank, +nobc, +holdout, +klcheck, +cosine, +mp, +mpkl, +mpkind; fqvit+attn8; repqvit+noreparam, +nolog, +erq, +headwise, +wmse, +amse; any method +adalog, +osearch, +oslog, +recon)");
+  quantize->add_option("--method", qa.method, "minmax, percentile, omse, liu2021, easyquant, fqvit, ptq4vit, qhyvit, repqvit (variants: liu2021+norank, +nobc, +holdout, +klcheck, +cosine, +mp, +mpkl, +mpkind; fqvit+attn8; repqvit+noreparam, +nolog, +erq, +headwise, +wmse, +amse; any method +adalog, +osearch, +oslog, +osends, +recon)");
   quantize->add_option("--start-plan", qa.start_plan, "instead of a method: reconstruct this plan (needs --reconstruct layer or block)");
   quantize->add_option("--wbits", qa.wbits, "weight bits (2-8)");
   quantize->add_option("--abits", qa.abits, "activation bits (2-8)");

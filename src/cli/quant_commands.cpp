@@ -68,9 +68,10 @@ std::string apply_method_variant(const std::string& spec, MethodOptions& o) {
     else if (v == "amse") o.activation_mse = true;
     else if (v == "osearch") o.output_search = true;
     else if (v == "oslog") o.output_search = o.output_search_log = true;
+    else if (v == "osends") o.output_search = o.output_search_ends = true;
     else if (v == "recon") {
       if (o.reconstruct.empty() || o.reconstruct == "none") o.reconstruct = "block";
-    } else fail("unknown method variant '+{}' in '{}' (norank, nobc, holdout, klcheck, cosine, mp, mpkl, mpkind, attn8, noreparam, nolog, erq, headwise, wmse, amse, adalog, osearch, oslog, recon)", v, spec);
+    } else fail("unknown method variant '+{}' in '{}' (norank, nobc, holdout, klcheck, cosine, mp, mpkl, mpkind, attn8, noreparam, nolog, erq, headwise, wmse, amse, adalog, osearch, oslog, osends, recon)", v, spec);
   }
   find_method(parts[0]);
   return parts[0];

@@ -77,6 +77,9 @@ struct MethodOptions {
   // +oslog: the output search also chooses each AdaLog quantizer's base and scale on the layer's output error (as
   // AdaLog's code does) instead of keeping +adalog's fit of the input alone; implies output_search
   bool output_search_log = false;
+  // +osends: after the output search's α (both ends of min/max scaled alike), each end of an asymmetric uniform
+  // quantizer searched on its own on the same output error (lower end, then upper); implies output_search
+  bool output_search_ends = false;
   // easyquant / ptq4vit: alternating rounds (0 = the paper's: 2 for EasyQuant, 3 for PTQ4ViT)
   int rounds = 0;
   // fqvit: bits of the softmax output; 4 or fewer = Log-Int-Softmax (log2 codes), 8 = uniform 8-bit codes

@@ -9,7 +9,11 @@
 //     channel (the output columns it alone affects), a per-head input per head, a per-tensor input on the whole
 //     output, scored on the first 32 calibration images (all of them when fewer). Candidates scale the range of
 //     min/max (weights: α from 0.2 to 1 in steps of 0.025; activations: α = 0.95^k, k = 0..59), the method's own
-//     parameters being the first candidate, so that a layer's output error never grows.
+//     parameters being the first candidate, so that a layer's output error never grows. Under +osends an
+//     asymmetric quantizer's two ends are then searched apart, in the same round: the lower end over the same α
+//     of min (the upper where the first search put it), then the upper end over α of max, each grid again with
+//     the parameters as they are first: min/max scaled alike clips a skewed input's short side as much as its
+//     long one. The record counts the points searched so and those moved.
 //   * Log quantizers (log√2, AdaLog, log2), twin uniform and PTF points are applied as the plan has them and not
 //     searched, except under +oslog: there an AdaLog quantizer (post-softmax, post-GELU) is searched in the same
 //     alternation on the same output error, as AdaLog's own code chooses its base and scale: candidates τ × scale
@@ -26,7 +30,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <map>
+#include <set>
 
 #include "vitq/graph/executor.h"
 #include "vitq/graph/kernels.h"
@@ -81,7 +87,7 @@ nlohmann::json output_search(const Graph& model, const at::Tensor& calib, QuantP
     if (p.codes.defined()) fail("+osearch: the plan was already reconstructed ({} has learned rounding); the output search comes before reconstruction", p.node);
   const Graph g = with_reparams(model, plan);  // the model the plan's quantizers see (x', W')
   const auto w_alphas = weight_alphas(), a_alphas = activation_alphas();
-  const bool logs = o.output_search_log;
+  const bool logs = o.output_search_log, ends = o.output_search_ends;
   auto any_searchable = [&](const QuantPoint* p) { return searchable(p) || (logs && log_searchable(p)); };
   std::vector<std::string> layers;
   auto two_input_layer = [&](const Node& n) {
@@ -103,6 +109,7 @@ nlohmann::json output_search(const Graph& model, const at::Tensor& calib, QuantP
   }
   if (layers.empty()) return record;
   int log_searched = 0, log_moved = 0;
+  std::set<const QuantPoint*> ends_searched, ends_moved;  // +osends: the points whose ends were searched, moved
   std::map<const QuantPoint*, double> log_fraction;  // the scale last chosen, as a fraction of the largest value
   Progress bar("output search", layers.size(), o.progress);
   size_t done = 0;
@@ -133,6 +140,15 @@ nlohmann::json output_search(const Graph& model, const at::Tensor& calib, QuantP
       };
       const double e0 = error();
       const QuantParams start[2] = {pts[0]->params, pts[1]->params};
+      // what the candidates are built from, the same in every round: a uniform input's min/max over all the
+      // images, an AdaLog input's largest value plus its (kept) shift
+      search::Range ranges[2];
+      double tops[2] = {0.0, 0.0};
+      for (int s = 0; s < 2; ++s) {
+        const auto& x = args[static_cast<size_t>(s)];
+        if (searchable(pts[s])) ranges[s] = search::range_of(x, pts[s]->spec);
+        else if (logs && log_searchable(pts[s])) tops[s] = x.max().item<double>() + log_shift(pts[s]->spec, pts[s]->params);
+      }
       for (int r = 0; r < kRounds; ++r) {
         for (int slot : {1, 0}) {
           QuantPoint& p = *pts[slot];
@@ -143,7 +159,7 @@ nlohmann::json output_search(const Graph& model, const at::Tensor& calib, QuantP
           if (p.spec.kind == QuantKind::AdaLog) {
             // one quantizer for the whole input: (scale, τ) on a grid, the shift kept; candidate 0 as it is
             const double shift = log_shift(p.spec, p.params);
-            const double top = args[static_cast<size_t>(slot)].max().item<double>() + shift;
+            const double top = tops[slot];
             const QuantParams current = p.params;
             std::vector<QuantParams> cands{current};
             std::vector<double> fraction{0.0};  // of `top`; 0: the current parameters
@@ -153,32 +169,52 @@ nlohmann::json output_search(const Graph& model, const at::Tensor& calib, QuantP
                   cands.push_back(adalog_params(top * f, tau, shift));
                   fraction.push_back(f);
                 }
-            auto best = search::grid_search(
+            const auto best = static_cast<size_t>(search::grid_search(
                 n, qargs, slot, p.spec, static_cast<int64_t>(cands.size()),
                 [&](int64_t k) { return cands[static_cast<size_t>(k)]; },
-                [&](const at::Tensor& q) { return neg_error(out, q, search::Groups{}); }, sub);
-            p.params = cands[static_cast<size_t>(best.item<int64_t>())];
-            if (best.item<int64_t>() > 0) log_fraction[&p] = fraction[static_cast<size_t>(best.item<int64_t>())];
+                [&](const at::Tensor& q) { return neg_error(out, q, search::Groups{}); }, sub).item<int64_t>());
+            p.params = cands[best];
+            if (best > 0) log_fraction[&p] = fraction[best];
             continue;
           }
           const auto& alphas = p.weight ? w_alphas : a_alphas;
-          const auto range = search::range_of(args[static_cast<size_t>(slot)], p.spec);
+          const auto& range = ranges[slot];
           const auto groups = search::output_groups(n, p);
-          const QuantParams current = p.params;
-          // candidate 0: the parameters as they are; then the grid
-          auto make = [&](int64_t k) { return k == 0 ? current : search::scaled(range, p.spec, alphas[static_cast<size_t>(k - 1)]); };
-          auto best = search::grid_search(
-              n, qargs, slot, p.spec, static_cast<int64_t>(alphas.size()) + 1, make,
-              [&](const at::Tensor& q) { return neg_error(out, q, groups); }, sub);
-          // per group: the chosen candidate's parameters (candidate 0 keeps the current ones)
-          auto alpha_t = at::tensor(alphas, at::kDouble);
-          auto chosen = search::expand_groups(alpha_t.index_select(0, at::clamp_min(best - 1, 0)), range.lo);
-          QuantParams grid = search::scaled(range, p.spec, chosen);
-          auto keep = search::expand_groups((best == 0).to(at::kDouble), range.lo).to(at::kBool);
-          auto cur_scale = current.scale.reshape(grid.scale.sizes()).to(grid.scale.device());
-          auto cur_zp = current.zero_point.reshape(grid.zero_point.sizes()).to(grid.zero_point.device());
-          p.params.scale = at::where(keep.reshape(grid.scale.sizes()), cur_scale, grid.scale).contiguous();
-          p.params.zero_point = at::where(keep.reshape(grid.zero_point.sizes()), cur_zp, grid.zero_point).contiguous();
+          const auto alpha_t = at::tensor(alphas, at::kDouble);
+          // One grid over α: candidate 0 the parameters as they are, then with_alpha(α) for each α; per group the
+          // chosen candidate's parameters (candidate 0 keeps the current ones). Returns whether any group moved.
+          auto search_alpha = [&](const std::function<QuantParams(const at::Tensor&)>& with_alpha) {
+            const QuantParams current = p.params;
+            auto make = [&](int64_t k) {
+              return k == 0 ? current : with_alpha(at::scalar_tensor(alphas[static_cast<size_t>(k - 1)], at::kDouble));
+            };
+            auto best = search::grid_search(
+                n, qargs, slot, p.spec, static_cast<int64_t>(alphas.size()) + 1, make,
+                [&](const at::Tensor& q) { return neg_error(out, q, groups); }, sub);
+            auto chosen = search::expand_groups(alpha_t.index_select(0, at::clamp_min(best - 1, 0)), range.lo);
+            QuantParams grid = with_alpha(chosen);
+            auto keep = search::expand_groups((best == 0).to(at::kDouble), range.lo).to(at::kBool);
+            auto cur_scale = current.scale.reshape(grid.scale.sizes()).to(grid.scale.device());
+            auto cur_zp = current.zero_point.reshape(grid.zero_point.sizes()).to(grid.zero_point.device());
+            p.params.scale = at::where(keep.reshape(grid.scale.sizes()), cur_scale, grid.scale).contiguous();
+            p.params.zero_point = at::where(keep.reshape(grid.zero_point.sizes()), cur_zp, grid.zero_point).contiguous();
+            return !keep.all().item<bool>();
+          };
+          // both ends of min/max scaled by the same α
+          search_alpha([&](const at::Tensor& a) { return search::scaled(range, p.spec, a); });
+          if (ends && !p.spec.symmetric) {
+            // +osends: then each end of an asymmetric quantizer on its own (the other where the last choice put it)
+            bool end_moved = false;
+            for (int end : {0, 1}) {
+              const auto now = search::range_of_params(p.spec, p.params);  // shaped like the scale, not the range
+              const at::Tensor lo = now.lo.reshape(range.lo.sizes()), hi = now.hi.reshape(range.hi.sizes());
+              end_moved |= search_alpha([&](const at::Tensor& a) {
+                return end == 0 ? params_from_range(range.lo * a, hi, p.spec) : params_from_range(lo, range.hi * a, p.spec);
+              });
+            }
+            if (end_moved) ends_moved.insert(&p);
+            ends_searched.insert(&p);
+          }
         }
       }
       double e1 = error();
@@ -186,6 +222,8 @@ nlohmann::json output_search(const Graph& model, const at::Tensor& calib, QuantP
         pts[0]->params = start[0];
         pts[1]->params = start[1];
         e1 = e0;
+        ends_moved.erase(pts[0]);
+        ends_moved.erase(pts[1]);
       }
       if (logs)
         for (int s = 0; s < 2; ++s)
@@ -215,6 +253,7 @@ nlohmann::json output_search(const Graph& model, const at::Tensor& calib, QuantP
   record["layers"] = done;
   record["output_error_method"] = before;
   record["output_error_searched"] = after;
+  if (ends) record["ends"] = {{"searched", ends_searched.size()}, {"moved", ends_moved.size()}};
   if (logs) {
     record["adalog"]["searched"] = log_searched;
     record["adalog"]["moved"] = log_moved;
