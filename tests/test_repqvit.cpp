@@ -621,8 +621,8 @@ TEST(RepQvit, OutputSearchOfEachEndNeverRaisesALayersOutputError) {
   EXPECT_EQ(rec.at("searched").get<int>(), asymmetric);
   EXPECT_GT(rec.at("moved").get<int>(), asymmetric / 4) << "at 3 bits the ends should move off the common α often";
   EXPECT_LE(rec.at("moved").get<int>(), rec.at("searched").get<int>());
-  // each layer's search starts where +osearch's would end; the inputs differ as the layers before it differ, so
-  // only the sum is compared
+  // in each round the ends start where the common α put them, but a layer's inputs differ as the layers before it
+  // differ, so only the sums are compared
   const double with_alpha = b.settings.at("output_search").at("output_error_searched").get<double>();
   const double with_ends = e.settings.at("output_search").at("output_error_searched").get<double>();
   std::cout << "3-bit layer output error, summed: +osearch " << with_alpha << ", +osends " << with_ends << "\n";

@@ -12,8 +12,8 @@
 //     parameters being the first candidate, so that a layer's output error never grows. Under +osends an
 //     asymmetric quantizer's two ends are then searched apart, in the same round: the lower end over the same α
 //     of min (the upper where the first search put it), then the upper end over α of max, each grid again with
-//     the parameters as they are first: min/max scaled alike clips a skewed input's short side as much as its
-//     long one. The record counts the points searched so and those moved.
+//     the parameters as they are first: min/max scaled alike clips a skewed input's short side by the same
+//     fraction as its long one. The record counts the points searched so and those moved.
 //   * Log quantizers (log√2, AdaLog, log2), twin uniform and PTF points are applied as the plan has them and not
 //     searched, except under +oslog: there an AdaLog quantizer (post-softmax, post-GELU) is searched in the same
 //     alternation on the same output error, as AdaLog's own code chooses its base and scale: candidates τ × scale
