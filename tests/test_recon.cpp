@@ -5,11 +5,15 @@
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
+#include <iostream>
+
 #include "test_util.h"
+#include "vitq/graph/executor.h"
 #include "vitq/graph/passes.h"
 #include "vitq/methods/method.h"
 #include "vitq/models/model_loader.h"
 #include "vitq/quant/fake_quant.h"
+#include "vitq/quant/quantizer.h"
 #include "vitq/recon/learnable.h"
 #include "vitq/recon/recon.h"
 #include "vitq/util/error.h"
@@ -510,4 +514,63 @@ TEST(Recon, CodesNeedFormatThree) {
   plan_from_json(j, "v3");
   j["version"] = 2;
   EXPECT_THROW(plan_from_json(j, "v2"), Error);
+}
+
+// The output search (+osearch) on a per-channel activation input (no method of vitq makes one yet; a plan edited
+// through the library can): a Linear sums over its input channels, so no channel owns a slice of the output and
+// the channels share one α, chosen on the whole output; the layer's output error does not grow. (Grouped like a
+// per-head input, the tiny model's 8 channels fell on its 16 tokens, two a group, and each took its own α.)
+TEST(OutputSearch, PerChannelInputSharesOneClippingScoredOnTheWholeOutput) {
+  at::set_num_threads(2);
+  const Graph g = tiny_vit();
+  const auto images = tiny_images();
+  // fc1's input (the LayerNorm's output) as `plan`'s quantized model feeds it
+  auto fc1_input = [&](const QuantPlan& plan) {
+    at::Tensor x;
+    ExecHooks capture;
+    capture.on_output = [&](const Node& n, const std::vector<at::Tensor>& outs) {
+      if (n.name == "blocks.0.norm") x = outs[0];
+    };
+    at::InferenceMode guard;
+    QuantizedModel(g, plan).run(images, &capture);
+    return x;
+  };
+  QuantPlan plan = minmax_plan(g, images, 3);
+  QuantPoint* in = plan.find("blocks.0.mlp.fc1", 0);
+  ASSERT_TRUE(in && !in->weight);
+  in->spec.granularity = Granularity::PerChannel;
+  in->spec.axis = -1;
+  const auto x0 = fc1_input(plan);
+  ASSERT_TRUE(x0.defined());
+  in->params = params_from_range(at::amin(x0, {0, 1}), at::amax(x0, {0, 1}), in->spec);
+  ASSERT_EQ(in->params.scale.numel(), 8);
+  const QuantPlan before = plan;
+  MethodOptions o = quiet_options(3);
+  o.output_search = true;
+  const auto rec = output_search(g, images, plan, o);
+  EXPECT_EQ(rec.at("layers").get<int>(), 4);  // patch_embed.proj, fc1, fc2, head
+  // the input the search saw (the patch embedding's quantizers searched before it): each channel's step is one
+  // common fraction α of its min/max step there
+  const auto x = fc1_input(plan);
+  const QuantPoint* after = plan.find("blocks.0.mlp.fc1", 0);
+  const auto minmax = params_from_range(at::amin(x, {0, 1}), at::amax(x, {0, 1}), after->spec);
+  const auto alpha = (after->params.scale / minmax.scale).to(at::kDouble).flatten();
+  std::cout << "fc1 input's steps / min/max steps: " << alpha << "\n";
+  EXPECT_LT(alpha[0].item<double>(), 0.99) << "at 3 bits the search clips";
+  EXPECT_LE((alpha - alpha[0]).abs().max().item<double>(), 1e-4 * alpha[0].item<double>()) << "one α for all channels";
+  // fc1's output error on that input, against its output from the same input and weight unquantized: not larger
+  // with the searched quantizers than with the ones it started from
+  const Node& fc1 = *g.find_node("blocks.0.mlp.fc1");
+  std::vector<at::Tensor> args = {x, g.const_tensor(fc1.inputs[1]), g.const_tensor(fc1.inputs[2])};
+  at::InferenceMode guard;
+  const auto out = run_node(fc1, args, images.size(0))[0];
+  auto error = [&](const QuantPlan& p) {
+    auto q = args;
+    q[0] = quantize_point(*p.find(fc1.name, 0), args[0]);
+    q[1] = quantize_point(*p.find(fc1.name, 1), args[1]);
+    return (run_node(fc1, q, images.size(0))[0] - out).pow(2).sum().item<double>();
+  };
+  const double e0 = error(before), e1 = error(plan);
+  std::cout << "fc1 output error: start " << e0 << ", searched " << e1 << "\n";
+  EXPECT_LE(e1, e0 * (1 + 1e-4));
 }

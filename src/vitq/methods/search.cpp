@@ -29,12 +29,15 @@ std::vector<double> linspace(double a, double b, int n) {
 
 Groups output_groups(const Node& n, const QuantPoint& p, int64_t groups_override) {
   Groups g;
-  const bool per_group = p.spec.granularity == Granularity::PerChannel || p.spec.granularity == Granularity::PerHead;
+  // A weight's output channel and an input's head each own a slice of the output; an input's channel does not (a
+  // Linear or Conv2d sums over the input channels), so a per-channel input is scored on the whole output.
+  const bool per_group = p.weight ? p.spec.granularity == Granularity::PerChannel || p.spec.granularity == Granularity::PerHead
+                                  : p.spec.granularity == Granularity::PerHead && n.op == OpKind::MatMul;
+  if (!per_group) return g;
   if (p.weight) g.axis = n.op == OpKind::Conv2d ? 1 : -1;  // output channels
   else g.axis = 1;                                         // heads of [B, H, N, D]
   if (groups_override > 0) g.count = groups_override;
-  else if (per_group && p.params.scale.defined()) g.count = p.params.scale.numel();
-  else g.count = 1;
+  else if (p.params.scale.defined()) g.count = p.params.scale.numel();
   return g;
 }
 

@@ -25,7 +25,9 @@ QuantParams scaled(const Range& r, const QuantSpec& spec, double alpha);
 std::vector<double> linspace(double a, double b, int n);
 
 // How the scales of point p of node n map onto the node's output: `count` groups in contiguous chunks along
-// output axis `axis` (count 1: the whole output). `groups_override` > 0 forces that many groups (q/k/v).
+// output axis `axis` (count 1: the whole output). Only a per-channel (or per-head) weight's output channels and a
+// MatMul input's heads own slices of the output; any other point is one group, its scales sharing one choice.
+// `groups_override` > 0 forces that many groups on a point that has them (q/k/v).
 struct Groups {
   int64_t axis = 0;
   int64_t count = 1;
