@@ -1,6 +1,6 @@
 // The reconstruction engine (recon/): the trainable quantizers' gradients against finite differences, AdaRound's
 // codes, the engine on a tiny model (loss lowered, deterministic, errors), the blocks it cuts DeiT-Tiny into,
-// and learned codes in plans.
+// and learned codes in plans; and, on the same tiny model, how the output search (+osearch) groups a per-channel input.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
