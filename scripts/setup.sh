@@ -33,15 +33,18 @@ else
 fi
 
 # libtorch calls BLAS through libblas.so.3 / liblapack.so.3. Without OpenBLAS-openmp selected it runs on the
-# reference BLAS (~6 GFLOP/s instead of ~190 on two cores).
+# reference BLAS (~6 GFLOP/s instead of ~190 on two cores). It also links libopenblas.so.0 itself, and that one
+# is the OpenBLAS that gets loaded: libopenblas-dev pulls in the pthreads build, whose alternative outranks the
+# OpenMP one, and its threads spin on sched_yield beside libtorch's OpenMP threads (docs/decisions.md). So all
+# three point at the OpenMP build.
 arch=$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)
-for lib in libblas.so.3 liblapack.so.3; do
+for lib in libblas.so.3 liblapack.so.3 libopenblas.so.0; do
   alt="/usr/lib/$arch/openblas-openmp/$lib"
   if [ -e "$alt" ]; then
     $SUDO update-alternatives --set "$lib-$arch" "$alt" >/dev/null
   fi
 done
-echo "setup: BLAS -> $(readlink -f /usr/lib/$arch/libblas.so.3)"
+echo "setup: BLAS -> $(readlink -f /usr/lib/$arch/libblas.so.3), OpenBLAS -> $(readlink -f /usr/lib/$arch/libopenblas.so.0)"
 
 # ONNX Runtime 1.30 (the independent check of exported models, and the baseline of `vitq bench`), from npm:
 # onnxruntime-node carries libonnxruntime.so.1 (its install step would download more, hence the skip), and

@@ -4,8 +4,21 @@
 #include <cmath>
 
 #include "vitq/graph/kernels.h"
+#include "vitq/util/blas.h"
 
 using namespace vitq;
+
+// scripts/setup.sh selects OpenBLAS's OpenMP build for libtorch; its pthreads build (what Debian picks when both are
+// installed) makes every FP32 GEMM-heavy job much slower on few cores (docs/decisions.md). A libtorch on another
+// BLAS (MKL in pip's wheels) passes: only the pthreads OpenBLAS fails.
+TEST(Kernels, LibtorchDoesNotRunOnThePthreadsOpenBlas) {
+  const BlasInfo b = blas_info();
+  std::printf("BLAS: %s\n", b.summary().c_str());
+  EXPECT_NE(b.threading, "pthreads") << "run scripts/setup.sh, or select the OpenMP build for libopenblas.so.0";
+  if (!b.config.empty()) EXPECT_NE(b.config.find("OpenBLAS"), std::string::npos) << b.config;
+  EXPECT_EQ(blas_warning(1), "");  // one thread: no pool to fight over
+  EXPECT_EQ(blas_warning(2).empty(), b.threading != "pthreads");
+}
 
 TEST(Kernels, ErfFastAgainstStdErf) {
   double max_err = 0;

@@ -26,6 +26,7 @@
 #include "vitq/graph/executor.h"
 #include "vitq/models/model_loader.h"
 #include "vitq/quant/plan.h"
+#include "vitq/util/blas.h"
 #include "vitq/util/file_io.h"
 #include "vitq/util/error.h"
 
@@ -183,7 +184,7 @@ int run_bench(const BenchOptions& o) {
   std::strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
   nlohmann::json j = {
       {"date", date}, {"model", g.meta.name}, {"source", g.meta.source}, {"device", o.device},
-      {"threads", threads}, {"batch", o.batch}, {"gmacs_per_image", static_cast<double>(stats.macs) / 1e9},
+      {"threads", threads}, {"blas", blas_info().summary()}, {"batch", o.batch}, {"gmacs_per_image", static_cast<double>(stats.macs) / 1e9},
       {"baseline_sgemm", {{"shape", {rows, inner, cols}}, {"median_s", median(gemm_t)}, {"gflops", gemm_gflops}}},
       {"model_only", {{"iters", o.iters}, {"median_s", median(model_t)}, {"images_per_second", model_ips},
                       {"gflops", model_gflops}, {"fraction_of_sgemm", model_gflops / gemm_gflops}}},
@@ -204,13 +205,13 @@ int run_bench(const BenchOptions& o) {
   const std::string stem = fmt::format("{}/{}_{}{}_{}_b{}_t{}", o.out_dir, o.plan.empty() ? "fp32" : "engines", label, plan_tag,
                                        o.device, o.batch, threads);
   std::string md = fmt::format(
-      "# FP32 throughput: {} ({}, {} threads, batch {})\n\n{}\n\n"
+      "# FP32 throughput: {} ({}, {} threads, batch {})\n\n{}; BLAS: {}\n\n"
       "| measurement | median | rate |\n|---|---|---|\n"
       "| baseline sgemm {}x{}x{} (same run) | {:.2f} ms | {:.0f} GFLOP/s |\n"
       "| model only ({} iterations) | {:.1f} ms/batch | {:.1f} images/s ({:.0f} GFLOP/s, {:.0f}% of sgemm) |\n"
       "| end to end: decode + preprocess + model, {} images | {:.1f} s total | {:.1f} images/s |\n"
       "\nTime per op kind, one batch of vitq FP32 (profiled run):\n\n| op | time |\n|---|---|\n{}",
-      label == g.meta.name ? label : fmt::format("{} ({})", label, g.meta.name), o.device, threads, o.batch, date, rows, inner, cols, median(gemm_t) * 1e3, gemm_gflops, o.iters,
+      label == g.meta.name ? label : fmt::format("{} ({})", label, g.meta.name), o.device, threads, o.batch, date, blas_info().summary(), rows, inner, cols, median(gemm_t) * 1e3, gemm_gflops, o.iters,
       median(model_t) * 1e3, model_ips, model_gflops, 100.0 * model_gflops / gemm_gflops, r.images, r.seconds_total,
       r.images_per_second(), profile);
   md += fmt::format("\nEngines, same run, same threads ({}); each timed in its own block after warm-up, medians:\n\n"

@@ -28,6 +28,7 @@
 #include "vitq/quant/calibration.h"
 #include "vitq/quant/fake_quant.h"
 #include "vitq/quant/plan.h"
+#include "vitq/util/blas.h"
 
 namespace vitq::cli {
 
@@ -39,6 +40,11 @@ int set_threads(int threads) {
   if (threads > most) fail("--threads {} is more than {} (4x this machine's {} cores)", threads, most, cores);
   if (threads == 0) threads = cores;
   at::set_num_threads(threads);
+  static bool warned = false;  // once a process
+  if (!warned) {
+    warned = true;
+    if (const std::string w = blas_warning(at::get_num_threads()); !w.empty()) fmt::print(stderr, "{}\n", w);
+  }
   return at::get_num_threads();
 }
 
