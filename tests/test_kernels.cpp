@@ -8,8 +8,8 @@
 
 using namespace vitq;
 
-// scripts/setup.sh selects OpenBLAS's OpenMP build for libtorch; its pthreads build (what Debian picks when both are
-// installed) makes every FP32 GEMM-heavy job much slower on few cores (docs/decisions.md). A libtorch on another
+// scripts/setup.sh selects OpenBLAS's OpenMP build for libtorch; on its pthreads build (what Debian picks when both
+// are installed) a reconstruction on 2 cores takes ~20% longer (docs/decisions.md). A libtorch on another
 // BLAS (MKL in pip's wheels) passes: only the pthreads OpenBLAS fails.
 TEST(Kernels, LibtorchDoesNotRunOnThePthreadsOpenBlas) {
   const BlasInfo b = blas_info();

@@ -31,8 +31,8 @@ std::string blas_warning(int threads) {
   const BlasInfo b = blas_info();
   if (b.threading != "pthreads") return "";
   return "warning: libtorch runs on OpenBLAS's pthreads build, whose threads spin beside libtorch's OpenMP ones "
-         "(much slower on few cores); select the OpenMP build: scripts/setup.sh does, or update-alternatives --config "
-         "libopenblas.so.0-<arch>";
+         "(a reconstruction on 2 cores takes ~20% longer); select the OpenMP build: scripts/setup.sh does, or "
+         "update-alternatives --config libopenblas.so.0-<arch>";
 }
 
 }  // namespace vitq

@@ -3,8 +3,8 @@
 // Debian ships OpenBLAS in an OpenMP and a pthreads build, each behind its own alternatives (libblas.so.3,
 // liblapack.so.3 and libopenblas.so.0). libtorch links libopenblas.so.0 directly, so that one decides. The
 // pthreads build keeps its own worker threads, which wait by spinning on sched_yield beside libtorch's OpenMP
-// threads: on few cores they take the cores from each other (scripts/setup.sh selects the OpenMP build; the
-// measurement is in docs/decisions.md).
+// threads: on few cores they take the cores from each other, and a reconstruction on 2 cores takes ~20% longer
+// (scripts/setup.sh selects the OpenMP build; the measurement is in docs/decisions.md).
 #pragma once
 #include <string>
 
