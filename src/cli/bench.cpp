@@ -182,9 +182,10 @@ int run_bench(const BenchOptions& o) {
   char date[32];
   std::time_t now = std::time(nullptr);
   std::strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  const std::string blas = blas_info().summary();
   nlohmann::json j = {
       {"date", date}, {"model", g.meta.name}, {"source", g.meta.source}, {"device", o.device},
-      {"threads", threads}, {"blas", blas_info().summary()}, {"batch", o.batch}, {"gmacs_per_image", static_cast<double>(stats.macs) / 1e9},
+      {"threads", threads}, {"blas", blas}, {"batch", o.batch}, {"gmacs_per_image", static_cast<double>(stats.macs) / 1e9},
       {"baseline_sgemm", {{"shape", {rows, inner, cols}}, {"median_s", median(gemm_t)}, {"gflops", gemm_gflops}}},
       {"model_only", {{"iters", o.iters}, {"median_s", median(model_t)}, {"images_per_second", model_ips},
                       {"gflops", model_gflops}, {"fraction_of_sgemm", model_gflops / gemm_gflops}}},
@@ -211,7 +212,7 @@ int run_bench(const BenchOptions& o) {
       "| model only ({} iterations) | {:.1f} ms/batch | {:.1f} images/s ({:.0f} GFLOP/s, {:.0f}% of sgemm) |\n"
       "| end to end: decode + preprocess + model, {} images | {:.1f} s total | {:.1f} images/s |\n"
       "\nTime per op kind, one batch of vitq FP32 (profiled run):\n\n| op | time |\n|---|---|\n{}",
-      label == g.meta.name ? label : fmt::format("{} ({})", label, g.meta.name), o.device, threads, o.batch, date, blas_info().summary(), rows, inner, cols, median(gemm_t) * 1e3, gemm_gflops, o.iters,
+      label == g.meta.name ? label : fmt::format("{} ({})", label, g.meta.name), o.device, threads, o.batch, date, blas, rows, inner, cols, median(gemm_t) * 1e3, gemm_gflops, o.iters,
       median(model_t) * 1e3, model_ips, model_gflops, 100.0 * model_gflops / gemm_gflops, r.images, r.seconds_total,
       r.images_per_second(), profile);
   md += fmt::format("\nEngines, same run, same threads ({}); each timed in its own block after warm-up, medians:\n\n"
