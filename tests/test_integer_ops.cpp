@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 
 #include "vitq/quant/integer_ops.h"
 #include "vitq/quant/quantizer.h"
@@ -80,6 +81,33 @@ TEST(Log2Quantizer, MatchesReferenceAndPowersOfTwo) {
   EXPECT_THROW(kind_spec(QuantKind::Log2, 4, true).validate(), Error);
 }
 
+// The log kinds below their grid (zero, negative, NaN, far too small) and above it (+inf, large): the fast path
+// (element-wise masks, no branch per element) gives the reference's value on each, codes top + 1 below the grid,
+// and a straight-through gradient of 1 wherever x is finite.
+TEST(Log2Quantizer, ValuesOffTheGridMatchTheReference) {
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  auto x = at::tensor({0.0f, -0.0f, -1.0f, -1e-3f, nan, inf, -inf, 1e-30f, 1e-45f, 3.0f, 0.5f, 0.1f, 0.03f});
+  for (int bits : {3, 4, 8})
+    for (auto [kind, p] : {std::pair{QuantKind::Log2, log2_params()}, {QuantKind::LogSqrt2, log2_params()},
+                           {QuantKind::AdaLog, adalog_params(0.8, 1.5, 0.0)}, {QuantKind::AdaLog, adalog_params(2.0, 3.0, 0.17)}}) {
+      auto s = kind_spec(kind, bits, false);
+      auto fast = fake_quant(x, s, p), ref = fake_quant_reference(x, s, p);
+      const double shift = log_shift(s, p), top = log2_max_code(s);
+      auto below = ((x + shift) / p.scale <= 0) | at::isnan(x);
+      // exactly -shift below the grid; on it, the reference's level in double rounded to float, the fast path's
+      // in float (AdaLog's non-integer base: an ulp apart)
+      EXPECT_TRUE(at::equal(fast.masked_select(below), at::full({below.sum().item<int64_t>()}, -shift)))
+          << quant_kind_name(kind) << " " << bits << " bits: " << at::stack({x, fast, ref}, 1);
+      EXPECT_TRUE(at::allclose(fast, ref, 1e-6, 1e-7)) << quant_kind_name(kind) << " " << bits << " bits: " << at::stack({x, fast, ref}, 1);
+      if (kind != QuantKind::AdaLog) EXPECT_EQ(count_ne(fast, ref), 0) << quant_kind_name(kind) << " " << bits << " bits";
+      auto codes = quantize_codes(x, s, p);
+      EXPECT_TRUE(at::where(below, codes == top + 1, codes <= top + 1).all().item<bool>()) << codes;
+      EXPECT_TRUE(at::isfinite(codes).all().item<bool>()) << codes;
+      auto xg = x.clone().requires_grad_(true);
+      fake_quant(xg, s, p).sum().backward();
+      EXPECT_TRUE(at::equal(xg.grad(), at::ones_like(x))) << xg.grad();
+    }
+}
 TEST(PowerOfTwoFactor, UniformPerChannelWithPowerOfTwoSteps) {
   at::manual_seed(3);
   auto x = at::randn({4, 10, 16}) * at::exp2(at::randint(0, 4, {16}).to(at::kFloat));

@@ -180,21 +180,29 @@ double log_shift(const QuantSpec& s, const QuantParams& p) {
 
 namespace {
 
+// Codes 0..top, and top + 1 for "below the grid" (y = 0, y < 0, NaN). Without at::where, whose CPU kernel branches
+// on every element: log2 of y <= 0 is -inf or NaN, the clamp sends -(-inf) to top + 1 and keeps NaN, and
+// nan_to_num sends NaN to top + 1.
 at::Tensor log2_codes(const at::Tensor& x, const QuantSpec& s, const QuantParams& p) {
   const double shift = log_shift(s, p);
   auto y = (shift != 0.0 ? x + shift : x) / p.scale;
-  auto c = at::clamp_min(at::round(-log_codes_per_octave(s, p) * at::log2(y)), 0.0);
   const double top = log2_max_code(s);
-  return at::where((y > 0) & (c <= top), c, at::full_like(c, top + 1));
+  auto c = at::clamp(at::round(-log_codes_per_octave(s, p) * at::log2(y)), 0.0, top + 1);
+  return at::nan_to_num(c, top + 1);
 }
 
 at::Tensor log2_fake_quant(const at::Tensor& x, const QuantSpec& s, const QuantParams& p) {
-  auto c = log2_codes(x, s, p);
-  auto q = at::where(c <= log2_max_code(s), p.scale * at::exp2(-c / log_codes_per_octave(s, p)), at::zeros_like(x));
-  const double shift = log_shift(s, p);
-  if (shift != 0.0) q = q - shift;
+  at::Tensor q;
+  {
+    at::NoGradGuard no_grad;  // the value only: the gradient is straight-through below
+    auto c = log2_codes(x, s, p);
+    // the level where c <= top, 0 below the grid: a product with a 0/1 mask (the level is finite for any c)
+    q = p.scale * at::exp2(-c / log_codes_per_octave(s, p)) * (c <= log2_max_code(s)).to(c.scalar_type());
+    const double shift = log_shift(s, p);
+    if (shift != 0.0) q = q - shift;
+  }
   if (!x.requires_grad()) return q;
-  return x + (q - x).detach();
+  return x + (q - x.detach());
 }
 }  // namespace
 

@@ -47,7 +47,9 @@ at::Tensor adalog_fake_quant(const at::Tensor& x, const QuantSpec& spec, const a
   auto u = -tau * at::log2(at::clamp_min(y, 1e-30));
   auto c = at::clamp_min(ste_round(u), 0.0);
   auto keep = (y > 0) & (c.detach() <= log2_max_code(spec));
-  auto q = at::where(keep, scale * at::exp2(-c / tau), at::zeros_like(y));
+  // the level times a 0/1 mask, not at::where (whose CPU kernel branches on every element): the same value and
+  // gradients, since the level is finite for any c >= 0
+  auto q = scale * at::exp2(-c / tau) * keep.to(y.scalar_type());
   return shift != 0.0 ? q - shift : q;
 }
 
