@@ -83,7 +83,7 @@ TEST(Log2Quantizer, MatchesReferenceAndPowersOfTwo) {
 
 // The log kinds below their grid (zero, negative, NaN, far too small) and above it (+inf, large): the fast path
 // (element-wise masks, no branch per element) gives the reference's value on each, codes top + 1 below the grid,
-// and a straight-through gradient of 1 wherever x is finite.
+// and a straight-through gradient of 1 on every element.
 TEST(Log2Quantizer, ValuesOffTheGridMatchTheReference) {
   const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
   auto x = at::tensor({0.0f, -0.0f, -1.0f, -1e-3f, nan, inf, -inf, 1e-30f, 1e-45f, 3.0f, 0.5f, 0.1f, 0.03f});
@@ -108,6 +108,7 @@ TEST(Log2Quantizer, ValuesOffTheGridMatchTheReference) {
       EXPECT_TRUE(at::equal(xg.grad(), at::ones_like(x))) << xg.grad();
     }
 }
+
 TEST(PowerOfTwoFactor, UniformPerChannelWithPowerOfTwoSteps) {
   at::manual_seed(3);
   auto x = at::randn({4, 10, 16}) * at::exp2(at::randint(0, 4, {16}).to(at::kFloat));
