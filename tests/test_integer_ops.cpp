@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <limits>
+#include <string>
 
 #include "vitq/quant/integer_ops.h"
 #include "vitq/quant/quantizer.h"
@@ -57,6 +58,29 @@ TEST(TwinUniform, GeluMatchesReference) {
     auto neg = x < 0;
     EXPECT_LE(at::where(neg, (fast - x).abs(), at::zeros_like(x)).max().item<double>(), d1 / 2 + 1e-7);
   }
+}
+
+// Twin uniform off its grids (zero, -0, ±inf, far beyond either end, NaN) and on the boundary between them: the
+// fast path gives the reference's value on each, NaN only for NaN, and a straight-through gradient of 1 on every
+// element.
+TEST(TwinUniform, ValuesOffTheGridMatchTheReference) {
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  for (int bits : {4, 6, 8})
+    for (bool is_signed : {false, true}) {
+      auto s = kind_spec(QuantKind::TwinUniform, bits, is_signed);
+      auto p = is_signed ? twin_gelu_params(bits, 0.5) : twin_softmax_params(bits, 3);
+      const float d1 = p.scale.item<float>(), n = static_cast<float>((1 << (bits - 1)) - 1);
+      auto x = at::tensor({0.0f, -0.0f, -1.0f, -1e-3f, nan, inf, -inf, 1e-30f, 1e30f, -1e30f, 0.3f, 0.999f,
+                           n * d1, (n + 0.5f) * d1, (n + 0.6f) * d1, -n * d1, -(n + 2) * d1});
+      auto fast = fake_quant(x, s, p), ref = fake_quant_reference(x, s, p);
+      const auto what = std::string(is_signed ? "signed " : "unsigned ") + std::to_string(bits) + " bits";
+      EXPECT_TRUE(at::equal(at::isnan(fast), at::isnan(x))) << what << ": " << at::stack({x, fast, ref}, 1);
+      auto finite = ~at::isnan(x);
+      EXPECT_EQ(count_ne(fast.masked_select(finite), ref.masked_select(finite)), 0) << what << ": " << at::stack({x, fast, ref}, 1);
+      auto xg = x.clone().requires_grad_(true);
+      fake_quant(xg, s, p).sum().backward();
+      EXPECT_TRUE(at::equal(xg.grad(), at::ones_like(x))) << what << ": " << xg.grad();
+    }
 }
 
 TEST(Log2Quantizer, MatchesReferenceAndPowersOfTwo) {
