@@ -567,90 +567,91 @@ static void adalog_start(MethodOptions& o) {
   o.weight_mse = true;
 }
 
-// +osearch: only uniform quantizers move, most of them at 3 bits, and no layer's output error grows; plans whose
-// LayerNorm or softmax run in integers, and plans already reconstructed, are refused.
-TEST(RepQvit, OutputSearchNeverRaisesALayersOutputError) {
+// The output search's three stages, each against the method's plan (a) and computed from the same start. One test, so
+// that a and +osearch's plan are computed once: each test runs in its own process, and as three tests they were
+// computed three and two times (about 1.5 minutes of CI).
+TEST(RepQvit, OutputSearchesNeverRaiseALayersOutputError) {
   const QuantPlan a = repqvit_plan(3, adalog_start);
   const QuantPlan b = repqvit_plan(3, [&](MethodOptions& o) {
     adalog_start(o);
     o.output_search = true;
   });
-  EXPECT_FALSE(b.settings.at("output_search").contains("adalog"));
-  const auto [moved, logs_moved] = check_output_search(a, b);
-  EXPECT_GT(moved, 74);  // most of the 124 uniform quantizers move at 3 bits (148 points, 24 AdaLog)
-  EXPECT_EQ(logs_moved, 0) << "a log quantizer moved without +oslog";
+  {
+    // +osearch: only uniform quantizers move, most of them at 3 bits, and no layer's output error grows; plans whose
+    // LayerNorm or softmax run in integers, and plans already reconstructed, are refused.
+    SCOPED_TRACE("+osearch");
+    EXPECT_FALSE(b.settings.at("output_search").contains("adalog"));
+    EXPECT_FALSE(b.settings.at("output_search").contains("ends"));
+    const auto [moved, logs_moved] = check_output_search(a, b);
+    EXPECT_GT(moved, 74);  // most of the 124 uniform quantizers move at 3 bits (148 points, 24 AdaLog)
+    EXPECT_EQ(logs_moved, 0) << "a log quantizer moved without +oslog";
 
-  MethodOptions f;
-  f.progress = false;
-  f.output_search = true;
-  const std::string why = error_of([&] { run_method(model(), images(), "fqvit", f); });
-  EXPECT_NE(why.find("+osearch"), std::string::npos) << why;
-  EXPECT_NE(why.find("integers"), std::string::npos) << why;
-  // a plan already reconstructed (learned rounding) is refused too
-  QuantPlan coded = b;
-  for (auto& p : coded.points)
-    if (p.weight) {
-      p.codes = at::zeros({1});  // only its presence matters to the refusal
-      break;
+    MethodOptions f;
+    f.progress = false;
+    f.output_search = true;
+    const std::string why = error_of([&] { run_method(model(), images(), "fqvit", f); });
+    EXPECT_NE(why.find("+osearch"), std::string::npos) << why;
+    EXPECT_NE(why.find("integers"), std::string::npos) << why;
+    // a plan already reconstructed (learned rounding) is refused too
+    QuantPlan coded = b;
+    for (auto& p : coded.points)
+      if (p.weight) {
+        p.codes = at::zeros({1});  // only its presence matters to the refusal
+        break;
+      }
+    const std::string why2 = error_of([&] { output_search(model(), images(), coded, f); });
+    EXPECT_NE(why2.find("already reconstructed"), std::string::npos) << why2;
+  }
+  {
+    // +osends: each end of the asymmetric uniform quantizers searched apart after the common α; no layer's output
+    // error grows against the method's, the record counts the points, and the summed error ends below +osearch's own.
+    SCOPED_TRACE("+osends");
+    const QuantPlan e = repqvit_plan(3, [&](MethodOptions& o) {
+      adalog_start(o);
+      o.output_search = o.output_search_ends = true;
+    });
+    const auto [moved, logs_moved] = check_output_search(a, e);
+    EXPECT_GT(moved, 74);
+    EXPECT_EQ(logs_moved, 0);
+    const auto& rec = e.settings.at("output_search").at("ends");
+    int asymmetric = 0;  // uniform, asymmetric points of the 74 two-input layers (all of repqvit's activations, its weights)
+    for (const auto& p : e.points)
+      if (p.spec.kind == QuantKind::Uniform && !p.spec.symmetric && e.find(p.node, 0) && e.find(p.node, 1)) ++asymmetric;
+    EXPECT_GT(asymmetric, 0);
+    EXPECT_EQ(rec.at("searched").get<int>(), asymmetric);
+    EXPECT_GT(rec.at("moved").get<int>(), asymmetric / 4) << "at 3 bits the ends should move off the common α often";
+    EXPECT_LE(rec.at("moved").get<int>(), rec.at("searched").get<int>());
+    // in each round the ends start where the common α put them, but a layer's inputs differ as the layers before it
+    // differ, so only the sums are compared
+    const double with_alpha = b.settings.at("output_search").at("output_error_searched").get<double>();
+    const double with_ends = e.settings.at("output_search").at("output_error_searched").get<double>();
+    std::cout << "3-bit layer output error, summed: +osearch " << with_alpha << ", +osends " << with_ends << "\n";
+    EXPECT_LT(with_ends, with_alpha);
+  }
+  {
+    // +oslog: the AdaLog quantizers are searched in the same pass (each layer's output error still never grows,
+    // against the method's quantizers), the chosen ones are grid candidates, and the record lists them; the uniform
+    // ones move too.
+    SCOPED_TRACE("+oslog");
+    const QuantPlan c = repqvit_plan(3, [&](MethodOptions& o) {
+      adalog_start(o);
+      o.output_search = o.output_search_log = true;
+    });
+    const auto [moved, logs_moved] = check_output_search(a, c);
+    EXPECT_GT(moved, 74);
+    const auto& rec = c.settings.at("output_search").at("adalog");
+    EXPECT_EQ(rec.at("searched").get<int>(), 24);  // 12 post-softmax, 12 post-GELU
+    EXPECT_EQ(rec.at("moved").get<int>(), logs_moved);
+    EXPECT_GT(logs_moved, 12) << "at 3 bits the output error should move most AdaLog quantizers off their input fit";
+    const auto taus = rec.at("taus").get<std::vector<double>>();
+    for (const auto& p : c.points) {
+      if (p.spec.kind != QuantKind::AdaLog) continue;
+      const auto& chosen = rec.at("chosen").at(p.node);
+      EXPECT_DOUBLE_EQ(chosen.at("tau").get<double>(), p.params.base.item<double>()) << p.node;
+      EXPECT_DOUBLE_EQ(chosen.at("scale").get<double>(), p.params.scale.item<double>()) << p.node;
+      const double tau = p.params.base.item<double>();  // stored in float
+      if (chosen.at("moved").get<bool>())
+        EXPECT_TRUE(std::any_of(taus.begin(), taus.end(), [&](double t) { return std::abs(t - tau) < 1e-6; })) << p.node << ": τ " << tau << " off the grid";
     }
-  const std::string why2 = error_of([&] { output_search(model(), images(), coded, f); });
-  EXPECT_NE(why2.find("already reconstructed"), std::string::npos) << why2;
-}
-
-// +osends: each end of the asymmetric uniform quantizers searched apart after the common α; no layer's output error
-// grows against the method's, the record counts the points, and the summed error ends below +osearch's own.
-TEST(RepQvit, OutputSearchOfEachEndNeverRaisesALayersOutputError) {
-  const QuantPlan a = repqvit_plan(3, adalog_start);
-  const QuantPlan b = repqvit_plan(3, [&](MethodOptions& o) {
-    adalog_start(o);
-    o.output_search = true;
-  });
-  const QuantPlan e = repqvit_plan(3, [&](MethodOptions& o) {
-    adalog_start(o);
-    o.output_search = o.output_search_ends = true;
-  });
-  EXPECT_FALSE(b.settings.at("output_search").contains("ends"));
-  const auto [moved, logs_moved] = check_output_search(a, e);
-  EXPECT_GT(moved, 74);
-  EXPECT_EQ(logs_moved, 0);
-  const auto& rec = e.settings.at("output_search").at("ends");
-  int asymmetric = 0;  // uniform, asymmetric points of the 74 two-input layers (all of repqvit's activations, its weights)
-  for (const auto& p : e.points)
-    if (p.spec.kind == QuantKind::Uniform && !p.spec.symmetric && e.find(p.node, 0) && e.find(p.node, 1)) ++asymmetric;
-  EXPECT_GT(asymmetric, 0);
-  EXPECT_EQ(rec.at("searched").get<int>(), asymmetric);
-  EXPECT_GT(rec.at("moved").get<int>(), asymmetric / 4) << "at 3 bits the ends should move off the common α often";
-  EXPECT_LE(rec.at("moved").get<int>(), rec.at("searched").get<int>());
-  // in each round the ends start where the common α put them, but a layer's inputs differ as the layers before it
-  // differ, so only the sums are compared
-  const double with_alpha = b.settings.at("output_search").at("output_error_searched").get<double>();
-  const double with_ends = e.settings.at("output_search").at("output_error_searched").get<double>();
-  std::cout << "3-bit layer output error, summed: +osearch " << with_alpha << ", +osends " << with_ends << "\n";
-  EXPECT_LT(with_ends, with_alpha);
-}
-
-// +oslog: the AdaLog quantizers are searched in the same pass (each layer's output error still never grows, against
-// the method's quantizers), the chosen ones are grid candidates, and the record lists them; the uniform ones move too.
-TEST(RepQvit, OutputSearchOfLogQuantizersNeverRaisesALayersOutputError) {
-  const QuantPlan a = repqvit_plan(3, adalog_start);
-  const QuantPlan c = repqvit_plan(3, [&](MethodOptions& o) {
-    adalog_start(o);
-    o.output_search = o.output_search_log = true;
-  });
-  const auto [moved, logs_moved] = check_output_search(a, c);
-  EXPECT_GT(moved, 74);
-  const auto& rec = c.settings.at("output_search").at("adalog");
-  EXPECT_EQ(rec.at("searched").get<int>(), 24);  // 12 post-softmax, 12 post-GELU
-  EXPECT_EQ(rec.at("moved").get<int>(), logs_moved);
-  EXPECT_GT(logs_moved, 12) << "at 3 bits the output error should move most AdaLog quantizers off their input fit";
-  const auto taus = rec.at("taus").get<std::vector<double>>();
-  for (const auto& p : c.points) {
-    if (p.spec.kind != QuantKind::AdaLog) continue;
-    const auto& chosen = rec.at("chosen").at(p.node);
-    EXPECT_DOUBLE_EQ(chosen.at("tau").get<double>(), p.params.base.item<double>()) << p.node;
-    EXPECT_DOUBLE_EQ(chosen.at("scale").get<double>(), p.params.scale.item<double>()) << p.node;
-    const double tau = p.params.base.item<double>();  // stored in float
-    if (chosen.at("moved").get<bool>())
-      EXPECT_TRUE(std::any_of(taus.begin(), taus.end(), [&](double t) { return std::abs(t - tau) < 1e-6; })) << p.node << ": τ " << tau << " off the grid";
   }
 }
