@@ -283,13 +283,20 @@ TEST(Export, DeitPlansAgreeWithFakeQuant) {
   }
 }
 
-// Integer LayerNorm / Softmax have no standard-op form: refused, naming the layer.
-TEST(Export, IntegerOpsRefused) {
-  const Graph& g = loaded("deit_tiny_patch16_224").graph;
+namespace {
+// A W8A8 plan of the shared DeiT-Tiny calibrated on 2 images.
+QuantPlan deit_plan(const Graph& g, const std::string& method) {
   at::Tensor calib = load_calibration(g, open_dataset(imagenet("calib1000").string()), 2, 0, false);
   MethodOptions o;
   o.progress = false;
-  QuantPlan plan = run_method(g, calib, "fqvit", o);
+  return run_method(g, calib, method, o);
+}
+}  // namespace
+
+// Integer LayerNorm / Softmax have no standard-op form: refused, naming the layer.
+TEST(Export, IntegerOpsRefused) {
+  const Graph& g = loaded("deit_tiny_patch16_224").graph;
+  QuantPlan plan = deit_plan(g, "fqvit");
   ASSERT_FALSE(plan.int_ops.empty());
   try {
     export_onnx(g, &plan);
@@ -297,6 +304,29 @@ TEST(Export, IntegerOpsRefused) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find(plan.int_ops[0].node), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("integer"), std::string::npos) << e.what();
+  }
+}
+
+// Per-token input steps (the reconstruction's --recon-token-scales) on a Linear: ONNX Runtime's integer MatMul takes
+// one zero point for its input, so the export refuses them, naming the layer.
+TEST(Export, PerTokenLinearInputRefused) {
+  const Graph& g = loaded("deit_tiny_patch16_224").graph;
+  QuantPlan plan = deit_plan(g, "minmax");
+  QuantPoint* in = plan.find("blocks.3.attn.proj", 0);
+  ASSERT_NE(in, nullptr);
+  ASSERT_EQ(in->spec.granularity, Granularity::PerTensor);
+  EXPECT_NO_THROW(export_onnx(g, &plan));
+  in->spec.granularity = Granularity::PerChannel;
+  in->spec.axis = 1;
+  in->params.scale = in->params.scale.reshape({1, 1, 1}).expand({1, 197, 1}).clone();
+  in->params.zero_point = in->params.zero_point.reshape({1, 1, 1}).expand({1, 197, 1}).clone();
+  check_plan(plan, g, "per-token");
+  try {
+    export_onnx(g, &plan);
+    FAIL() << "exported a per-token Linear input";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("blocks.3.attn.proj"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("per-token"), std::string::npos) << e.what();
   }
 }
 

@@ -225,6 +225,16 @@ TEST(ReconCli, ReconstructsOnMoreImagesThanItCalibratesOn) {
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("--recon-images 4: nothing here reconstructs; ignored"), std::string::npos) << r.output;
   EXPECT_EQ(r.output.find("the reconstruction's"), std::string::npos) << r.output;
+  // token-wise steps are the reconstruction's: said so when nothing reconstructs; asked for, the plan records them
+  r = run_vitq("quantize " + deit + calib + " --method minmax --calib-size 2 --recon-token-scales --out " + (tmp / "none2.json").string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("--recon-token-scales: nothing here reconstructs; ignored"), std::string::npos) << r.output;
+  r = run_vitq("quantize " + deit + calib + " --method minmax+recon --calib-size 2 --recon-token-scales" + recon + " --out " +
+               (tmp / "tokens.json").string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  const QuantPlan tokens = load_plan((tmp / "tokens.json").string(), g);
+  EXPECT_EQ(tokens.settings["reconstruction"]["token_scales"], 48);  // qkv, proj, fc1 and fc2 inputs of 12 blocks
+  EXPECT_EQ(tokens.find("blocks.0.mlp.fc2", 0)->params.scale.sizes().vec(), (std::vector<int64_t>{1, 197, 1}));
 }
 
 // A plan made for another model is refused before calibration; a plan of this model is reconstructed from the

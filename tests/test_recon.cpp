@@ -502,6 +502,65 @@ TEST(Recon, LearnLogWithoutAdaLogWarns) {
   EXPECT_NE(err.find("--recon-learn-log: the plan has no AdaLog activation quantizer"), std::string::npos) << err;
 }
 
+// token_scales (FIMA-Q's token-wise steps): every per-tensor uniform input of a Linear on [B, N, C] tensors gets one
+// step and zero point per token, learned; the head's [B, C] input and the patch embedding's (a Conv2d) keep one.
+// The plan reloads and runs them; reconstructing it again finds nothing more to expand and says so.
+TEST(Recon, TokenScalesLearnOneStepPerToken) {
+  at::set_num_threads(2);
+  const Graph g = tiny_vit();
+  const auto images = tiny_images();
+  const QuantPlan start = minmax_plan(g, images, 4);
+  auto blocks = recon::plan_blocks(g, start, "block");
+  auto o = quick_recon("block");
+  o.token_scales = true;
+  QuantPlan plan = start;
+  auto results = recon::reconstruct(g, images, plan, blocks, o);
+  for (const auto& r : results) EXPECT_LE(r.loss_end, r.loss_start) << r.name;
+  EXPECT_EQ(plan.settings["reconstruction"]["token_scales"].get<int64_t>(), 2);  // fc1 and fc2
+  int token_wise = 0;
+  for (const auto& p : plan.points) {
+    if (p.weight) continue;
+    if (p.node == "blocks.0.mlp.fc1" || p.node == "blocks.0.mlp.fc2") {
+      ++token_wise;
+      EXPECT_EQ(p.spec.granularity, Granularity::PerChannel) << p.node;
+      EXPECT_EQ(p.spec.axis, 1) << p.node;
+      ASSERT_EQ(p.params.scale.sizes().vec(), (std::vector<int64_t>{1, 16, 1})) << p.node;  // 16 tokens
+      EXPECT_EQ(p.params.zero_point.sizes().vec(), p.params.scale.sizes().vec()) << p.node;
+      // learned apart: the tokens no longer share the step they started from
+      EXPECT_GT((p.params.scale.max() - p.params.scale.min()).item<float>(), 0.0f) << p.node;
+    } else {
+      EXPECT_EQ(p.spec.granularity, Granularity::PerTensor) << p.node;
+      EXPECT_EQ(p.params.scale.numel(), 1) << p.node;
+    }
+  }
+  EXPECT_EQ(token_wise, 2);
+  check_plan(plan, g, "token-wise");
+  TempDir tmp;
+  save_plan(plan, (tmp / "p.json").string());
+  QuantPlan back = load_plan((tmp / "p.json").string(), g);
+  {
+    at::InferenceMode guard;
+    auto a = QuantizedModel(g, plan).run(images), b = QuantizedModel(g, back).run(images);
+    EXPECT_TRUE(at::isfinite(a).all().item<bool>());
+    EXPECT_LE((a - b).abs().max().item<float>(), 1e-6f);
+  }
+  // again: the Linear inputs are token-wise already, the head's is 2-d
+  o.iters = 2;
+  testing::internal::CaptureStderr();
+  recon::reconstruct(g, images, back, blocks, o);
+  const std::string err = testing::internal::GetCapturedStderr();
+  EXPECT_NE(err.find("--recon-token-scales: no per-tensor uniform input"), std::string::npos) << err;
+  EXPECT_EQ(back.settings["reconstruction"]["token_scales"].get<int64_t>(), 0);
+  // with the steps fixed the tokens would keep one step: refused
+  o.learn_steps = false;
+  try {
+    o.validate();
+    ADD_FAILURE() << "token_scales without learn_steps was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--recon-token-scales"), std::string::npos) << e.what();
+  }
+}
+
 // Codes need plan format 3: a version-2 plan that carries them is refused.
 TEST(Recon, CodesNeedFormatThree) {
   const Graph g = tiny_vit();

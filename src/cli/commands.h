@@ -36,6 +36,7 @@ struct QuantArgs {
   double synthetic_bn_weight = 100;        // --calib synthetic[:N]: weight of the BatchNorm statistics term
   double recon_lr_round = 2e-2, recon_lr_scale = 2e-3, qdrop = 0.5;
   bool recon_learn_log = false;
+  bool recon_token_scales = false;
   double recon_lr_log = 2e-4;
   bool no_joint_bridges = false;
 };

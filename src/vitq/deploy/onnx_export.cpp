@@ -247,6 +247,12 @@ class Exporter {
     const std::string base = fmt::format("{}.in{}", p.node, p.slot);
     const auto& s = p.spec;
     if (s.granularity == Granularity::PerGroup) fail("export: {}: per-group activation quantizers cannot be exported", describe(p));
+    // ONNX Runtime fuses a Q/DQ pair before a MatMul into an integer MatMul whose input takes one zero point
+    if (s.kind == QuantKind::Uniform && s.granularity == Granularity::PerChannel)
+      if (const Node* n = g_.find_node(p.node); n && n->op == OpKind::Linear)
+        fail("export: {}: per-token input steps (--recon-token-scales) cannot be exported: ONNX Runtime's integer MatMul "
+             "takes one zero point for its input",
+             describe(p));
     if (s.kind == QuantKind::TwinUniform) return twin(p, x, base);
     if (is_any_log_kind(s.kind)) return log2q(p, x, base);
     std::string xin = x;

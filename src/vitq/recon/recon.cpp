@@ -35,6 +35,9 @@ void ReconOptions::validate() const {
   if (learn_log && !learn_steps)
     fail("reconstruction: learning the AdaLog quantizers (learn_log) needs learn_steps on; "
          "with the steps fixed it would learn nothing more");
+  if (token_scales && !learn_steps)
+    fail("reconstruction: token-wise activation steps (--recon-token-scales) need learn_steps on; with the steps fixed "
+         "every token would keep the per-tensor step");
   bool cuda = false;
   try {
     c10::Device d(device);
@@ -660,6 +663,36 @@ class Stream {
   size_t cursor_ = 0;
 };
 
+// FIMA-Q's token-wise steps: each per-tensor uniform input of a Linear whose input is [B, N, C] (one image through
+// the model tells the shapes) becomes per channel on axis 1, one step and zero point per token, each the per-tensor
+// one to start with. Returns how many inputs changed.
+int64_t expand_to_token_steps(const Graph& g, const at::Tensor& image, QuantPlan& plan) {
+  std::map<std::pair<std::string, size_t>, QuantPoint*> wanted;
+  for (auto& p : plan.points)
+    if (!p.weight && p.spec.kind == QuantKind::Uniform && p.spec.granularity == Granularity::PerTensor)
+      if (const Node* n = g.find_node(p.node); n && n->op == OpKind::Linear) wanted[{p.node, static_cast<size_t>(p.slot)}] = &p;
+  if (wanted.empty()) return 0;
+  std::map<std::pair<std::string, size_t>, std::vector<int64_t>> shapes;
+  ExecHooks seen;
+  seen.transform_input = [&](const Node& n, size_t slot, const at::Tensor& x) {
+    if (wanted.count({n.name, slot})) shapes[{n.name, slot}] = x.sizes().vec();
+    return x;
+  };
+  Executor(g).run(image, &seen);
+  int64_t changed = 0;
+  for (auto& [key, p] : wanted) {
+    auto it = shapes.find(key);
+    if (it == shapes.end() || it->second.size() != 3) continue;
+    const int64_t tokens = it->second[1];
+    p->spec.granularity = Granularity::PerChannel;
+    p->spec.axis = 1;
+    p->params.scale = p->params.scale.reshape({1, 1, 1}).expand({1, tokens, 1}).clone();
+    p->params.zero_point = p->params.zero_point.reshape({1, 1, 1}).expand({1, tokens, 1}).clone();
+    ++changed;
+  }
+  return changed;
+}
+
 // Fisher weights of a block: squared gradients normalised to mean 1 over the block's outputs.
 std::vector<at::Tensor> fisher_weights(const std::map<int, at::Tensor>& grads, const Block& b) {
   std::vector<at::Tensor> w;
@@ -697,6 +730,16 @@ std::vector<BlockResult> reconstruct(const Graph& model, const at::Tensor& calib
   if (o.learn_log && std::none_of(plan.points.begin(), plan.points.end(), adalog_input))
     fmt::print(stderr, "warning: --recon-learn-log: the plan has no AdaLog activation quantizer (add +adalog to the method); "
                        "nothing more is learned\n");
+  int64_t token_points = 0;
+  if (o.token_scales) {
+    at::InferenceMode guard;
+    token_points = expand_to_token_steps(g, images.narrow(0, 0, 1), plan);
+    if (o.progress)
+      fmt::print(stderr, "recon: {} Linear inputs get one learned step per token (--recon-token-scales)\n", token_points);
+    if (token_points == 0)
+      fmt::print(stderr, "warning: --recon-token-scales: no per-tensor uniform input of a Linear on [B, N, C] tensors; "
+                         "nothing changes\n");
+  }
   std::map<int, at::Tensor> grads;
   if (o.loss == "fisher") {
     std::vector<int> outs;
@@ -741,6 +784,7 @@ std::vector<BlockResult> reconstruct(const Graph& model, const at::Tensor& calib
   rec["images"] = n;
   rec["blocks"] = rows;
   rec["zero_points_clamped"] = clamped;
+  if (o.token_scales) rec["token_scales"] = token_points;  // how many inputs got them (the key only when asked)
   plan.settings["reconstruction"] = rec;
   return results;
 }

@@ -51,6 +51,10 @@ struct ReconOptions {
   double qdrop = 0.5;           // probability of keeping an activation unquantized during training (0: off)
   bool learn_rounding = true, learn_steps = true;
   bool learn_log = false;       // also AdaLog activation quantizers' scale and base (with learn_steps)
+  // FIMA-Q's token-wise activation steps: before the blocks are reconstructed, every per-tensor uniform input of a
+  // Linear whose input is [B, N, C] gets one step and zero point per token (the same start for every token, then
+  // learned with the other steps; needs learn_steps)
+  bool token_scales = false;
   uint64_t seed = 0;
   std::string device = "cpu";   // "cpu" | "cuda" (| "cuda:N")
   bool progress = true;
