@@ -334,7 +334,7 @@ int main(int argc, char** argv) {
     c->add_flag("--recon-learn-log", q.recon_learn_log, "reconstruction: also learn the AdaLog activation quantizers' scale and base");
     c->add_flag("--recon-token-scales", q.recon_token_scales,
                 "reconstruction: one learned step per token for the per-tensor uniform inputs of Linear layers on [B, N, C] tensors (FIMA-Q); "
-                "the integer runtime cannot run such a plan (the QDQ export can)");
+                "the integer runtime simulates those layers and the QDQ export refuses them");
     c->add_option("--recon-lr-log", q.recon_lr_log, "reconstruction: learning rate of the log AdaLog scales and bases (--recon-learn-log; default 0.0002)");
     c->add_option("--recon-loss", q.recon_loss, "reconstruction loss: fisher (Fisher-weighted output error, default) or mse");
     c->add_option("--qdrop", q.qdrop, "reconstruction: probability of leaving an activation unquantized per element (QDrop; default 0.5, 0 = off)");
