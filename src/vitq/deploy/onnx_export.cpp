@@ -247,8 +247,10 @@ class Exporter {
     const std::string base = fmt::format("{}.in{}", p.node, p.slot);
     const auto& s = p.spec;
     if (s.granularity == Granularity::PerGroup) fail("export: {}: per-group activation quantizers cannot be exported", describe(p));
-    // ONNX Runtime fuses a Q/DQ pair before a MatMul into an integer MatMul whose input takes one zero point
-    if (s.kind == QuantKind::Uniform && s.granularity == Granularity::PerChannel)
+    // Per-token steps ([1, N, 1] on a [B, N, C] input): ONNX Runtime fuses the Q/DQ pair before the MatMul into an
+    // integer MatMul whose input takes one zero point, and fails at run time (per-channel inputs of a 2-d Linear run)
+    const int64_t sdim = p.params.scale.dim();
+    if (s.kind == QuantKind::Uniform && s.granularity == Granularity::PerChannel && sdim >= 3 && s.axis >= 0 && s.axis < sdim - 1)
       if (const Node* n = g_.find_node(p.node); n && n->op == OpKind::Linear)
         fail("export: {}: per-token input steps (--recon-token-scales) cannot be exported: ONNX Runtime's integer MatMul "
              "takes one zero point for its input",
