@@ -8,6 +8,7 @@
 
 #include "test_util.h"
 #include "vitq/data/dataset.h"
+#include "vitq/deploy/int8_runtime.h"
 #include "vitq/methods/method.h"
 #include "vitq/models/model_loader.h"
 #include "vitq/quant/calibration.h"
@@ -235,6 +236,12 @@ TEST(ReconCli, ReconstructsOnMoreImagesThanItCalibratesOn) {
   const QuantPlan tokens = load_plan((tmp / "tokens.json").string(), g);
   EXPECT_EQ(tokens.settings["reconstruction"]["token_scales"], 48);  // qkv, proj, fc1 and fc2 inputs of 12 blocks
   EXPECT_EQ(tokens.find("blocks.0.mlp.fc2", 0)->params.scale.sizes().vec(), (std::vector<int64_t>{1, 197, 1}));
+  if (int8_runtime_available()) {  // the integer runtime runs every layer of that plan, the 48 per-token inputs included
+    r = run_vitq("eval " + deit + " --plan " + (tmp / "tokens.json").string() + " --data " + imagenet("val1000").string() +
+                 " --limit 4 --runtime int8 --quiet");
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_NE(r.output.find("adalog, 48 per-token inputs); 0 quantized layers simulated"), std::string::npos) << r.output;
+  }
 }
 
 // A plan made for another model is refused before calibration; a plan of this model is reconstructed from the

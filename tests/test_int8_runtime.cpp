@@ -57,19 +57,24 @@ QuantPoint point(const std::string& node, int slot, bool weight, const QuantSpec
   return p;
 }
 
-// input [B, 3, 4, 4] -> [B, 48] -> fc (48 -> 10)
-Graph linear_graph() {
+// input [B, 3, 4, 4] -> reshaped to [B, rows...] (default [B, 48]) -> fc (rows.back() -> 10) [-> GELU]
+Graph linear_graph(const std::vector<int64_t>& rows = {48}, bool gelu = false) {
   Graph g;
   g.meta.name = "tiny";
   g.meta.num_classes = 10;
   g.meta.preprocess.input_height = g.meta.preprocess.input_width = 4;
   g.input = g.add_value("input");
-  int flat = g.out(g.add_node(OpKind::Reshape, "flatten", {g.input}, 1,
-                              {{"shape", std::vector<int64_t>{1, 48}}, {"batch_mult", std::vector<int64_t>{1, 0}}}));
+  std::vector<int64_t> shape{1}, batch_mult{1};
+  for (int64_t r : rows) {
+    shape.push_back(r);
+    batch_mult.push_back(0);
+  }
+  int flat = g.out(g.add_node(OpKind::Reshape, "flatten", {g.input}, 1, {{"shape", shape}, {"batch_mult", batch_mult}}));
   at::manual_seed(3);
-  int w = g.add_const("fc.weight", at::randn({10, 48}) * 0.2);
+  int w = g.add_const("fc.weight", at::randn({10, rows.back()}) * 0.2);
   int b = g.add_const("fc.bias", at::randn({10}) * 0.1);
   g.output = g.out(g.add_node(OpKind::Linear, "fc", {flat, w, b}));
+  if (gelu) g.output = g.out(g.add_node(OpKind::Gelu, "act", {g.output}));
   g.validate();
   return g;
 }
@@ -196,6 +201,42 @@ TEST(Int8Runtime, MatMulEveryInputKindMatchesFakeQuant) {
   EXPECT_NE(Int8Model(g, shifted).stats().fallbacks.at(0).find("shifted adalog"), std::string::npos);
 }
 
+// --recon-token-scales' inputs: one step and zero point per token ([1, N, 1] on [B, N, C]) run natively, each output
+// row scaled by its step after the GEMM (then the bias and a fused GELU): as centred codes q − zp_n up to 7 bits,
+// and at 8 bits asymmetric as codes q with zp_n · Σ_k w subtracted after the GEMM.
+TEST(Int8Runtime, PerTokenLinearInputMatchesFakeQuant) {
+  REQUIRE_INT8();
+  at::manual_seed(6);
+  // tokens with very different ranges and offsets, as after a LayerNorm
+  const auto x = at::randn({5, 3, 4, 4}) * (0.2 + 2 * at::rand({1, 3, 4, 1})) + at::randn({1, 3, 4, 1});
+  const auto tokens = x.reshape({5, 6, 8});
+  for (bool gelu : {false, true}) {
+    Graph g = linear_graph({6, 8}, gelu);  // 6 "tokens" of 8 channels: a Linear on [B, N, C]
+    const auto& w = g.const_tensor(g.find_node("fc")->inputs[1]);
+    for (const auto& [label, bits, symmetric, is_signed, wsym] :
+         {std::tuple{std::string("A3 asym per-token / W3 asym per-channel"), 3, false, false, false},
+          {std::string("A4 asym signed per-token / W8 sym per-channel"), 4, false, true, true},
+          {std::string("A7 asym per-token / W4 asym per-channel"), 7, false, false, false},
+          {std::string("A8 sym signed per-token / W8 sym per-channel"), 8, true, true, true},
+          // 8 bits asymmetric: q − zp_n would span ±255, so the codes keep zp_n, subtracted after the GEMM as zp_n·Σ_k w
+          {std::string("A8 asym per-token / W8 sym per-channel"), 8, false, false, true},
+          {std::string("A8 asym signed per-token / W4 asym per-channel"), 8, false, true, false}}) {
+      QuantPoint in = point("fc", 0, false, spec(bits, symmetric, is_signed, Granularity::PerChannel, 1), tokens);
+      ASSERT_EQ(in.params.scale.sizes(), (std::vector<int64_t>{1, 6, 1})) << label;
+      if (bits == 8 && !symmetric) {  // these zero points leave centred codes outside int8: the other path is taken
+        const double zmin = in.params.zero_point.min().item<double>(), zmax = in.params.zero_point.max().item<double>();
+        EXPECT_TRUE(in.spec.qmin() - zmax < -128 || in.spec.qmax() - zmin > 127) << label;
+      }
+      const auto wp = point("fc", 1, true, spec(wsym ? 8 : bits > 4 ? 4 : bits, wsym, true, Granularity::PerChannel, 0), w);
+      auto plan = plan_of(g, {in, wp});
+      const std::string l = label + (gelu ? " + GELU" : "");
+      EXPECT_LE(compare(g, plan, x, l), 1e-5) << l;
+      Int8Model m(g, plan);
+      EXPECT_EQ(m.stats().token_inputs, 1) << l;
+    }
+  }
+}
+
 // Convolutions: padded, strided, grouped (depthwise) and dilated, with asymmetric inputs (the zero point must
 // leave the padding a real zero) and per-channel weights.
 TEST(Int8Runtime, ConvMatchesFakeQuant) {
@@ -257,7 +298,8 @@ TEST(Int8Runtime, DeitPlansAgreeWithFakeQuant) {
   data.samples.resize(16);
   at::Tensor x = load_calibration(g, data, 16, 0, false);
   at::Tensor calib = load_calibration(g, open_dataset(imagenet("calib1000").string()), 4, 0, false);
-  for (std::string method : {"minmax", "ptq4vit", "fqvit", "repqvit", "repqvit+adalog", "repqvit+headwise+wmse+adalog"}) {
+  for (std::string method :
+       {"minmax", "ptq4vit", "fqvit", "repqvit", "repqvit+adalog", "repqvit+headwise+wmse+adalog", "repqvit+headwise+wmse+adalog+tokens"}) {
     MethodOptions o;
     o.progress = false;
     o.search_steps = 5;
@@ -271,14 +313,33 @@ TEST(Int8Runtime, DeitPlansAgreeWithFakeQuant) {
       o.placement.wbits = o.placement.abits = 4;
       o.adalog = true;
     }
-    if (method == "repqvit+headwise+wmse+adalog") {  // asymmetric per-head q, kᵀ, v (run as centred codes q − zp_h)
+    const bool tokens = method.find("+tokens") != std::string::npos;
+    if (method.find("+headwise") != std::string::npos) {  // asymmetric per-head q, kᵀ, v (run as centred codes q − zp_h)
       o.placement.wbits = o.placement.abits = 4;
       o.adalog = o.matmul_per_head = o.weight_mse = true;
     }
     QuantPlan plan = run_method(g, calib, method.rfind("repqvit", 0) == 0 ? "repqvit" : method, o);
+    if (tokens) {  // --recon-token-scales' plan: qkv, proj and fc1 inputs with a step and zero point per token, each moved apart
+      at::manual_seed(12);
+      int n = 0;
+      for (auto& p : plan.points) {
+        const bool reads_tokens = p.node.find(".attn.qkv") != std::string::npos || p.node.find(".attn.proj") != std::string::npos ||
+                                  p.node.find(".mlp.fc1") != std::string::npos;
+        if (p.weight || !reads_tokens || p.spec.kind != QuantKind::Uniform || p.spec.granularity != Granularity::PerTensor) continue;
+        p.spec.granularity = Granularity::PerChannel;
+        p.spec.axis = 1;
+        p.params.scale = p.params.scale.reshape({1, 1, 1}) * (0.7 + 0.6 * at::rand({1, 197, 1}));
+        p.params.zero_point = at::clamp(p.params.zero_point.reshape({1, 1, 1}) + at::randint(-2, 3, {1, 197, 1}).to(at::kFloat),
+                                        static_cast<double>(p.spec.qmin()), static_cast<double>(p.spec.qmax()));
+        ++n;
+      }
+      ASSERT_EQ(n, 36);
+      check_plan(plan, g, "per-token plan");
+    }
     Int8Model m(g, plan);
     if (method == "repqvit") EXPECT_EQ(m.stats().log2_inputs, 12);
-    if (method == "repqvit+headwise+wmse+adalog") {
+    EXPECT_EQ(m.stats().token_inputs, tokens ? 36 : 0) << method;
+    if (method.find("+headwise") != std::string::npos) {
       int per_head = 0;
       for (const auto& p : plan.points) per_head += !p.weight && p.spec.granularity == Granularity::PerHead && !p.spec.symmetric;
       EXPECT_EQ(per_head, 36);

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <png.h>
 #include <cstdio>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -120,6 +121,17 @@ inline void expect_cli_error(const CliResult& r, const std::string& needle) {
   EXPECT_NE(r.code, 0) << r.output;
   EXPECT_LT(r.code, 128) << "crashed: " << r.output;
   EXPECT_NE(error_line(r.output).find(needle), std::string::npos) << "output: " << r.output;
+}
+
+// Expects fn() to throw an exception whose message contains `needle` (`what`: the case, for the failure message).
+template <class Fn>
+void expect_throw_mentioning(Fn&& fn, const std::string& needle, const std::string& what) {
+  try {
+    fn();
+    ADD_FAILURE() << what << " was accepted";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << what << ": " << e.what();
+  }
 }
 
 }  // namespace vitq::test

@@ -161,9 +161,10 @@ int run_eval(const EvalArgs& a) {
     if (a.device != "cpu") fail("--runtime int8 runs on the CPU (drop --device {})", a.device);
     int8.emplace(g, plan);
     const auto& s = int8->stats();
-    runtime_line = fmt::format("vitq int8 (oneDNN): {} Linear, {} MatMul and {} Conv2d layers in int8 ({} twin-uniform, {} log2/log√2, {} adalog inputs); "
+    runtime_line = fmt::format("vitq int8 (oneDNN): {} Linear, {} MatMul and {} Conv2d layers in int8 ({} twin-uniform, {} log2/log√2, {} adalog, {} per-token inputs); "
                                "{} quantized layers simulated{}",
-                               s.native_linear, s.native_matmul, s.native_conv, s.twin_inputs, s.log2_inputs, s.adalog_inputs, s.fallbacks.size(),
+                               s.native_linear, s.native_matmul, s.native_conv, s.twin_inputs, s.log2_inputs, s.adalog_inputs, s.token_inputs,
+                               s.fallbacks.size(),
                                s.fallbacks.empty() ? "" : " (" + s.fallbacks.front() + (s.fallbacks.size() > 1 ? ", …)" : ")"));
     opt.runtime = [&int8](const at::Tensor& x) { return int8->run(x); };
   } else if (runtime != "vitq") {
@@ -334,7 +335,7 @@ int main(int argc, char** argv) {
     c->add_flag("--recon-learn-log", q.recon_learn_log, "reconstruction: also learn the AdaLog activation quantizers' scale and base");
     c->add_flag("--recon-token-scales", q.recon_token_scales,
                 "reconstruction: one learned step per token for the per-tensor uniform inputs of Linear layers on [B, N, C] tensors (FIMA-Q); "
-                "the integer runtime simulates those layers and the QDQ export refuses them");
+                "the integer runtime runs them in int8 (up to 7 bits), the QDQ export refuses them");
     c->add_option("--recon-lr-log", q.recon_lr_log, "reconstruction: learning rate of the log AdaLog scales and bases (--recon-learn-log; default 0.0002)");
     c->add_option("--recon-loss", q.recon_loss, "reconstruction loss: fisher (Fisher-weighted output error, default) or mse");
     c->add_option("--qdrop", q.qdrop, "reconstruction: probability of leaving an activation unquantized per element (QDrop; default 0.5, 0 = off)");

@@ -76,13 +76,13 @@ bool has_avx512() {
 // `scales` has more than one entry (per-head quantizers). Rows of the last dim are quantized in place from x's
 // memory: no float copy.
 template <class T>
-void quantize_into(const at::Tensor& x_in, T* out, const std::vector<float>& scales, float zp, const std::vector<float>& lo,
+void quantize_into(const at::Tensor& x_in, T* out, const std::vector<float>& scales, const std::vector<float>& zp, const std::vector<float>& lo,
                    const std::vector<float>& hi) {
   at::Tensor x = x_in.stride(-1) == 1 ? x_in : x_in.contiguous();
   auto kernel = has_avx512() ? quantize_avx512<T> : quantize_generic<T>;
   const float* base = x.data_ptr<float>();
-  if (x.is_contiguous() && scales.size() == 1) {
-    at::parallel_for(0, x.numel(), 65536, [&](int64_t b, int64_t e) { kernel(base + b, out + b, e - b, scales[0], zp, lo[0], hi[0]); });
+  if (x.is_contiguous() && scales.size() == 1 && zp.size() == 1) {
+    at::parallel_for(0, x.numel(), 65536, [&](int64_t b, int64_t e) { kernel(base + b, out + b, e - b, scales[0], zp[0], lo[0], hi[0]); });
     return;
   }
   const int64_t r = x.dim(), inner = x.size(-1), rows = x.numel() / std::max<int64_t>(inner, 1);
@@ -97,7 +97,8 @@ void quantize_into(const at::Tensor& x_in, T* out, const std::vector<float>& sca
         if (d == 1) head = i;
       }
       const size_t h = static_cast<size_t>(head);
-      kernel(base + off, out + row * inner, inner, scales.size() == 1 ? scales[0] : scales[h], zp, lo.size() == 1 ? lo[0] : lo[h],
+      kernel(base + off, out + row * inner, inner, scales.size() == 1 ? scales[0] : scales[h], zp.size() == 1 ? zp[0] : zp[h],
+             lo.size() == 1 ? lo[0] : lo[h],
              hi.size() == 1 ? hi[0] : hi[h]);
     }
   });
@@ -135,7 +136,7 @@ IntGrid uniform_grid(const at::Tensor& x, const QuantPoint& p, bool as_signed = 
     }
     g.zero_point = 0;
     g.codes = at::empty(x.sizes(), at::kChar);
-    quantize_into(x, g.codes.data_ptr<int8_t>(), scales, 0.0f, lo, hi);
+    quantize_into(x, g.codes.data_ptr<int8_t>(), scales, {0.0f}, lo, hi);
     return g;
   }
   const float shift = as_signed && !p.spec.is_signed ? -128.0f : 0.0f;
@@ -144,11 +145,65 @@ IntGrid uniform_grid(const at::Tensor& x, const QuantPoint& p, bool as_signed = 
   g.zero_point = static_cast<int32_t>(zp);
   if (lo >= 0) {
     g.codes = at::empty(x.sizes(), at::kByte);
-    quantize_into(x, g.codes.data_ptr<uint8_t>(), scales, zp, {lo}, {hi});
+    quantize_into(x, g.codes.data_ptr<uint8_t>(), scales, {zp}, {lo}, {hi});
   } else {
     g.codes = at::empty(x.sizes(), at::kChar);
-    quantize_into(x, g.codes.data_ptr<int8_t>(), scales, zp, {lo}, {hi});
+    quantize_into(x, g.codes.data_ptr<int8_t>(), scales, {zp}, {lo}, {hi});
   }
+  return g;
+}
+
+// A per-token uniform input (--recon-token-scales): one step and zero point per index of dim 1 of a [B, N, C]
+// Linear input, the parameters shaped [1, N, 1].
+bool per_token(const QuantPoint& p) {
+  const auto& s = p.params.scale;
+  return p.spec.kind == QuantKind::Uniform && p.spec.granularity == Granularity::PerChannel && p.spec.axis == 1 && s.dim() == 3 &&
+         s.size(0) == 1 && s.size(2) == 1;
+}
+
+// Whether a per-token input's centred codes q − zp_n fit int8 (up to 7 bits; else the codes q keep their zero points).
+bool token_centred(const QuantPoint& p) {
+  const auto z = p.params.zero_point.to(at::kDouble);
+  return static_cast<double>(p.spec.qmin()) - z.max().item<double>() >= -128 && static_cast<double>(p.spec.qmax()) - z.min().item<double>() <= 127;
+}
+
+// Why a per-token input cannot run natively ("" if it can).
+std::string token_problem(const QuantPoint& p) {
+  if (p.params.zero_point.numel() != p.params.scale.numel()) return "per-token input with one zero point for several steps";
+  const auto z = p.params.zero_point.to(at::kDouble);
+  if (!at::equal(z, at::round(z))) return "per-token zero point off the integer grid";
+  if (!token_centred(p) && (p.spec.qmin() < (p.spec.is_signed ? -128 : 0) || p.spec.qmax() > (p.spec.is_signed ? 127 : 255)))
+    return fmt::format("{}-bit per-token input", p.spec.bits);
+  return "";
+}
+
+// Codes of a per-token input, its steps (and zero points, where the codes are not centred) applied to the GEMM's
+// output rows: centred codes q − zp_n up to 7 bits, else the codes q in int8 or uint8 and zp_n kept apart.
+IntGrid token_grid(const at::Tensor& x, const QuantPoint& p) {
+  const auto scales = scale_list(p);
+  if (x.dim() != 3 || x.size(1) != static_cast<int64_t>(scales.size()))
+    fail("int8 runtime: {} has {} per-token steps for a tensor of shape [{}]", p.node, scales.size(), fmt::join(x.sizes(), ", "));
+  auto zps = p.params.zero_point.to(at::kFloat).reshape({-1}).contiguous();
+  const float qmin = static_cast<float>(p.spec.qmin()), qmax = static_cast<float>(p.spec.qmax());
+  IntGrid g;
+  g.row_step = at::tensor(scales, at::kFloat);
+  if (token_centred(p)) {
+    std::vector<float> lo, hi;
+    for (int64_t n = 0; n < zps.numel(); ++n) {
+      const float z = zps.data_ptr<float>()[n];
+      lo.push_back(qmin - z);
+      hi.push_back(qmax - z);
+    }
+    g.codes = at::empty(x.sizes(), at::kChar);
+    quantize_into(x, g.codes.data_ptr<int8_t>(), scales, {0.0f}, lo, hi);  // clamp(rint(x/s_n), qmin − zp_n, qmax − zp_n)
+    return g;
+  }
+  // clamp(rint(x/s_n) + zp_n, qmin, qmax), each zero point subtracted after the GEMM (zp_n · Σ_k w)
+  g.row_zero_point = zps;
+  const std::vector<float> zp(zps.data_ptr<float>(), zps.data_ptr<float>() + zps.numel());
+  g.codes = at::empty(x.sizes(), qmin >= 0 ? at::kByte : at::kChar);
+  if (qmin >= 0) quantize_into(x, g.codes.data_ptr<uint8_t>(), scales, zp, {qmin}, {qmax});
+  else quantize_into(x, g.codes.data_ptr<int8_t>(), scales, zp, {qmin}, {qmax});
   return g;
 }
 
@@ -206,6 +261,7 @@ std::vector<IntGrid> split_grids(const at::Tensor& x_in, const QuantPoint& p) {
 
 std::vector<IntGrid> input_grids(const at::Tensor& x, const QuantPoint& p) {
   if (p.spec.kind == QuantKind::TwinUniform || is_any_log_kind(p.spec.kind)) return split_grids(x, p);
+  if (per_token(p)) return {token_grid(x, p)};
   return {uniform_grid(x, p)};
 }
 
@@ -273,6 +329,16 @@ class NativeLinear {
     return bias_by_zp_.emplace(key, b.to(at::kFloat).contiguous()).first->second;
   }
 
+  // s_w[c] · Σ_k w[c, k]: the output of a row of ones (a per-token input's zero point)
+  const at::Tensor& weight_sums() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!weight_sums_.defined())
+      weight_sums_ = (codes_.to(at::kDouble).sum(1) * at::tensor(std::vector<double>(w_scale_.begin(), w_scale_.end()), at::kDouble))
+                         .to(at::kFloat)
+                         .contiguous();
+    return weight_sums_;
+  }
+
   // gelu: GELU (erf) in the epilogue of the last GEMM
   at::Tensor run(const at::Tensor& x, const std::vector<IntGrid>& grids, bool gelu = false) {
     if (x.size(-1) != K_) fail("int8 runtime: Linear input has {} features, its weight {}", x.size(-1), K_);
@@ -281,6 +347,23 @@ class NativeLinear {
     sizes.back() = N_;
     auto y = at::empty({M, N_}, at::kFloat);
     dnnl::stream st(cpu_engine());
+    if (grids.size() == 1 && grids[0].row_step.defined()) {
+      // per-token steps: y = s_n · (s_w[c] · Σ_k q·w − zp_n · s_w[c] · Σ_k w) + b, with the zero point, the row scale,
+      // the bias and the GELU after the GEMM (zp_n = 0 for centred codes)
+      const auto& g = grids[0];
+      if (x.dim() != 3 || g.row_step.numel() != x.size(1)) fail("int8 runtime: per-token steps for a Linear input of rank {}", x.dim());
+      auto& prim = primitive(M, code_type(g.codes), 1.0f, false, false, false);
+      memory src(prim.src, cpu_engine(), g.codes.data_ptr());
+      memory dst(prim.dst, cpu_engine(), y.data_ptr());
+      prim.prim.execute(st, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, *prim.weights}, {DNNL_ARG_DST, dst}});
+      st.wait();
+      auto rows = y.view({x.size(0), x.size(1), N_});
+      if (g.row_zero_point.defined()) rows.sub_(g.row_zero_point.view({1, -1, 1}) * weight_sums().view({1, 1, -1}));
+      rows.mul_(g.row_step.view({1, -1, 1}));
+      if (bias_.defined()) rows.add_(bias_);
+      if (gelu) y = at::gelu(y);
+      return y.view(sizes);
+    }
     for (size_t gi = 0; gi < grids.size(); ++gi) {
       const auto& g = grids[gi];
       const bool with_bias = gi == 0 && (bias_.defined() || g.zero_point != 0 || g.shift != 0);
@@ -341,7 +424,7 @@ class NativeLinear {
 
   at::Tensor codes_;
   std::vector<float> w_scale_;
-  at::Tensor bias_;
+  at::Tensor bias_, weight_sums_;
   int64_t N_ = 0, K_ = 0;
   std::mutex mu_;
   std::map<std::tuple<int64_t, int, float, bool, bool, bool>, Prim> prims_;
@@ -636,7 +719,8 @@ struct Int8Model::Impl {
   std::string setup_linear(size_t i, const QuantPoint& in, const QuantPoint& w) {
     const Node& n = graph.nodes[i];
     if (!w.weight) return "its weight is not a constant";
-    if (auto why = left_problem(in, false); !why.empty()) return why;
+    const bool token = n.op == OpKind::Linear && per_token(in);
+    if (auto why = token ? token_problem(in) : left_problem(in, false); !why.empty()) return why;
     if (w.spec.kind != QuantKind::Uniform) return "non-uniform weight quantizer";
     if (w.spec.granularity != Granularity::PerTensor && !(w.spec.granularity == Granularity::PerChannel && w.spec.axis == 0))
       return fmt::format("per-{} weight quantizer", granularity_name(w.spec.granularity));
@@ -668,6 +752,7 @@ struct Int8Model::Impl {
     }
     linear[i] = std::make_unique<NativeLinear>(codes, std::move(scales), bias);
     ++stats.native_linear;
+    stats.token_inputs += token;
     return "";
   }
 

@@ -4,7 +4,10 @@
 // s_x·s_w, the input's zero point and the bias fused into oneDNN's epilogue; a GELU after a Linear too):
 //   - Conv2d with a per-tensor uniform input and a symmetric weight quantizer (per tensor or per output channel),
 //     grouped and depthwise included (zero points by oneDNN, so padding stays a real zero).
-//   - Linear whose input quantizer is per-tensor uniform (≤ 8 bits), twin uniform or log2, and whose weight
+//   - Linear whose input quantizer is per-tensor uniform (≤ 8 bits), twin uniform or log2, or per-token uniform on
+//     a [B, N, C] input (one step and zero point per token, --recon-token-scales: centred codes q − zp_n up to 7
+//     bits, at 8 bits the codes and zp_n · Σ_k w subtracted after the GEMM; row n of the output scaled by s_n after
+//     the GEMM, then the bias and GELU), and whose weight
 //     quantizer is symmetric uniform per tensor or per output channel (learned codes used as they are). Weights
 //     are quantized and packed once, at load.
 //   - MatMul of two activations (q·kᵀ, attn·v) whose inputs are per-tensor uniform, twin uniform or log2 (left)
@@ -33,6 +36,7 @@ struct QuantPlan;
 struct Int8Stats {
   int native_linear = 0, native_matmul = 0, native_conv = 0;
   int twin_inputs = 0, log2_inputs = 0, adalog_inputs = 0;  // native inputs of those kinds (each two GEMMs)
+  int token_inputs = 0;  // native per-token uniform Linear inputs (their steps applied to the output's rows)
   std::vector<std::string> fallbacks;    // "node: why" for quantized layers run by the simulation instead
 };
 
@@ -65,6 +69,10 @@ struct IntGrid {
   float step = 1;
   int32_t zero_point = 0;
   double shift = 0;  // subtracted from every value: x̂ = step · (codes − zero_point) − shift (AdaLog's δ)
+  // Per-token steps (float [N]) of a [B, N, C] Linear input (--recon-token-scales): step is then 1, and row n of the
+  // GEMM's output is multiplied by row_step[n] after it. The codes are centred (q − zp_n) where that fits int8 (up to
+  // 7 bits); else they are q, and row_zero_point[n] · Σ_k w is subtracted from row n before the step.
+  at::Tensor row_step{}, row_zero_point{};
 };
 
 }  // namespace vitq
