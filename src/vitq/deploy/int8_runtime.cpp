@@ -68,13 +68,10 @@ bool has_avx512() {
   return yes;
 }
 
-// Per-tensor uniform codes of x (any strides: made contiguous in x's logical shape).
-// as_signed: unsigned codes shifted down by 128 (with the zero point), for oneDNN's signed weights operand; the
-// differences q − zp are unchanged.
 // Codes of x (float, any strides whose last one is 1, else copied) into a new contiguous tensor of x's shape:
-// clamp(rint(x / s) + zp, lo, hi), with s (and lo, hi when those are given per head) taken per index of dim 1 when
-// `scales` has more than one entry (per-head quantizers). Rows of the last dim are quantized in place from x's
-// memory: no float copy.
+// clamp(rint(x / s) + zp, lo, hi), with s, zp, lo and hi each taken per index of dim 1 where it has more than one
+// entry (per-head quantizers of [B, H, N, D], per-token ones of [B, N, C]). Rows of the last dim are quantized in
+// place from x's memory: no float copy.
 template <class T>
 void quantize_into(const at::Tensor& x_in, T* out, const std::vector<float>& scales, const std::vector<float>& zp, const std::vector<float>& lo,
                    const std::vector<float>& hi) {
