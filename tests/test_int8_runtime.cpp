@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include "test_util.h"
+#include "tiny_graphs.h"
 #include "vitq/data/dataset.h"
 #include "vitq/deploy/int8_runtime.h"
 #include "vitq/graph/executor.h"
@@ -55,43 +56,6 @@ QuantPoint point(const std::string& node, int slot, bool weight, const QuantSpec
     p.params = params_from_range(reduce_amin(data, s), reduce_amax(data, s), s);
   }
   return p;
-}
-
-// input [B, 3, 4, 4] -> reshaped to [B, rows...] (default [B, 48]) -> fc (rows.back() -> 10) [-> GELU]
-Graph linear_graph(const std::vector<int64_t>& rows = {48}, bool gelu = false) {
-  Graph g;
-  g.meta.name = "tiny";
-  g.meta.num_classes = 10;
-  g.meta.preprocess.input_height = g.meta.preprocess.input_width = 4;
-  g.input = g.add_value("input");
-  std::vector<int64_t> shape{1}, batch_mult{1};
-  for (int64_t r : rows) {
-    shape.push_back(r);
-    batch_mult.push_back(0);
-  }
-  int flat = g.out(g.add_node(OpKind::Reshape, "flatten", {g.input}, 1, {{"shape", shape}, {"batch_mult", batch_mult}}));
-  at::manual_seed(3);
-  int w = g.add_const("fc.weight", at::randn({10, rows.back()}) * 0.2);
-  int b = g.add_const("fc.bias", at::randn({10}) * 0.1);
-  g.output = g.out(g.add_node(OpKind::Linear, "fc", {flat, w, b}));
-  if (gelu) g.output = g.out(g.add_node(OpKind::Gelu, "act", {g.output}));
-  g.validate();
-  return g;
-}
-
-// input [B, 3, 4, 4] ("3 heads") -> x · xᵀ [B, 3, 4, 4] -> [B, 48]
-Graph matmul_graph() {
-  Graph g;
-  g.meta.name = "tiny_mm";
-  g.meta.num_classes = 48;
-  g.meta.preprocess.input_height = g.meta.preprocess.input_width = 4;
-  g.input = g.add_value("input");
-  int t = g.out(g.add_node(OpKind::Transpose, "t", {g.input}, 1, {{"perm", std::vector<int64_t>{0, 1, 3, 2}}}));
-  int mm = g.out(g.add_node(OpKind::MatMul, "mm", {g.input, t}));
-  g.output = g.out(g.add_node(OpKind::Reshape, "flatten", {mm}, 1,
-                              {{"shape", std::vector<int64_t>{1, 48}}, {"batch_mult", std::vector<int64_t>{1, 0}}}));
-  g.validate();
-  return g;
 }
 
 QuantPlan plan_of(const Graph& g, std::vector<QuantPoint> points) {

@@ -55,9 +55,10 @@ int run_export(const ExportArgs& a) {
   fmt::print("wrote     {} ({}, opset {}, {:.2f} MB)\n", a.out, format, r.opset, static_cast<double>(r.bytes.size()) / 1e6);
   if (!a.plan.empty()) {
     const ExportResult fp = export_onnx(g, nullptr);
-    fmt::print("quantized {} Q/DQ activation pairs, {} int8 weights{}; {:.1f}% of the FP32 export's size ({:.2f} MB)\n",
+    fmt::print("quantized {} Q/DQ activation pairs, {} int8 weights{}{}; {:.1f}% of the FP32 export's size ({:.2f} MB)\n",
                r.qdq_activations, r.int8_weights,
-               r.standard_op_quantizers ? fmt::format(", {} twin-uniform/log2 quantizers as standard ops", r.standard_op_quantizers) : "",
+               r.integer_linears ? fmt::format(", {} Linears on per-token inputs as MatMulInteger", r.integer_linears) : "",
+               r.standard_op_quantizers ? fmt::format(", {} quantizers as standard ops (twin-uniform, log, 8-bit with per-axis zero points)", r.standard_op_quantizers) : "",
                100.0 * static_cast<double>(r.bytes.size()) / static_cast<double>(fp.bytes.size()), static_cast<double>(fp.bytes.size()) / 1e6);
   }
   return 0;

@@ -150,14 +150,6 @@ IntGrid uniform_grid(const at::Tensor& x, const QuantPoint& p, bool as_signed = 
   return g;
 }
 
-// A per-token uniform input (--recon-token-scales): one step and zero point per index of dim 1 of a [B, N, C]
-// Linear input, the parameters shaped [1, N, 1].
-bool per_token(const QuantPoint& p) {
-  const auto& s = p.params.scale;
-  return p.spec.kind == QuantKind::Uniform && p.spec.granularity == Granularity::PerChannel && p.spec.axis == 1 && s.dim() == 3 &&
-         s.size(0) == 1 && s.size(2) == 1;
-}
-
 // Whether a per-token input's centred codes q − zp_n fit int8 (up to 7 bits; else the codes q keep their zero points).
 bool token_centred(const QuantPoint& p) {
   const auto z = p.params.zero_point.to(at::kDouble);
@@ -258,7 +250,7 @@ std::vector<IntGrid> split_grids(const at::Tensor& x_in, const QuantPoint& p) {
 
 std::vector<IntGrid> input_grids(const at::Tensor& x, const QuantPoint& p) {
   if (p.spec.kind == QuantKind::TwinUniform || is_any_log_kind(p.spec.kind)) return split_grids(x, p);
-  if (per_token(p)) return {token_grid(x, p)};
+  if (is_per_token_input(p)) return {token_grid(x, p)};
   return {uniform_grid(x, p)};
 }
 
@@ -716,7 +708,7 @@ struct Int8Model::Impl {
   std::string setup_linear(size_t i, const QuantPoint& in, const QuantPoint& w) {
     const Node& n = graph.nodes[i];
     if (!w.weight) return "its weight is not a constant";
-    const bool token = n.op == OpKind::Linear && per_token(in);
+    const bool token = n.op == OpKind::Linear && is_per_token_input(in);
     if (auto why = token ? token_problem(in) : left_problem(in, false); !why.empty()) return why;
     if (w.spec.kind != QuantKind::Uniform) return "non-uniform weight quantizer";
     if (w.spec.granularity != Granularity::PerTensor && !(w.spec.granularity == Granularity::PerChannel && w.spec.axis == 0))

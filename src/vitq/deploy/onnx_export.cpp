@@ -58,6 +58,7 @@ class Exporter {
     set_type(in, onnx::TensorProto::FLOAT, {-1, 3, g_.meta.preprocess.input_height, g_.meta.preprocess.input_width});
     names_[g_.input] = "input";
     used_.insert("input");
+    used_.insert("logits");  // the graph output's name: a value of the model called so gets another
     for (size_t i = 0; i < g_.nodes.size(); ++i) emit(i);
     auto* o = gp_->add_output();
     o->set_name("logits");
@@ -242,30 +243,36 @@ class Exporter {
 
   std::string describe(const QuantPoint& p) const { return fmt::format("{} input {} ({})", p.node, p.slot, p.spec.describe()); }
 
-  // Activation x quantized by p: Q/DQ (uniform, PTF) or the standard-op formula (twin uniform, log2).
+  // Activation x quantized by p: Q/DQ (uniform, PTF) or the standard-op formula (twin uniform, log2, 8-bit uniform with
+  // zero points along an axis).
   std::string quant_activation(const QuantPoint& p, const std::string& x, int64_t r) {
     const std::string base = fmt::format("{}.in{}", p.node, p.slot);
     const auto& s = p.spec;
     if (s.granularity == Granularity::PerGroup) fail("export: {}: per-group activation quantizers cannot be exported", describe(p));
-    // Per-token steps ([1, N, 1] on a [B, N, C] input): ONNX Runtime fuses the Q/DQ pair before the MatMul into an
-    // integer MatMul whose input takes one zero point, and fails at run time (per-channel inputs of a 2-d Linear run)
-    const int64_t sdim = p.params.scale.dim();
-    if (s.kind == QuantKind::Uniform && s.granularity == Granularity::PerChannel && sdim >= 3 && s.axis >= 0 && s.axis < sdim - 1)
-      if (const Node* n = g_.find_node(p.node); n && n->op == OpKind::Linear)
-        fail("export: {}: per-token input steps (--recon-token-scales) cannot be exported: ONNX Runtime's integer MatMul "
-             "takes one zero point for its input",
-             describe(p));
+    // per-token steps on a Linear input are written by token_linear with the Linear; anywhere else the per-axis Q/DQ
+    // below says the same
     if (s.kind == QuantKind::TwinUniform) return twin(p, x, base);
     if (is_any_log_kind(s.kind)) return log2q(p, x, base);
+    // Uniform zero points along an axis (asymmetric per-head or per-channel inputs; PTF's one zero point for all
+    // channels stays as it is): ONNX Runtime fuses such a Q/DQ pair before a MatMul into an integer MatMul that takes
+    // one zero point for its input, and fails at run time (seen with repqvit+headwise's per-head q, k). The codes are written centred instead, q − zp (int8, zero points 0): the input is clipped to
+    // (qmin − zp)·s … (qmax − zp)·s first, so round(x / s) is q − zp, and (q − zp)·s is the same value. Where the
+    // centred codes leave int8 (8-bit asymmetric), the standard ops of the formula.
+    bool centred = false;
+    if (s.kind == QuantKind::Uniform && p.params.zero_point.numel() > 1 && p.params.zero_point.abs().max().item<double>() > 0) {
+      const auto z = p.params.zero_point.to(at::kDouble);
+      centred = static_cast<double>(s.qmin()) - z.max().item<double>() >= -128 && static_cast<double>(s.qmax()) - z.min().item<double>() <= 127;
+      if (!centred) return uniform_formula(p, x, base);
+    }
     std::string xin = x;
     const bool is8 = s.bits == 8 && ((s.is_signed && s.qmin() == -128 && s.qmax() == 127) || (!s.is_signed && s.qmax() == 255));
-    if (!is8) {  // clip to the grid's range first: QDQ saturates only at the 8-bit limits
+    if (!is8 || centred) {  // clip to the grid's range first: QDQ saturates only at the 8-bit limits
       auto lo = ((static_cast<double>(s.qmin()) - p.params.zero_point) * p.params.scale).to(at::kFloat);
       auto hi = ((static_cast<double>(s.qmax()) - p.params.zero_point) * p.params.scale).to(at::kFloat);
       xin = op1("Max", {op1("Min", {xin, init(hi, base + ".hi")}, base + ".clip_hi"), init(lo, base + ".lo")}, base + ".clip");
     }
-    const bool signed_codes = s.is_signed;
-    auto zp = qdq_param(p.params.zero_point).to(signed_codes ? at::kChar : at::kByte);
+    const bool signed_codes = s.is_signed || centred;
+    auto zp = (centred ? at::zeros_like(qdq_param(p.params.zero_point)) : qdq_param(p.params.zero_point)).to(signed_codes ? at::kChar : at::kByte);
     auto sc = init(qdq_param(p.params.scale).to(at::kFloat), base + ".scale");
     auto zpn = init(zp, base + ".zero_point");
     const int64_t axis = param_axis(p, r);
@@ -278,6 +285,19 @@ class Exporter {
     }
     ++res_.qdq_activations;
     return dq;
+  }
+
+  // A uniform quantizer as the standard ops of its formula, clamp(round(x / s) + zp, qmin, qmax) − zp) · s, written
+  // as round(clip(x, (qmin − zp)·s, (qmax − zp)·s) / s) · s: the same numbers, in float.
+  std::string uniform_formula(const QuantPoint& p, const std::string& x, const std::string& base) {
+    const auto& s = p.spec;
+    auto lo = ((static_cast<double>(s.qmin()) - p.params.zero_point) * p.params.scale).to(at::kFloat);
+    auto hi = ((static_cast<double>(s.qmax()) - p.params.zero_point) * p.params.scale).to(at::kFloat);
+    auto clipped = op1("Max", {op1("Min", {x, init(hi, base + ".hi")}, base + ".clip_hi"), init(lo, base + ".lo")}, base + ".clip");
+    auto sc = init(p.params.scale.to(at::kFloat), base + ".step");
+    auto codes = op1("Round", {op1("Div", {clipped, sc}, base + ".x")}, base + ".codes");
+    ++res_.standard_op_quantizers;
+    return op1("Mul", {codes, sc}, base + ".uniform");
   }
 
   std::string twin(const QuantPoint& p, const std::string& x, const std::string& base) {
@@ -322,6 +342,75 @@ class Exporter {
     ++res_.standard_op_quantizers;
     const std::string q = op1("Where", {keep, value, zero}, base + ".log2");
     return shift != 0.0f ? op1("Sub", {q, shift_name}, base + ".unshifted") : q;
+  }
+
+  // A Linear whose input has one step and zero point per token (the reconstruction's --recon-token-scales), in
+  // integer ops: ONNX Runtime fuses a Q/DQ pair before a MatMul into an integer MatMul whose input takes one zero
+  // point, so this writes the integer form itself. The input's codes q (QuantizeLinear along the token axis, clipped
+  // to the grid first below 8 bits) and the weight's codes w (int8) go through MatMulInteger with the weight's zero
+  // points; each token's zero point is taken out after it, exactly in int32, as zp_n · Σ_k (w_kc − zp_c); then
+  // y = acc · s_n · s_c + b.
+  std::string token_linear(const Node& n, const QuantPoint& in) {
+    const QuantPoint* wp = point(n, 1);
+    const std::string base = fmt::format("{}.in0", n.name);
+    if (!wp || !wp->weight || (wp->spec.kind != QuantKind::Uniform && wp->spec.kind != QuantKind::PowerOfTwoFactor) ||
+        wp->spec.granularity == Granularity::PerGroup)
+      fail("export: {}: a per-token input (--recon-token-scales) is exported only with a uniform per-tensor or per-channel "
+           "quantizer on the weight",
+           describe(in));
+    const int v = n.inputs.at(0);
+    const int64_t tokens = in.params.scale.size(1);
+    if (rank(v) != 3 || sample(v).size(1) != tokens)
+      fail("export: {}: {} per-token steps for an input of shape [{}]", describe(in), tokens, fmt::join(sample(v).sizes(), ", "));
+    const auto& s = in.spec;
+    const auto zpf = in.params.zero_point.to(at::kDouble).reshape({-1});
+    const int64_t zlo = s.is_signed ? -128 : 0, zhi = s.is_signed ? 127 : 255;
+    if (zpf.numel() != tokens || !at::equal(zpf, at::round(zpf)) || zpf.min().item<double>() < zlo || zpf.max().item<double>() > zhi)
+      fail("export: {}: per-token zero points must be {} integers in {}..{}", describe(in), tokens, zlo, zhi);
+    // the input's codes
+    std::string xin = value(v);
+    const bool is8 = s.bits == 8 && ((s.is_signed && s.qmin() == -128 && s.qmax() == 127) || (!s.is_signed && s.qmax() == 255));
+    if (!is8) {
+      auto lo = ((static_cast<double>(s.qmin()) - in.params.zero_point) * in.params.scale).to(at::kFloat);
+      auto hi = ((static_cast<double>(s.qmax()) - in.params.zero_point) * in.params.scale).to(at::kFloat);
+      xin = op1("Max", {op1("Min", {xin, init(hi, base + ".hi")}, base + ".clip_hi"), init(lo, base + ".lo")}, base + ".clip");
+    }
+    auto sc = init(in.params.scale.reshape({-1}).to(at::kFloat), base + ".scale");
+    auto zpn = init(zpf.to(s.is_signed ? at::kChar : at::kByte), base + ".zero_point");
+    auto q = fresh(base + ".q");
+    attr(add("QuantizeLinear", {xin, sc, zpn}, {q}, base + ".quantize"), "axis", int64_t{1});
+    ++res_.qdq_activations;
+    // the weight's codes, int8 (unsigned codes and their zero points shifted down by 128: the differences stay)
+    const at::Tensor w = plan_weight(*plan_, n.name, g_.const_tensor(n.inputs.at(1))).to(at::kFloat);
+    if (w.dim() != 2) fail("export: {}: a Linear weight must be 2-D", describe(*wp));
+    if (param_axis(*wp, 2) > 0) fail("export: {}: a Linear weight's steps must vary only along its output channels", describe(*wp));
+    const at::Tensor codes = (wp->codes.defined() ? wp->codes : quantize_codes(w, wp->spec, wp->params)).to(at::kDouble);
+    const at::Tensor wzp = full_zero_point(*wp, w).to(at::kDouble);
+    const double wshift = wp->spec.is_signed ? 0.0 : 128.0;
+    const std::string wbase = fmt::format("{}.weight", n.name);
+    auto wcodes = init((codes - wshift).t().contiguous().to(at::kChar), wbase + ".codes");
+    ++res_.int8_weights;
+    const at::Tensor colzp = (wzp.select(1, 0) - wshift);  // one zero point a column of the [in, out] codes
+    std::vector<std::string> mm_in = {q, wcodes};
+    if (colzp.abs().max().item<double>() > 0) {
+      mm_in.push_back("");
+      mm_in.push_back(init(colzp.to(at::kChar), wbase + ".zero_point"));
+    }
+    std::string acc = op1("MatMulInteger", mm_in, n.name + ".matmul_integer");
+    if (zpf.abs().max().item<double>() > 0) {
+      const at::Tensor colsum = (codes - wzp).sum(1).to(at::kInt);  // Σ_k (w_kc − zp_c), [out]
+      auto corr = op1("Mul", {init(zpf.reshape({1, tokens, 1}).to(at::kInt), base + ".zero_point_int"), init(colsum, wbase + ".code_sums")},
+                      n.name + ".zero_point_terms");
+      acc = op1("Sub", {acc, corr}, n.name + ".acc");
+    }
+    auto* c = add("Cast", {acc}, {fresh(n.name + ".acc_float")}, n.name + ".cast");
+    attr(c, "to", int64_t{onnx::TensorProto::FLOAT});
+    auto y = op1("Mul", {c->output(0), init(in.params.scale.reshape({1, tokens, 1}).to(at::kFloat), base + ".row_scale")}, n.name + ".rows");
+    const at::Tensor wscale = wp->params.scale.to(at::kFloat);
+    y = op1("Mul", {y, init(wscale.numel() == 1 ? wscale.reshape({}) : wscale.reshape({-1}), wbase + ".scale")}, n.name + ".scaled");
+    if (n.inputs.size() > 2 && n.inputs[2] >= 0) y = op1("Add", {y, input(n, 2)}, g_.values[static_cast<size_t>(n.outputs[0])].name);
+    ++res_.integer_linears;
+    return y;
   }
 
   // Weight w (a constant) quantized by p, as integer codes + DequantizeLinear. transpose: store [in, out].
@@ -418,6 +507,10 @@ class Exporter {
         return;
       }
       case OpKind::Linear: {
+        if (const QuantPoint* p = point(n, 0); p && is_per_token_input(*p)) {
+          bind(n, 0, token_linear(n, *p));
+          return;
+        }
         auto y = op1("MatMul", {in(0), input(n, 1, /*transpose_weight=*/true)}, n.name + ".matmul");
         if (has_in(2)) y = op1("Add", {y, in(2)}, g_.values[static_cast<size_t>(n.outputs[0])].name);
         bind(n, 0, y);

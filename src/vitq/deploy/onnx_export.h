@@ -8,8 +8,17 @@
 //   - weights: the integer codes (the plan's learned codes when present, else round(w / s) + zp) stored as int8 /
 //     uint8 initializers, followed by DequantizeLinear (per channel with the output-channel axis). Linear weights
 //     are stored transposed, [in, out], for MatMul; per-group weights dequantize through Reshape/Sub/Mul;
-//   - twin-uniform (PTQ4ViT) and log2 (FQ-ViT) quantizers, which QDQ cannot express, as the standard ops that
-//     compute the simulation's formula (Div, Round, Clip, Where, …): the same numbers, not integer kernels;
+//   - uniform activation quantizers whose zero points vary along an axis (asymmetric per-head q, k, v): centred
+//     codes q − zp, int8 with zero points 0 (the input clipped first), since ONNX Runtime fuses a Q/DQ pair with
+//     zero points along an axis into an integer MatMul that refuses them; at 8 bits, where q − zp leaves int8, the
+//     formula's standard ops;
+//   - twin-uniform (PTQ4ViT) and log (FQ-ViT, RepQ-ViT, AdaLog) quantizers, which QDQ cannot express, as the
+//     standard ops that compute the simulation's formula (Div, Round, Clip, Where, …): the same numbers, not
+//     integer kernels;
+//   - a Linear whose input has one step and zero point per token (--recon-token-scales): QDQ cannot say it (ONNX
+//     Runtime fuses the pair into an integer MatMul with one input zero point), so it is written in integer ops:
+//     QuantizeLinear along the token axis, MatMulInteger with the int8 weight codes (and their zero points), each
+//     token's zero point taken out in int32 (zp_n · Σ_k (w_kc − zp_c)), then the two steps and the bias in float;
 //   - integer LayerNorm / Softmax (FQ-ViT's integer ops) are refused with an Error naming the layer: the
 //     standard ops would not reproduce their integer arithmetic.
 // Biases stay float32 (the simulation keeps them in float; int32 biases would move the numbers).
@@ -28,7 +37,8 @@ struct ExportResult {
   int opset = 17;
   int qdq_activations = 0;        // Q/DQ pairs on activation edges
   int int8_weights = 0;           // weights stored as 8-bit integer codes
-  int standard_op_quantizers = 0; // twin-uniform / log2 edges written as standard ops
+  int standard_op_quantizers = 0; // twin-uniform / log / 8-bit per-axis-zero-point edges written as standard ops
+  int integer_linears = 0;        // Linears with per-token inputs written as QuantizeLinear + MatMulInteger
   int64_t weight_bytes = 0;       // bytes of all initializers
 };
 

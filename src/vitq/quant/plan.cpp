@@ -31,6 +31,12 @@ at::Tensor full_zero_point(const QuantPoint& p, const at::Tensor& x) {
   return p.params.zero_point.expand(x.sizes());
 }
 
+bool is_per_token_input(const QuantPoint& p) {
+  const auto& s = p.params.scale;
+  return !p.weight && p.spec.kind == QuantKind::Uniform && p.spec.granularity == Granularity::PerChannel && p.spec.axis == 1 &&
+         s.defined() && s.dim() == 3 && s.size(0) == 1 && s.size(2) == 1;
+}
+
 at::Tensor quantize_point(const QuantPoint& p, const at::Tensor& x) {
   if (!p.codes.defined()) return fake_quant(x, p.spec, p.params);
   const auto dev = x.device();

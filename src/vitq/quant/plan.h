@@ -36,6 +36,9 @@ at::Tensor quantize_point(const QuantPoint& p, const at::Tensor& x);
 // The scale and zero point of p spread to the full shape of its (weight) tensor x.
 at::Tensor full_scale(const QuantPoint& p, const at::Tensor& x);
 at::Tensor full_zero_point(const QuantPoint& p, const at::Tensor& x);
+// A per-token activation input (the reconstruction's --recon-token-scales): uniform, one step and zero point per
+// index of dim 1 of a [B, N, C] tensor, the parameters shaped [1, N, 1].
+bool is_per_token_input(const QuantPoint& p);
 
 // A LayerNorm or Softmax node computed in integers (integer_ops.h) from the codes of its input quantizer (the
 // point on slot 0: PowerOfTwoFactor for LayerNorm, per-tensor uniform for Softmax), producing codes of
