@@ -173,6 +173,35 @@ TEST(CliQuant, CompareRejectsNonsense) {
   expect_cli_error(run_vitq(base + " --methods minmax,foo"), "unknown method 'foo'");
 }
 
+// compare --save-plans writes each cell's plan, the one its row was measured with: eval --plan on it gives the row's
+// numbers; a folder that cannot be made is refused before any work.
+TEST(CliQuant, CompareSavesPlans) {
+  TempDir dir;
+  const auto set = val_subset(dir.path(), 4, "set");
+  const std::string base = "compare " + quoted(model_dir()) + " --calib " + quoted(set) + " --calib-size 2 --seed 0 --data " + quoted(set) +
+                           " --methods minmax,percentile --bits w8a8,w6a6 --quiet --out " + quoted(dir / "t");
+  auto r = run_vitq(base + " --save-plans " + quoted(dir / "plans"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto j = nlohmann::json::parse(read_file(dir / "t.json"));
+  ASSERT_EQ(j["rows"].size(), 4u);
+  for (const auto& row : j["rows"]) {
+    const std::string want = (dir / "plans" / (row["method"].get<std::string>() + "_w" + std::to_string(row["wbits"].get<int>()) + "a" +
+                                               std::to_string(row["abits"].get<int>()) + ".plan.json")).string();
+    ASSERT_EQ(row["plan_file"].get<std::string>(), want);
+    ASSERT_TRUE(fs::exists(want)) << want;
+  }
+  const auto& row = j["rows"][1];  // percentile W8A8
+  auto e = run_vitq("eval " + quoted(model_dir()) + " --data " + quoted(set) + " --plan " + quoted(fs::path(row["plan_file"].get<std::string>())) +
+                    " --quiet --json " + quoted(dir / "e.json"));
+  ASSERT_EQ(e.code, 0) << e.output;
+  const auto ej = nlohmann::json::parse(read_file(dir / "e.json"));
+  EXPECT_DOUBLE_EQ(ej["top1"].get<double>(), row["top1"].get<double>());
+  EXPECT_DOUBLE_EQ(ej["agreement"].get<double>(), row["agreement"].get<double>());
+  EXPECT_NEAR(ej["kl"].get<double>(), row["kl"].get<double>(), 1e-9);
+  write_file(dir / "file", "x");
+  expect_cli_error(run_vitq(base + " --save-plans " + quoted(dir / "file")), "--save-plans");
+}
+
 // compare --exclude-calib evaluates on --data without the images drawn for calibration, matched by the file they
 // are (a labels.txt that reaches the same image by another path still matches).
 TEST(CliQuant, CompareExcludesCalibrationImages) {

@@ -51,6 +51,7 @@ struct CompareArgs {
   std::vector<std::string> merge;  // partial results to merge into one table instead of running
   std::string report;              // also write the HTML report here (report_command.cpp)
   size_t report_images = 32;
+  std::string save_plans;          // also write each cell's plan into this folder (<method>_w<W>a<A>.plan.json)
 };
 int run_compare(const CompareArgs& args);
 

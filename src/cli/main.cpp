@@ -364,6 +364,7 @@ int main(int argc, char** argv) {
   compare->add_option("--limit", ca.limit, "evaluate only the first N images")->check(kCount);
   compare->add_flag("--exclude-calib", ca.exclude_calib, "evaluate without the images drawn for calibration (for --data = --calib: judge on images no search saw)");
   compare->add_option("--out", ca.out, "output path without extension (writes .md and .json)")->required();
+  compare->add_option("--save-plans", ca.save_plans, "also write each method's plan into this folder as <method>_w<W>a<A>.plan.json (for eval --plan, --runtime int8/ort, export)");
   compare->add_option("--report", ca.report, "also write the HTML report (vitq report) here: the table's charts, and the per-layer "
                       "charts of the lowest bit width's best plan (by agreement) on the first --report-images of --data");
   compare->add_option("--report-images", ca.report_images, "images for the report's per-layer charts")->check(CLI::Range(1, 256));

@@ -475,6 +475,13 @@ int merge_compare(const CompareArgs& c) {
 }
 }  // namespace
 
+namespace {
+// Where compare --save-plans writes a cell's plan: <dir>/<method>_w<W>a<A>.plan.json (a method's '+' stays).
+std::string compare_plan_path(const std::string& dir, const std::string& method, int w, int a) {
+  return (std::filesystem::path(dir) / fmt::format("{}_w{}a{}.plan.json", method, w, a)).string();
+}
+}  // namespace
+
 int run_compare(const CompareArgs& c) {
   if (!c.merge.empty()) return merge_compare(c);
   for (const auto& [value, name] : {std::pair{c.q.model, "MODEL"}, {c.q.calib, "--calib"}, {c.data, "--data"}})
@@ -504,6 +511,11 @@ int run_compare(const CompareArgs& c) {
       for (const auto& f : data_files(dir)) inputs.push_back(f);
     check_output_path(c.out + ".md", inputs, "--out");
     check_output_path(c.out + ".json", inputs, "--out");
+    if (!c.save_plans.empty()) {
+      make_output_dir(c.save_plans, "--save-plans");
+      for (const auto& [w, a] : bits)
+        for (const auto& m : methods) check_output_path(compare_plan_path(c.save_plans, m, w, a), inputs, "--save-plans");
+    }
     if (!c.report.empty()) {
       if (!c.shard.empty()) fail("--report with --shard: a shard has part of the table; write the report when merging (--merge ... --report F.html)");
       inputs.push_back(c.out + ".md");
@@ -563,6 +575,12 @@ int run_compare(const CompareArgs& c) {
     QuantPlan plan = run_method(g, calib, base, o);
     const double search_s = seconds_since(t0);
     plan.method = m;
+    std::string plan_file;
+    if (!c.save_plans.empty()) {  // before the evaluation: a long search is kept whatever follows
+      plan_file = compare_plan_path(c.save_plans, m, w, a);
+      save_plan(plan, plan_file);
+      fmt::print(stderr, "wrote plan {}\n", plan_file);
+    }
     EvalOptions qo = eo;
     qo.plan = &plan;
     qo.fp_logits = &fp.logits;
@@ -580,6 +598,7 @@ int run_compare(const CompareArgs& c) {
                          {"top1", r.top1_pct()}, {"top5", r.top5_pct()}, {"delta_top1", delta}, {"agreement", r.agreement_pct()},
                          {"kl", r.mean_kl()}, {"search_seconds", search_s}, {"quantizers", plan_summary(plan)},
                          {"settings", plan.settings}});
+    if (!plan_file.empty()) j["rows"].back()["plan_file"] = plan_file;
     fmt::print("{} W{}A{}: top-1 {:.2f}% ({:+.2f}), agreement {:.2f}%, KL {:.4f}, search {:.1f} s\n", m, w, a,
                r.top1_pct(), delta, r.agreement_pct(), r.mean_kl(), search_s);
     // written after every row: a long run keeps what it finished
