@@ -4,6 +4,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <unordered_map>
 #include <map>
@@ -196,6 +197,52 @@ IntGrid token_grid(const at::Tensor& x, const QuantPoint& p) {
   return g;
 }
 
+// One pass over a log kind's input x (contiguous float): each element's code c as the simulation's log2_codes
+// makes it — y = (x + δ) / s, c = clamp(round(−τ · log2 y), 0, top + 1), y <= 0 or NaN giving top + 1 — and its two
+// grid values t0[c], t1[c]. Up to 5 bits c is counted against the rounding boundaries, c = #{k <= top : y < 2^(−(k +
+// ½)/τ)} (a few vector compares an element instead of a log); above, with the C library's log2. Either way a code
+// can differ from the simulation's where −τ · log2 y is within a float rounding of a boundary (libtorch's log2 is
+// another implementation), as float noise can flip it there.
+void log_grid_pair(const at::Tensor& x, const QuantPoint& p, int top, const std::vector<uint8_t>& t0, const std::vector<uint8_t>& t1,
+                   uint8_t* g0, uint8_t* g1) {
+  if (x.scalar_type() != at::kFloat || !x.is_contiguous()) fail("int8 runtime: {}: a log input must be contiguous float", p.node);
+  const float* in = x.data_ptr<float>();
+  const float scale = p.params.scale.item<float>();
+  const float shift = static_cast<float>(log_shift(p.spec, p.params));
+  const double tau = log_codes_per_octave(p.spec, p.params);
+  const float ntau = static_cast<float>(-tau);
+  const float below = static_cast<float>(top + 1);
+  const bool shifted = shift != 0.0f;
+  std::vector<float> bound;  // bound[k]: y below it has a code above k
+  if (top < 32)
+    for (int k = 0; k <= top; ++k) bound.push_back(static_cast<float>(std::exp2(-(k + 0.5) / tau)));
+  at::parallel_for(0, x.numel(), 16384, [&](int64_t b, int64_t e) {
+    constexpr int64_t kChunk = 1024;
+    float y[kChunk];
+    uint16_t c[kChunk];  // 0..top + 1 (256 at 8 bits)
+    for (int64_t i0 = b; i0 < e; i0 += kChunk) {
+      const int64_t n = std::min(kChunk, e - i0);
+      for (int64_t i = 0; i < n; ++i) y[i] = (shifted ? in[i0 + i] + shift : in[i0 + i]) / scale;
+      if (!bound.empty()) {
+        // NaN starts at top + 1 and passes no compare
+        for (int64_t i = 0; i < n; ++i) c[i] = std::isnan(y[i]) ? static_cast<uint16_t>(top + 1) : 0;
+        for (float t : bound)
+          for (int64_t i = 0; i < n; ++i) c[i] = static_cast<uint16_t>(c[i] + (y[i] < t ? 1 : 0));
+      } else {
+        for (int64_t i = 0; i < n; ++i) {
+          float v = std::nearbyint(ntau * std::log2(y[i]));
+          v = std::isnan(v) ? below : v < 0.0f ? 0.0f : v > below ? below : v;
+          c[i] = static_cast<uint16_t>(v);
+        }
+      }
+      for (int64_t i = 0; i < n; ++i) {
+        g0[i0 + i] = t0[c[i]];
+        g1[i0 + i] = t1[c[i]];
+      }
+    }
+  });
+}
+
 // The grids of a twin-uniform, log2, log√2 or AdaLog input (x̂ = Σ step · codes − shift, no zero points).
 std::vector<IntGrid> split_grids(const at::Tensor& x_in, const QuantPoint& p) {
   auto x = x_in.contiguous();
@@ -211,39 +258,45 @@ std::vector<IntGrid> split_grids(const at::Tensor& x_in, const QuantPoint& p) {
     const auto fine_type = p.spec.is_signed ? at::kChar : at::kByte;
     out.push_back({fine.to(fine_type), d1, 0});
     out.push_back({coarse.to(at::kByte), d2, 0});
-  } else if (p.spec.kind == QuantKind::LogSqrt2) {
-    // c = 2k: s·2^-k; c = 2k + 1: (s/√2)·2^-k — a power-of-two grid each (k <= 7 at 4 bits)
-    const float s = p.params.scale.item<float>();
-    auto c = quantize_codes(x, p.spec, p.params);  // 2^b for zero
-    const double top = static_cast<double>((int64_t{1} << p.spec.bits) - 1);
-    auto valid = c <= top;
-    auto k = at::floor(c / 2);
-    auto odd = (c - 2 * k) > 0.5;
-    auto even_part = at::where(valid & ~odd, at::exp2(7 - k), at::zeros_like(c));
-    auto odd_part = at::where(valid & odd, at::exp2(7 - k), at::zeros_like(c));
-    out.push_back({even_part.to(at::kByte), s / 128.0f, 0});
-    out.push_back({odd_part.to(at::kByte), static_cast<float>(s / std::sqrt(2.0) / 128.0), 0});
-  } else if (p.spec.kind == QuantKind::AdaLog) {
-    // x̂ = s·2^(−c/τ) − δ (c = top + 1: −δ). 2^(−c/τ) in (0, 1] is written as two 8-bit fixed-point digits,
-    // hi/255 + lo/255², so each value is within s/(2·255²) ≈ 7.7e-6·s of the simulation's (far inside the grid's
-    // spacing, whose finest step at 8 codes per octave is 8% of the value); δ is the grids' shift.
+  } else {
+    // The log kinds: each code c (0..top, top + 1 for "below the grid") is one pair of grid values, from a table;
+    // the codes are made in one pass (log_grid_pair), not a chain of whole-tensor ops.
     const double s = p.params.scale.item<double>(), tau = log_codes_per_octave(p.spec, p.params);
-    auto c = quantize_codes(x, p.spec, p.params);
-    const double top = static_cast<double>((int64_t{1} << p.spec.bits) - 1);
-    auto v = at::where(c <= top, at::exp2(-c.to(at::kDouble) / tau), at::zeros_like(c, at::kDouble)) * 255.0;
-    auto hi = at::floor(v);
-    auto lo = at::round((v - hi) * 255.0);
-    out.push_back({hi.to(at::kByte), static_cast<float>(s / 255.0), 0, log_shift(p.spec, p.params)});
-    out.push_back({lo.to(at::kByte), static_cast<float>(s / (255.0 * 255.0)), 0, 0.0});
-  } else {  // Log2: c = log2 code (2^b = zero); split at c = 7
-    const float s = p.params.scale.item<float>();
-    auto c = quantize_codes(x, p.spec, p.params);  // exponent, top + 1 for zero
-    const double top = static_cast<double>((int64_t{1} << p.spec.bits) - 1);
-    auto valid = c <= top;
-    auto hi_part = at::where(valid & (c <= 7), at::exp2(7 - c), at::zeros_like(c));
-    auto lo_part = at::where(valid & (c > 7), at::exp2(15 - c), at::zeros_like(c));
-    out.push_back({hi_part.to(at::kByte), s / 128.0f, 0});
-    if (top > 7) out.push_back({lo_part.to(at::kByte), s / 32768.0f, 0});
+    const int top = static_cast<int>(log2_max_code(p.spec));
+    std::vector<uint8_t> t0(static_cast<size_t>(top) + 2, 0), t1(static_cast<size_t>(top) + 2, 0);
+    float step0 = 0, step1 = 0;
+    double shift = 0;
+    for (int c = 0; c <= top; ++c) {
+      const auto i = static_cast<size_t>(c);
+      if (p.spec.kind == QuantKind::LogSqrt2) {
+        // c = 2k: s·2^-k; c = 2k + 1: (s/√2)·2^-k — a power-of-two grid each (k <= 7 at 4 bits)
+        (c % 2 == 0 ? t0 : t1)[i] = static_cast<uint8_t>(std::exp2(7 - c / 2));
+      } else if (p.spec.kind == QuantKind::AdaLog) {
+        // x̂ = s·2^(−c/τ) − δ. 2^(−c/τ) in (0, 1] is written as two 8-bit fixed-point digits, hi/255 + lo/255², so
+        // each value is within s/(2·255²) ≈ 7.7e-6·s of the simulation's (far inside the grid's spacing, whose finest
+        // step at 8 codes per octave is 8% of the value); δ is the grids' shift.
+        const double v = std::exp2(-c / tau) * 255.0, hi = std::floor(v);
+        t0[i] = static_cast<uint8_t>(hi);
+        t1[i] = static_cast<uint8_t>(std::nearbyint((v - hi) * 255.0));
+      } else {  // Log2: split at c = 7
+        (c <= 7 ? t0 : t1)[i] = static_cast<uint8_t>(std::exp2(c <= 7 ? 7 - c : 15 - c));
+      }
+    }
+    if (p.spec.kind == QuantKind::LogSqrt2) {
+      step0 = static_cast<float>(s / 128.0);
+      step1 = static_cast<float>(s / std::sqrt(2.0) / 128.0);
+    } else if (p.spec.kind == QuantKind::AdaLog) {
+      step0 = static_cast<float>(s / 255.0);
+      step1 = static_cast<float>(s / (255.0 * 255.0));
+      shift = log_shift(p.spec, p.params);
+    } else {
+      step0 = static_cast<float>(s / 128.0);
+      step1 = static_cast<float>(s / 32768.0);
+    }
+    auto g0 = at::empty(x.sizes(), at::kByte), g1 = at::empty(x.sizes(), at::kByte);
+    log_grid_pair(x, p, top, t0, t1, g0.data_ptr<uint8_t>(), g1.data_ptr<uint8_t>());
+    out.push_back({g0, step0, 0, shift});
+    if (p.spec.kind != QuantKind::Log2 || top > 7) out.push_back({g1, step1, 0, 0.0});
   }
   return out;
 }
