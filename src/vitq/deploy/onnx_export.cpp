@@ -255,9 +255,10 @@ class Exporter {
     if (is_any_log_kind(s.kind)) return log2q(p, x, base);
     // Uniform zero points along an axis (asymmetric per-head or per-channel inputs; PTF's one zero point for all
     // channels stays as it is): ONNX Runtime fuses such a Q/DQ pair before a MatMul into an integer MatMul that takes
-    // one zero point for its input, and fails at run time (seen with repqvit+headwise's per-head q, k). The codes are written centred instead, q − zp (int8, zero points 0): the input is clipped to
-    // (qmin − zp)·s … (qmax − zp)·s first, so round(x / s) is q − zp, and (q − zp)·s is the same value. Where the
-    // centred codes leave int8 (8-bit asymmetric), the standard ops of the formula.
+    // one zero point for its input, and fails at run time (seen with repqvit+headwise's per-head q, k). The codes are
+    // written centred instead, q − zp (int8, zero points 0): the input is clipped to (qmin − zp)·s … (qmax − zp)·s
+    // first, so round(x / s) is q − zp, and (q − zp)·s is the same value. Where the centred codes leave int8 (8-bit
+    // asymmetric), the standard ops of the formula.
     bool centred = false;
     if (s.kind == QuantKind::Uniform && p.params.zero_point.numel() > 1 && p.params.zero_point.abs().max().item<double>() > 0) {
       const auto z = p.params.zero_point.to(at::kDouble);
