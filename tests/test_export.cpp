@@ -54,6 +54,16 @@ const Loaded& loaded(const std::string& name) {
 // Runs a shell command line as given (for resource limits and signals around the binary).
 at::Tensor run_ort(const ExportResult& r, const at::Tensor& x) { return OrtModel::from_bytes(r.bytes, 2, "test export").run(x); }
 
+// The same at one of ONNX Runtime's optimisation levels (VITQ_ORT_OPT_LEVEL; "" = its default), the variable unset
+// again however the run ends.
+at::Tensor run_ort_at(const ExportResult& r, const at::Tensor& x, const char* level) {
+  struct Unset {
+    ~Unset() { unsetenv("VITQ_ORT_OPT_LEVEL"); }
+  } unset;
+  if (*level) setenv("VITQ_ORT_OPT_LEVEL", level, 1);
+  return run_ort(r, x);
+}
+
 double rel_diff(const at::Tensor& want, const at::Tensor& got) {
   return ((want - got).abs().max() / want.abs().max().clamp_min(1e-6)).item<double>();
 }
@@ -104,14 +114,18 @@ void expect_tiny_match(const QuantSpec& act, const QuantSpec& wt, const at::Tens
   auto want = QuantizedModel(g, plan).run(x);
   // ONNX Runtime's extended optimisations run a MatMul whose weight is dequantized but whose input is not Q/DQ
   // (a twin-uniform or log2 input, or none) on a dynamically quantized input, which moves the numbers: this test
-  // checks what the exported model says, so it runs with the basic optimisations.
-  setenv("VITQ_ORT_OPT_LEVEL", "1", 1);
-  auto got = run_ort(export_onnx(g, &plan), x);
-  unsetenv("VITQ_ORT_OPT_LEVEL");
-  ASSERT_EQ(got.sizes(), want.sizes()) << label;
-  const double d = (want - got).abs().max().item<double>();
-  std::printf("%-44s max |ORT - fake-quant| %.3g\n", label.c_str(), d);
-  EXPECT_LE(d, 1e-4) << label;
+  // checks what the exported model says, so it runs with the basic optimisations. Inputs written as Q/DQ (uniform,
+  // PTF) run at the default level too, where ONNX Runtime fuses the pair into an integer MatMul.
+  const ExportResult r = export_onnx(g, &plan);
+  const bool qdq_input = act.kind == QuantKind::Uniform || act.kind == QuantKind::PowerOfTwoFactor;
+  for (const char* level : {"1", ""}) {
+    if (!*level && !qdq_input) continue;
+    auto got = run_ort_at(r, x, level);
+    ASSERT_EQ(got.sizes(), want.sizes()) << label;
+    const double d = (want - got).abs().max().item<double>();
+    std::printf("%-44s ORT opt %-7s max |ORT - fake-quant| %.3g\n", label.c_str(), *level ? level : "default", d);
+    EXPECT_LE(d, 1e-4) << label << " at ORT optimisation level " << (*level ? level : "default");
+  }
 }
 
 QuantSpec spec(int bits, bool symmetric, bool is_signed, Granularity g = Granularity::PerTensor, int axis = 0,
@@ -213,9 +227,7 @@ TEST(Export, QuantizedWeightsEveryArchitecture) {
     // ONNX Runtime's extended optimisations turn a MatMul on a dequantized weight with a float input into an
     // integer MatMul on a dynamically quantized input (measured: 0.5-1% of the logits' range here), which is
     // not what the model says: compare with its basic optimisations.
-    setenv("VITQ_ORT_OPT_LEVEL", "1", 1);
-    auto got = run_ort(r, l.images);
-    unsetenv("VITQ_ORT_OPT_LEVEL");
+    auto got = run_ort_at(r, l.images, "1");
     const double d = rel_diff(want, got);
     std::printf("%-34s W4 weights: max |ORT - fake-quant| / max |logit| = %.3g\n", model, d);
     EXPECT_LE(d, 1e-4) << model;
@@ -363,9 +375,7 @@ TEST(Export, PerTokenLinearInputMatchesFakeQuant) {
     EXPECT_EQ(r.int8_weights, 1) << c.label;
     EXPECT_EQ(r.integer_linears, 1) << c.label;
     for (const char* level : {"", "1"}) {
-      if (*level) setenv("VITQ_ORT_OPT_LEVEL", level, 1);
-      auto got = run_ort(r, data);
-      unsetenv("VITQ_ORT_OPT_LEVEL");
+      auto got = run_ort_at(r, data, level);
       ASSERT_EQ(got.sizes(), want.sizes()) << c.label;
       const double d = (want - got).abs().max().item<double>();
       std::printf("%-44s ORT opt %s: max |ORT - fake-quant| %.3g\n", c.label, *level ? level : "default", d);
@@ -401,9 +411,7 @@ TEST(Export, PerHeadAsymmetricMatMulOperandsMatchFakeQuant) {
     ExportResult r = export_onnx(g, &plan);
     EXPECT_EQ(r.standard_op_quantizers, bits == 8 ? 2 : 0) << bits;
     for (const char* level : {"", "1"}) {
-      if (*level) setenv("VITQ_ORT_OPT_LEVEL", level, 1);
-      auto got = run_ort(r, x);
-      unsetenv("VITQ_ORT_OPT_LEVEL");
+      auto got = run_ort_at(r, x, level);
       const double d = (want - got).abs().max().item<double>();
       std::printf("A%d asym per-head MatMul operands, ORT opt %s: max |ORT - fake-quant| %.3g\n", bits, *level ? level : "default", d);
       EXPECT_LE(d, 1e-4) << bits << " bits at ORT optimisation level " << (*level ? level : "default");

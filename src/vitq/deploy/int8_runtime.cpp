@@ -243,6 +243,51 @@ void log_grid_pair(const at::Tensor& x, const QuantPoint& p, int top, const std:
   });
 }
 
+// A log kind's two grids: code c (0..top; top + 1, below the grid, is all zeros) is t0[c]·step0 + t1[c]·step1 − shift.
+struct LogTables {
+  int top = 0;
+  std::vector<uint8_t> t0, t1;
+  float step0 = 0, step1 = 0;
+  double shift = 0;
+};
+
+LogTables log_tables(const QuantPoint& p) {
+  LogTables t;
+  const double s = p.params.scale.item<double>(), tau = log_codes_per_octave(p.spec, p.params);
+  t.top = static_cast<int>(log2_max_code(p.spec));
+  t.t0.assign(static_cast<size_t>(t.top) + 2, 0);
+  t.t1.assign(static_cast<size_t>(t.top) + 2, 0);
+  switch (p.spec.kind) {
+    case QuantKind::LogSqrt2:
+      // c = 2k: s·2^-k; c = 2k + 1: (s/√2)·2^-k — a power-of-two grid each (k <= 7 at 4 bits)
+      for (int c = 0; c <= t.top; ++c) (c % 2 == 0 ? t.t0 : t.t1)[static_cast<size_t>(c)] = static_cast<uint8_t>(std::exp2(7 - c / 2));
+      t.step0 = static_cast<float>(s / 128.0);
+      t.step1 = static_cast<float>(s / std::sqrt(2.0) / 128.0);
+      break;
+    case QuantKind::AdaLog:
+      // x̂ = s·2^(−c/τ) − δ. 2^(−c/τ) in (0, 1] is written as two 8-bit fixed-point digits, hi/255 + lo/255², so
+      // each value is within s/(2·255²) ≈ 7.7e-6·s of the simulation's (far inside the grid's spacing, whose finest
+      // step at 8 codes per octave is 8% of the value); δ is the grids' shift.
+      for (int c = 0; c <= t.top; ++c) {
+        const double v = std::exp2(-c / tau) * 255.0, hi = std::floor(v);
+        t.t0[static_cast<size_t>(c)] = static_cast<uint8_t>(hi);
+        t.t1[static_cast<size_t>(c)] = static_cast<uint8_t>(std::nearbyint((v - hi) * 255.0));
+      }
+      t.step0 = static_cast<float>(s / 255.0);
+      t.step1 = static_cast<float>(s / (255.0 * 255.0));
+      t.shift = log_shift(p.spec, p.params);
+      break;
+    case QuantKind::Log2:  // split at c = 7
+      for (int c = 0; c <= t.top; ++c)
+        (c <= 7 ? t.t0 : t.t1)[static_cast<size_t>(c)] = static_cast<uint8_t>(std::exp2(c <= 7 ? 7 - c : 15 - c));
+      t.step0 = static_cast<float>(s / 128.0);
+      t.step1 = static_cast<float>(s / 32768.0);
+      break;
+    default: fail("int8 runtime: {}: {} is not a log kind", p.node, quant_kind_name(p.spec.kind));
+  }
+  return t;
+}
+
 // The grids of a twin-uniform, log2, log√2 or AdaLog input (x̂ = Σ step · codes − shift, no zero points).
 std::vector<IntGrid> split_grids(const at::Tensor& x_in, const QuantPoint& p) {
   auto x = x_in.contiguous();
@@ -261,42 +306,11 @@ std::vector<IntGrid> split_grids(const at::Tensor& x_in, const QuantPoint& p) {
   } else {
     // The log kinds: each code c (0..top, top + 1 for "below the grid") is one pair of grid values, from a table;
     // the codes are made in one pass (log_grid_pair), not a chain of whole-tensor ops.
-    const double s = p.params.scale.item<double>(), tau = log_codes_per_octave(p.spec, p.params);
-    const int top = static_cast<int>(log2_max_code(p.spec));
-    std::vector<uint8_t> t0(static_cast<size_t>(top) + 2, 0), t1(static_cast<size_t>(top) + 2, 0);
-    float step0 = 0, step1 = 0;
-    double shift = 0;
-    for (int c = 0; c <= top; ++c) {
-      const auto i = static_cast<size_t>(c);
-      if (p.spec.kind == QuantKind::LogSqrt2) {
-        // c = 2k: s·2^-k; c = 2k + 1: (s/√2)·2^-k — a power-of-two grid each (k <= 7 at 4 bits)
-        (c % 2 == 0 ? t0 : t1)[i] = static_cast<uint8_t>(std::exp2(7 - c / 2));
-      } else if (p.spec.kind == QuantKind::AdaLog) {
-        // x̂ = s·2^(−c/τ) − δ. 2^(−c/τ) in (0, 1] is written as two 8-bit fixed-point digits, hi/255 + lo/255², so
-        // each value is within s/(2·255²) ≈ 7.7e-6·s of the simulation's (far inside the grid's spacing, whose finest
-        // step at 8 codes per octave is 8% of the value); δ is the grids' shift.
-        const double v = std::exp2(-c / tau) * 255.0, hi = std::floor(v);
-        t0[i] = static_cast<uint8_t>(hi);
-        t1[i] = static_cast<uint8_t>(std::nearbyint((v - hi) * 255.0));
-      } else {  // Log2: split at c = 7
-        (c <= 7 ? t0 : t1)[i] = static_cast<uint8_t>(std::exp2(c <= 7 ? 7 - c : 15 - c));
-      }
-    }
-    if (p.spec.kind == QuantKind::LogSqrt2) {
-      step0 = static_cast<float>(s / 128.0);
-      step1 = static_cast<float>(s / std::sqrt(2.0) / 128.0);
-    } else if (p.spec.kind == QuantKind::AdaLog) {
-      step0 = static_cast<float>(s / 255.0);
-      step1 = static_cast<float>(s / (255.0 * 255.0));
-      shift = log_shift(p.spec, p.params);
-    } else {
-      step0 = static_cast<float>(s / 128.0);
-      step1 = static_cast<float>(s / 32768.0);
-    }
+    const LogTables t = log_tables(p);
     auto g0 = at::empty(x.sizes(), at::kByte), g1 = at::empty(x.sizes(), at::kByte);
-    log_grid_pair(x, p, top, t0, t1, g0.data_ptr<uint8_t>(), g1.data_ptr<uint8_t>());
-    out.push_back({g0, step0, 0, shift});
-    if (p.spec.kind != QuantKind::Log2 || top > 7) out.push_back({g1, step1, 0, 0.0});
+    log_grid_pair(x, p, t.top, t.t0, t.t1, g0.data_ptr<uint8_t>(), g1.data_ptr<uint8_t>());
+    out.push_back({g0, t.step0, 0, t.shift});
+    if (p.spec.kind != QuantKind::Log2 || t.top > 7) out.push_back({g1, t.step1, 0, 0.0});
   }
   return out;
 }

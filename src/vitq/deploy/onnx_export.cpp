@@ -31,6 +31,12 @@ int onnx_type(at::ScalarType t) {
   }
 }
 
+// Whether QuantizeLinear's own saturation (at the int8 or uint8 limits) is the grid of s: 8-bit codes that fill
+// their type. Any other grid is clipped to its range first.
+bool qdq_saturates_on_grid(const QuantSpec& s) {
+  return s.bits == 8 && ((s.is_signed && s.qmin() == -128 && s.qmax() == 127) || (!s.is_signed && s.qmax() == 255));
+}
+
 class Exporter {
  public:
   Exporter(const Graph& g, const QuantPlan* plan) : g_(g), plan_(plan) {}
@@ -265,13 +271,7 @@ class Exporter {
       centred = static_cast<double>(s.qmin()) - z.max().item<double>() >= -128 && static_cast<double>(s.qmax()) - z.min().item<double>() <= 127;
       if (!centred) return uniform_formula(p, x, base);
     }
-    std::string xin = x;
-    const bool is8 = s.bits == 8 && ((s.is_signed && s.qmin() == -128 && s.qmax() == 127) || (!s.is_signed && s.qmax() == 255));
-    if (!is8 || centred) {  // clip to the grid's range first: QDQ saturates only at the 8-bit limits
-      auto lo = ((static_cast<double>(s.qmin()) - p.params.zero_point) * p.params.scale).to(at::kFloat);
-      auto hi = ((static_cast<double>(s.qmax()) - p.params.zero_point) * p.params.scale).to(at::kFloat);
-      xin = op1("Max", {op1("Min", {xin, init(hi, base + ".hi")}, base + ".clip_hi"), init(lo, base + ".lo")}, base + ".clip");
-    }
+    const std::string xin = !qdq_saturates_on_grid(s) || centred ? clip_to_grid(p, x, base) : x;
     const bool signed_codes = s.is_signed || centred;
     auto zp = (centred ? at::zeros_like(qdq_param(p.params.zero_point)) : qdq_param(p.params.zero_point)).to(signed_codes ? at::kChar : at::kByte);
     auto sc = init(qdq_param(p.params.scale).to(at::kFloat), base + ".scale");
@@ -288,13 +288,19 @@ class Exporter {
     return dq;
   }
 
-  // A uniform quantizer as the standard ops of its formula, clamp(round(x / s) + zp, qmin, qmax) − zp) · s, written
-  // as round(clip(x, (qmin − zp)·s, (qmax − zp)·s) / s) · s: the same numbers, in float.
-  std::string uniform_formula(const QuantPoint& p, const std::string& x, const std::string& base) {
+  // x clipped to the values p's grid holds, (qmin − zp)·s … (qmax − zp)·s, with p's steps and zero points in
+  // their broadcast shapes.
+  std::string clip_to_grid(const QuantPoint& p, const std::string& x, const std::string& base) {
     const auto& s = p.spec;
     auto lo = ((static_cast<double>(s.qmin()) - p.params.zero_point) * p.params.scale).to(at::kFloat);
     auto hi = ((static_cast<double>(s.qmax()) - p.params.zero_point) * p.params.scale).to(at::kFloat);
-    auto clipped = op1("Max", {op1("Min", {x, init(hi, base + ".hi")}, base + ".clip_hi"), init(lo, base + ".lo")}, base + ".clip");
+    return op1("Max", {op1("Min", {x, init(hi, base + ".hi")}, base + ".clip_hi"), init(lo, base + ".lo")}, base + ".clip");
+  }
+
+  // A uniform quantizer as the standard ops of its formula, clamp(round(x / s) + zp, qmin, qmax) − zp) · s, written
+  // as round(clip(x, (qmin − zp)·s, (qmax − zp)·s) / s) · s: the same numbers, in float.
+  std::string uniform_formula(const QuantPoint& p, const std::string& x, const std::string& base) {
+    auto clipped = clip_to_grid(p, x, base);
     auto sc = init(p.params.scale.to(at::kFloat), base + ".step");
     auto codes = op1("Round", {op1("Div", {clipped, sc}, base + ".x")}, base + ".codes");
     ++res_.standard_op_quantizers;
@@ -369,13 +375,7 @@ class Exporter {
     if (zpf.numel() != tokens || !at::equal(zpf, at::round(zpf)) || zpf.min().item<double>() < zlo || zpf.max().item<double>() > zhi)
       fail("export: {}: per-token zero points must be {} integers in {}..{}", describe(in), tokens, zlo, zhi);
     // the input's codes
-    std::string xin = value(v);
-    const bool is8 = s.bits == 8 && ((s.is_signed && s.qmin() == -128 && s.qmax() == 127) || (!s.is_signed && s.qmax() == 255));
-    if (!is8) {
-      auto lo = ((static_cast<double>(s.qmin()) - in.params.zero_point) * in.params.scale).to(at::kFloat);
-      auto hi = ((static_cast<double>(s.qmax()) - in.params.zero_point) * in.params.scale).to(at::kFloat);
-      xin = op1("Max", {op1("Min", {xin, init(hi, base + ".hi")}, base + ".clip_hi"), init(lo, base + ".lo")}, base + ".clip");
-    }
+    const std::string xin = qdq_saturates_on_grid(s) ? value(v) : clip_to_grid(in, value(v), base);
     auto sc = init(in.params.scale.reshape({-1}).to(at::kFloat), base + ".scale");
     auto zpn = init(zpf.to(s.is_signed ? at::kChar : at::kByte), base + ".zero_point");
     auto q = fresh(base + ".q");
