@@ -421,7 +421,8 @@ TEST(Export, PerHeadAsymmetricMatMulOperandsMatchFakeQuant) {
 
 // The DeiT-Tiny W8A8 minmax plan with every per-tensor Linear input on [B, 197, C] made per token (48: qkv, proj,
 // fc1, fc2) exports and runs in ONNX Runtime with its default optimisations, agreeing with fake quantization as
-// closely as the model agrees with itself under 1e-6 float noise. Without a weight quantizer such an input is refused.
+// closely as the model agrees with itself under 1e-6 float noise. Without a weight quantizer such an input is refused,
+// and so are zero points that are not one integer a token.
 TEST(Export, PerTokenDeitPlanRunsInOrt) {
   REQUIRE_ORT();
   at::set_num_threads(2);
@@ -463,6 +464,19 @@ TEST(Export, PerTokenDeitPlanRunsInOrt) {
     EXPECT_NE(std::string(e.what()).find("blocks.3.attn.proj"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("per-token"), std::string::npos) << e.what();
   }
+  // zero points that cannot be integer offsets (a plan built in memory; a loaded plan is checked when it is read):
+  // refused with the reason, not exported as rounded numbers
+  auto token_point = [](QuantPlan& p) -> QuantPoint& {
+    for (auto& q : p.points)
+      if (is_per_token_input(q)) return q;
+    throw std::runtime_error("no per-token input");
+  };
+  QuantPlan fractional = plan;
+  token_point(fractional).params.zero_point = token_point(fractional).params.zero_point + 0.5;
+  expect_throw_mentioning([&] { export_onnx(g, &fractional); }, "off the integer grid", "a per-token zero point of x.5");
+  QuantPlan shared_zp = plan;
+  token_point(shared_zp).params.zero_point = at::zeros({1, 1, 1});
+  expect_throw_mentioning([&] { export_onnx(g, &shared_zp); }, "one zero point for several steps", "one zero point for 197 steps");
 }
 
 TEST(FileIo, AtomicWriteRefusesExistingAndLeavesNoTemp) {

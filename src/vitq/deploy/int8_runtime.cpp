@@ -159,9 +159,7 @@ bool token_centred(const QuantPoint& p) {
 
 // Why a per-token input cannot run natively ("" if it can).
 std::string token_problem(const QuantPoint& p) {
-  if (p.params.zero_point.numel() != p.params.scale.numel()) return "per-token input with one zero point for several steps";
-  const auto z = p.params.zero_point.to(at::kDouble);
-  if (!at::equal(z, at::round(z))) return "per-token zero point off the integer grid";
+  if (auto why = per_token_zero_point_problem(p); !why.empty()) return why;
   if (!token_centred(p) && (p.spec.qmin() < (p.spec.is_signed ? -128 : 0) || p.spec.qmax() > (p.spec.is_signed ? 127 : 255)))
     return fmt::format("{}-bit per-token input", p.spec.bits);
   return "";

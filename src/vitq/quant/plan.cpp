@@ -37,6 +37,13 @@ bool is_per_token_input(const QuantPoint& p) {
          s.defined() && s.dim() == 3 && s.size(0) == 1 && s.size(2) == 1;
 }
 
+std::string per_token_zero_point_problem(const QuantPoint& p) {
+  if (p.params.zero_point.numel() != p.params.scale.numel()) return "per-token input with one zero point for several steps";
+  const auto z = p.params.zero_point.to(at::kDouble);
+  if (!at::equal(z, at::round(z))) return "per-token zero point off the integer grid";
+  return "";
+}
+
 at::Tensor quantize_point(const QuantPoint& p, const at::Tensor& x) {
   if (!p.codes.defined()) return fake_quant(x, p.spec, p.params);
   const auto dev = x.device();

@@ -39,6 +39,9 @@ at::Tensor full_zero_point(const QuantPoint& p, const at::Tensor& x);
 // A per-token activation input (the reconstruction's --recon-token-scales): uniform, one step and zero point per
 // index of dim 1 of a [B, N, C] tensor, the parameters shaped [1, N, 1].
 bool is_per_token_input(const QuantPoint& p);
+// Why a per-token input's zero points cannot serve as integer offsets ("" if they can): one for each step, each an
+// integer. (Where their codes go, the integer runtime and the export check the range themselves.)
+std::string per_token_zero_point_problem(const QuantPoint& p);
 
 // A LayerNorm or Softmax node computed in integers (integer_ops.h) from the codes of its input quantizer (the
 // point on slot 0: PowerOfTwoFactor for LayerNorm, per-tensor uniform for Softmax), producing codes of
