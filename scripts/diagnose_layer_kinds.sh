@@ -6,6 +6,7 @@
 #   usage: scripts/diagnose_layer_kinds.sh [METHOD] [WBITS] [ABITS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/eval_measures.sh
 METHOD=${1:-liu2021}; WBITS=${2:-6}; ABITS=${3:-6}
 VITQ=${VITQ:-./build/vitq}
 MODEL=../shared/models/deit_tiny_patch16_224
@@ -27,14 +28,9 @@ row() {  # label, then extra quantize options
   local label=$1; shift
   "$VITQ" quantize "$MODEL" --method "$METHOD" --wbits "$WBITS" --abits "$ABITS" --calib "$CALIB" --calib-size 32 \
     --seed 0 --threads 2 --quiet --out "$TMP/plan.json" "$@" > /dev/null
-  local log
-  log=$("$VITQ" eval "$MODEL" --plan "$TMP/plan.json" --data "$DATA" --threads 2 --quiet)
-  local top1 delta agree kl
-  top1=$(echo "$log" | sed -n 's/^top-1 *\([0-9.]*\)% (\([-+0-9.]*\) vs.*/\1/p')
-  delta=$(echo "$log" | sed -n 's/^top-1 *[0-9.]*% (\([-+0-9.]*\) vs.*/\1/p')
-  agree=$(echo "$log" | sed -n 's/^agreement *\([0-9.]*\)%.*/\1/p')
-  kl=$(echo "$log" | sed -n 's/^KL *\([0-9.]*\) .*/\1/p')
-  [ -n "$top1" ] && [ -n "$agree" ] && [ -n "$kl" ] || { echo "diagnose_layer_kinds.sh: could not read the eval of '$label'" >&2; exit 1; }
+  local m top1 delta agree kl
+  m=$(eval_measures "$VITQ" "$MODEL" "$TMP/plan.json" "$DATA") || { echo "diagnose_layer_kinds.sh: could not evaluate '$label'" >&2; exit 1; }
+  read -r top1 delta agree kl <<< "$m"
   echo "| $label | $top1 | $delta | $agree% | $kl |" >> "$TMP/rows"
   echo "$label: $top1 ($delta) / $agree% / $kl" >&2
 }
