@@ -4,7 +4,11 @@
 # learned roundings and folded weights included, as the plan says). A kind whose removal recovers most of the
 # agreement and KL is where the loss is. Unlike diagnose_layer_kinds.sh it does not quantize again, so it reads
 # plans that took an hour of reconstruction; it measures what the rest of the plan loses with that kind exact, not
-# what a new calibration would reach without it.
+# what a new calibration would reach without it. On a reconstructed plan that is a different question: the learned
+# roundings and steps compensate each quantizer with the others, so leaving one kind out can lose accuracy (the
+# W3A3 plan of bench/results/diagnose_plan_kinds_w3a3_tokens_20261206.md: every weight left out, 11 points of
+# agreement lost). Compare each row with the plan under 1e-6 float noise (vitq eval --perturb 1e-6) before reading
+# a gain into it.
 #   usage: scripts/diagnose_plan_kinds.sh PLAN [DATA]   (needs jq; writes bench/results/diagnose_plan_kinds_<PLAN's name>.md,
 #          or OUT=FILE)
 set -euo pipefail
