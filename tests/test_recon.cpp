@@ -292,6 +292,65 @@ TEST(Recon, BlockModeQDropAndFisherLoss) {
   EXPECT_EQ(plan.settings["reconstruction"]["qdrop"].get<double>(), 0.5);
 }
 
+// block_loss against a naive double loop: the weighted squared error plus, per image, the squared sum of
+// direction · error over every output (two outputs of different shapes, 3 rows per image in the first).
+TEST(Recon, BlockLossRankOneTermMatchesNaiveSum) {
+  const int64_t n = 4;
+  std::vector<at::Tensor> outs = {randn({n * 3, 5}, 21), randn({n, 2, 2}, 22)};
+  std::vector<at::Tensor> targets = {randn({n * 3, 5}, 23), randn({n, 2, 2}, 24)};
+  std::vector<at::Tensor> weights = {randn({n * 3, 5}, 25).abs(), randn({n, 2, 2}, 26).abs()};
+  std::vector<at::Tensor> dirs = {randn({n * 3, 5}, 27), randn({n, 2, 2}, 28)};
+  double diag = 0, rank = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    double along = 0;
+    for (size_t k = 0; k < outs.size(); ++k) {
+      auto o = outs[k].to(at::kDouble).reshape({n, -1}), t = targets[k].to(at::kDouble).reshape({n, -1});
+      auto w = weights[k].to(at::kDouble).reshape({n, -1}), u = dirs[k].to(at::kDouble).reshape({n, -1});
+      for (int64_t j = 0; j < o.size(1); ++j) {
+        const double e = o[i][j].item<double>() - t[i][j].item<double>();
+        diag += w[i][j].item<double>() * e * e;
+        along += u[i][j].item<double>() * e;
+      }
+    }
+    rank += along * along;
+  }
+  EXPECT_NEAR(recon::block_loss(outs, targets, weights, {}, n).item<double>(), diag, 1e-4 * diag);
+  EXPECT_NEAR(recon::block_loss(outs, targets, weights, dirs, n).item<double>(), diag + rank, 1e-4 * (diag + rank));
+  // the rank-one term is per image, not over the batch: one image's error cannot cancel another's
+  EXPECT_GT(rank, 0.0);
+  EXPECT_THROW(recon::block_loss(outs, targets, weights, {dirs[0]}, n), Error);
+  EXPECT_THROW(recon::block_loss({randn({7, 5}, 29)}, {randn({7, 5}, 30)}, {}, {randn({7, 5}, 31)}, n), Error);  // 7 rows, 4 images
+}
+
+// The fisher-dplr loss reconstructs (each block's loss lowered), and on the first block, which both runs feed the
+// same image, it starts above the diagonal Fisher loss by its non-negative rank-one term.
+TEST(Recon, FisherDplrLossAddsToTheDiagonal) {
+  at::set_num_threads(2);
+  const Graph g = tiny_vit();
+  const auto images = tiny_images();
+  const QuantPlan start = minmax_plan(g, images, 4);
+  auto blocks = recon::plan_blocks(g, start, "block");
+  auto o = quick_recon("block");
+  o.loss = "fisher";
+  QuantPlan diag_plan = start;
+  auto diag = recon::reconstruct(g, images, diag_plan, blocks, o);
+  o.loss = "fisher-dplr";
+  QuantPlan dplr_plan = start;
+  auto dplr = recon::reconstruct(g, images, dplr_plan, blocks, o);
+  ASSERT_EQ(diag.size(), dplr.size());
+  ASSERT_FALSE(dplr.empty());
+  EXPECT_GT(dplr[0].loss_start, diag[0].loss_start);
+  for (const auto& r : dplr) {
+    EXPECT_LE(r.loss_end, r.loss_start) << r.name;
+    EXPECT_TRUE(std::isfinite(r.loss_end)) << r.name;
+  }
+  EXPECT_EQ(dplr_plan.settings["reconstruction"]["loss"].get<std::string>(), "fisher-dplr");
+  check_plan(dplr_plan, g, "fisher-dplr");
+  auto bad = o;
+  bad.loss = "fisher-lr";
+  EXPECT_THROW(bad.validate(), Error);
+}
+
 // DeiT-Tiny cut into blocks: patch embedding, the 12 transformer blocks (from norm1 to the second residual add),
 // the head; layer mode: one per quantized layer.
 TEST(Recon, DeitBlocksAreTransformerBlocks) {

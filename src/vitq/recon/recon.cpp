@@ -29,7 +29,8 @@ void ReconOptions::validate() const {
   if (!(round_weight >= 0) || !std::isfinite(round_weight)) fail("rounding regulariser weight must be finite and >= 0");
   if (!(warmup >= 0 && warmup < 1)) fail("recon warm-up must be in [0, 1), got {}", warmup);
   if (!(beta_start >= beta_end && beta_end > 0) || !std::isfinite(beta_start)) fail("AdaRound's β must go from a larger to a smaller positive value");
-  if (loss != "fisher" && loss != "mse") fail("--recon-loss must be fisher or mse, got '{}'", loss);
+  if (loss != "fisher" && loss != "fisher-dplr" && loss != "mse")
+    fail("--recon-loss must be fisher, fisher-dplr or mse, got '{}'", loss);
   if (!(qdrop >= 0 && qdrop < 1)) fail("--qdrop must be a probability in [0, 1), got {}", qdrop);
   if (!learn_rounding && !learn_steps) fail("reconstruction with nothing to learn (rounding and steps both off)");
   if (learn_log && !learn_steps)
@@ -257,6 +258,30 @@ std::map<int, at::Tensor> fisher_gradients(const Graph& g, const at::Tensor& ima
   for (int v : values)
     if (!out.count(v)) fail("fisher gradients: value {} is not computed from the image", g.values[static_cast<size_t>(v)].name);
   return out;
+}
+
+// ---------------------------------------------------------------------------------------------- loss
+at::Tensor block_loss(const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& targets, const std::vector<at::Tensor>& weights,
+                      const std::vector<at::Tensor>& directions, int64_t n_images) {
+  if (targets.size() != outs.size() || (!weights.empty() && weights.size() != outs.size()) ||
+      (!directions.empty() && directions.size() != outs.size()))
+    fail("block loss: {} outputs, {} targets, {} weights and {} directions", outs.size(), targets.size(), weights.size(), directions.size());
+  at::Tensor loss, along;  // along: per image, Σ over every output of direction · (out − target)
+  for (size_t k = 0; k < outs.size(); ++k) {
+    auto diff = outs[k] - targets[k];
+    auto d = diff.pow(2);
+    if (!weights.empty()) d = d * weights[k];
+    auto s = d.sum();
+    loss = loss.defined() ? loss + s : s;
+    if (!directions.empty()) {
+      if (diff.dim() == 0 || diff.size(0) % n_images != 0)
+        fail("block loss: an output of {} rows is not a whole number of rows per image ({} images)", diff.dim() ? diff.size(0) : 0, n_images);
+      auto a = (diff * directions[k]).reshape({n_images, -1}).sum(1);
+      along = along.defined() ? along + a : a;
+    }
+  }
+  if (along.defined()) loss = loss + along.pow(2).sum();
+  return loss;
 }
 
 // ---------------------------------------------------------------------------------------------- one block
@@ -502,27 +527,15 @@ class BlockTrainer {
   at::Tensor keep_pool_, drop_pool_;  // QDrop's masks (qdrop_masks)
 };
 
-// Σ w·(out − target)² over all outputs, divided by the number of images.
-at::Tensor block_loss(const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& targets, const std::vector<at::Tensor>& weights,
-                      int64_t n_images) {
-  at::Tensor loss;
-  for (size_t k = 0; k < outs.size(); ++k) {
-    auto d = (outs[k] - targets[k]).pow(2);
-    if (!weights.empty()) d = d * weights[k];
-    auto s = d.sum();
-    loss = loss.defined() ? loss + s : s;
-  }
-  return loss / static_cast<double>(n_images);
-}
-
 }  // namespace
 
 BlockResult reconstruct_block(const Executor& ex, QuantPlan& plan, const Block& b, const std::vector<at::Tensor>& inputs,
                               const std::vector<at::Tensor>& targets, const std::vector<at::Tensor>& weights, int64_t images,
-                              const ReconOptions& o) {
+                              const ReconOptions& o, const std::vector<at::Tensor>& directions) {
   o.validate();
   const auto t0 = std::chrono::steady_clock::now();
-  if (inputs.size() != b.inputs.size() || targets.size() != b.outputs.size() || (!weights.empty() && weights.size() != targets.size()))
+  if (inputs.size() != b.inputs.size() || targets.size() != b.outputs.size() || (!weights.empty() && weights.size() != targets.size()) ||
+      (!directions.empty() && directions.size() != targets.size()))
     fail("block {}: {} inputs and {} targets given, it reads {} and makes {}", b.name, inputs.size(), targets.size(), b.inputs.size(),
          b.outputs.size());
   if (images < 1) fail("block {}: no images to reconstruct on", b.name);
@@ -540,7 +553,7 @@ BlockResult reconstruct_block(const Executor& ex, QuantPlan& plan, const Block& 
     for (const auto& t : ts) out.push_back(t.to(dev, at::kFloat).clone());  // normal tensors, not inference ones
     return out;
   };
-  const auto x_all = to_dev(inputs), y_all = to_dev(targets), w_all = to_dev(weights);
+  const auto x_all = to_dev(inputs), y_all = to_dev(targets), w_all = to_dev(weights), d_all = to_dev(directions);
   const auto stat = static_values(ex.graph());
   auto select = [&](const std::vector<at::Tensor>& ts, const std::vector<int>& ids, const at::Tensor& idx) {
     std::vector<at::Tensor> out;
@@ -555,7 +568,8 @@ BlockResult reconstruct_block(const Executor& ex, QuantPlan& plan, const Block& 
       const int64_t n = std::min<int64_t>(o.batch, images - s);
       auto idx = at::arange(s, s + n, at::kLong);
       auto outs = tr.forward(select(x_all, b.inputs, idx), n, true, nullptr);
-      total += block_loss(outs, select(y_all, b.outputs, idx), w_all.empty() ? w_all : select(w_all, b.outputs, idx), 1).item<double>();
+      total += block_loss(outs, select(y_all, b.outputs, idx), w_all.empty() ? w_all : select(w_all, b.outputs, idx),
+                          d_all.empty() ? d_all : select(d_all, b.outputs, idx), n).item<double>();
     }
     return total / static_cast<double>(images);
   };
@@ -580,7 +594,9 @@ BlockResult reconstruct_block(const Executor& ex, QuantPlan& plan, const Block& 
     at::Tensor idx = images <= o.batch ? at::arange(images, at::kLong) : at::randperm(images, gen, at::kLong).narrow(0, 0, o.batch);
     const int64_t n = idx.numel();
     auto outs = tr.forward(select(x_all, b.inputs, idx), n, false, o.qdrop > 0 ? &gen : nullptr);
-    auto loss = block_loss(outs, select(y_all, b.outputs, idx), w_all.empty() ? w_all : select(w_all, b.outputs, idx), n);
+    auto loss = block_loss(outs, select(y_all, b.outputs, idx), w_all.empty() ? w_all : select(w_all, b.outputs, idx),
+                           d_all.empty() ? d_all : select(d_all, b.outputs, idx), n) /
+                static_cast<double>(n);
     if (it >= warm && o.round_weight > 0) {
       const double rel = o.iters > warm ? static_cast<double>(it - warm) / static_cast<double>(o.iters - warm) : 1.0;
       const double beta = o.beta_end + (o.beta_start - o.beta_end) * std::max(0.0, 1.0 - rel);
@@ -693,24 +709,34 @@ int64_t expand_to_token_steps(const Graph& g, const at::Tensor& image, QuantPlan
   return changed;
 }
 
-// Fisher weights of a block: squared gradients normalised to mean 1 over the block's outputs.
-std::vector<at::Tensor> fisher_weights(const std::map<int, at::Tensor>& grads, const Block& b) {
-  std::vector<at::Tensor> w;
+// Mean of the squared Fisher gradients over all of a block's outputs; 0 when they are all zero or not finite.
+double fisher_mean_square(const std::map<int, at::Tensor>& grads, const Block& b) {
   double sum = 0;
   int64_t count = 0;
   for (int v : b.outputs) {
-    auto g2 = grads.at(v).pow(2);
-    sum += g2.sum().item<double>();
-    count += g2.numel();
-    w.push_back(g2);
+    sum += grads.at(v).pow(2).sum().item<double>();
+    count += grads.at(v).numel();
   }
   const double mean = count ? sum / static_cast<double>(count) : 0;
-  if (!(mean > 0) || !std::isfinite(mean)) {
-    for (auto& t : w) t = at::ones_like(t);
-    return w;
-  }
-  for (auto& t : w) t = t / mean;
+  return mean > 0 && std::isfinite(mean) ? mean : 0;
+}
+
+// Fisher weights of a block: squared gradients normalised to mean 1 over the block's outputs (all ones when the
+// gradients carry nothing).
+std::vector<at::Tensor> fisher_weights(const std::map<int, at::Tensor>& grads, const Block& b) {
+  const double mean = fisher_mean_square(grads, b);
+  std::vector<at::Tensor> w;
+  for (int v : b.outputs) w.push_back(mean > 0 ? grads.at(v).pow(2) / mean : at::ones_like(grads.at(v)));
   return w;
+}
+
+// fisher-dplr's directions (recon.h): the gradients on the same scale, so that their squares are the weights above
+// (zeros, no rank-one term, when the gradients carry nothing).
+std::vector<at::Tensor> fisher_directions(const std::map<int, at::Tensor>& grads, const Block& b) {
+  const double mean = fisher_mean_square(grads, b);
+  std::vector<at::Tensor> u;
+  for (int v : b.outputs) u.push_back(mean > 0 ? grads.at(v) / std::sqrt(mean) : at::zeros_like(grads.at(v)));
+  return u;
 }
 
 }  // namespace
@@ -741,7 +767,8 @@ std::vector<BlockResult> reconstruct(const Graph& model, const at::Tensor& calib
                          "nothing changes\n");
   }
   std::map<int, at::Tensor> grads;
-  if (o.loss == "fisher") {
+  const bool fisher = o.loss == "fisher" || o.loss == "fisher-dplr";
+  if (fisher) {
     std::vector<int> outs;
     for (const auto& b : blocks) outs.insert(outs.end(), b.outputs.begin(), b.outputs.end());
     if (o.progress) fmt::print(stderr, "recon: Fisher weights from one backward pass of the FP model on {} images\n", n);
@@ -760,17 +787,18 @@ std::vector<BlockResult> reconstruct(const Graph& model, const at::Tensor& calib
       q.advance(b.begin, &qm.hooks());
     }
     fp.advance(b.end, nullptr);
-    std::vector<at::Tensor> x, y, w;
+    std::vector<at::Tensor> x, y, w, dirs;
     for (int v : b.inputs) x.push_back(q.value(v));
     for (int v : b.outputs) y.push_back(fp.value(v));
-    if (o.loss == "fisher") w = fisher_weights(grads, b);
+    if (fisher) w = fisher_weights(grads, b);
+    if (o.loss == "fisher-dplr") dirs = fisher_directions(grads, b);
     ReconOptions bo = o;
     bo.seed = o.seed + k;
     bool any = false;  // a block whose layers all stay FP is skipped
     for (const auto& p : plan.points)
       for (size_t i = b.begin; i < b.end && !any; ++i) any = p.node == g.nodes[i].name;
     if (!any) continue;
-    BlockResult r = reconstruct_block(ex, plan, b, x, y, w, n, bo);
+    BlockResult r = reconstruct_block(ex, plan, b, x, y, w, n, bo, dirs);
     clamped += r.zero_points_clamped;
     if (o.progress)
       fmt::print(stderr, "recon {:>3}/{} {:<30} {:>3} points  loss {:.5g} -> {:.5g}{}  {:.1f} s\n", k + 1, blocks.size(), b.name,

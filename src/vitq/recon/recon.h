@@ -17,8 +17,11 @@
 //     value with probability `qdrop` during training (in steps of 1/256);
 //   - loss: Σ (Ô − O)² over a block's outputs per image (mse), or weighted by the squared gradient of
 //     −log p_FP(y) at O with y drawn from the FP prediction (fisher, the diagonal Fisher / Hessian weighting
-//     PTQ4ViT's metric uses; one backward pass of the FP model serves every block), plus AdaRound's rounding
-//     regulariser after a warm-up.
+//     PTQ4ViT's metric uses; one backward pass of the FP model serves every block), or (fisher-dplr) that plus,
+//     per image, (Σ g·(Ô − O))² on the same scale: the Fisher quadratic form along the sampled label's gradient,
+//     whose expectation over the label is the full Fisher form Δᵀ F Δ (the second-order KL increase) that the
+//     diagonal leaves out — a diagonal-plus-low-rank Fisher as FIMA-Q's, one rank per image; plus AdaRound's
+//     rounding regulariser after a warm-up.
 // Blocks are reconstructed in order, each on the inputs the quantized model (with the blocks before it already
 // reconstructed) produces, against the FP model's outputs. A block whose final loss (hard rounding, all
 // images) is not below its starting loss keeps its starting parameters.
@@ -47,7 +50,7 @@ struct ReconOptions {
   double round_weight = 0.01;   // λ of the rounding regulariser
   double warmup = 0.2;          // fraction of the steps before the regulariser starts
   double beta_start = 20, beta_end = 2;
-  std::string loss = "fisher";  // "fisher" | "mse"
+  std::string loss = "fisher";  // "fisher" | "fisher-dplr" | "mse"
   double qdrop = 0.5;           // probability of keeping an activation unquantized during training (0: off)
   bool learn_rounding = true, learn_steps = true;
   bool learn_log = false;       // also AdaLog activation quantizers' scale and base (with learn_steps)
@@ -96,12 +99,20 @@ struct BlockResult {
   double seconds = 0;
 };
 
+// The reconstruction loss of a batch of `images` images (rows grouped per image), summed over the images:
+//   Σ w · (out − target)²  (w = 1 when `weights` is empty)
+//   + Σ over images of (Σ over the image's elements of every output of u · (out − target))²  (when `directions`
+//     is not empty: u, same shapes as the targets, e.g. the scaled Fisher gradients of fisher-dplr).
+at::Tensor block_loss(const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& targets, const std::vector<at::Tensor>& weights,
+                      const std::vector<at::Tensor>& directions, int64_t images);
+
 // Reconstructs one block: `inputs` are the values of block.inputs and `targets` the FP values of
 // block.outputs, on `images` images (rows grouped per image); `weights` (same shapes as targets, or empty for
-// the plain MSE) weigh the squared error. Writes the learned parameters into `plan`.
+// the plain MSE) weigh the squared error, and `directions` (same shapes, or empty) add block_loss's per-image
+// term. Writes the learned parameters into `plan`.
 BlockResult reconstruct_block(const Executor& ex, QuantPlan& plan, const Block& block, const std::vector<at::Tensor>& inputs,
                               const std::vector<at::Tensor>& targets, const std::vector<at::Tensor>& weights,
-                              int64_t images, const ReconOptions& options);
+                              int64_t images, const ReconOptions& options, const std::vector<at::Tensor>& directions = {});
 
 // The whole pipeline over `blocks` (plan_blocks), on the calibration images. Records what it did in
 // plan.settings["reconstruction"].
