@@ -9,6 +9,7 @@
 #include <unordered_map>
 #include <map>
 #include <mutex>
+#include <optional>
 
 #include "vitq/graph/executor.h"
 #include "vitq/graph/kernels.h"
@@ -195,25 +196,79 @@ IntGrid token_grid(const at::Tensor& x, const QuantPoint& p) {
   return g;
 }
 
+// What the int8 runtime needs of a log kind's input quantizer, made once per layer: the code of x is
+// c = clamp(round(−τ · log2((x + shift) / scale)), 0, top + 1) (top + 1: below the grid), and code c is the value
+// t0[c]·step0 + t1[c]·step1 − shift. `two_grids` is false where the second grid is all zeros (log2 up to 3 bits).
+struct LogTables {
+  int top = 0;
+  std::vector<uint8_t> t0, t1;
+  float step0 = 0, step1 = 0;
+  double shift = 0;   // AdaLog's δ (0 for the other kinds)
+  float scale = 0;    // the code's scale s
+  double tau = 0;     // codes per octave
+  bool two_grids = true;
+  std::vector<float> bound;  // up to 5 bits: bound[k], y = (x + shift) / s below it has a code above k
+};
+
+LogTables log_tables(const QuantPoint& p) {
+  LogTables t;
+  const double s = p.params.scale.item<double>(), tau = log_codes_per_octave(p.spec, p.params);
+  t.top = static_cast<int>(log2_max_code(p.spec));
+  t.scale = p.params.scale.item<float>();
+  t.tau = tau;
+  t.shift = log_shift(p.spec, p.params);
+  t.two_grids = p.spec.kind != QuantKind::Log2 || t.top > 7;
+  if (t.top < 32)
+    for (int k = 0; k <= t.top; ++k) t.bound.push_back(static_cast<float>(std::exp2(-(k + 0.5) / tau)));
+  t.t0.assign(static_cast<size_t>(t.top) + 2, 0);
+  t.t1.assign(static_cast<size_t>(t.top) + 2, 0);
+  switch (p.spec.kind) {
+    case QuantKind::LogSqrt2:
+      // c = 2k: s·2^-k; c = 2k + 1: (s/√2)·2^-k — a power-of-two grid each (k <= 7 at 4 bits)
+      for (int c = 0; c <= t.top; ++c) (c % 2 == 0 ? t.t0 : t.t1)[static_cast<size_t>(c)] = static_cast<uint8_t>(std::exp2(7 - c / 2));
+      t.step0 = static_cast<float>(s / 128.0);
+      t.step1 = static_cast<float>(s / std::sqrt(2.0) / 128.0);
+      break;
+    case QuantKind::AdaLog:
+      // x̂ = s·2^(−c/τ) − δ. 2^(−c/τ) in (0, 1] is written as two 8-bit fixed-point digits, hi/255 + lo/255², so
+      // each value is within s/(2·255²) ≈ 7.7e-6·s of the simulation's (far inside the grid's spacing, whose finest
+      // step at 8 codes per octave is 8% of the value); δ is the grids' shift.
+      for (int c = 0; c <= t.top; ++c) {
+        const double v = std::exp2(-c / tau) * 255.0, hi = std::floor(v);
+        t.t0[static_cast<size_t>(c)] = static_cast<uint8_t>(hi);
+        t.t1[static_cast<size_t>(c)] = static_cast<uint8_t>(std::nearbyint((v - hi) * 255.0));
+      }
+      t.step0 = static_cast<float>(s / 255.0);
+      t.step1 = static_cast<float>(s / (255.0 * 255.0));
+      break;
+    case QuantKind::Log2:  // split at c = 7
+      for (int c = 0; c <= t.top; ++c)
+        (c <= 7 ? t.t0 : t.t1)[static_cast<size_t>(c)] = static_cast<uint8_t>(std::exp2(c <= 7 ? 7 - c : 15 - c));
+      t.step0 = static_cast<float>(s / 128.0);
+      t.step1 = static_cast<float>(s / 32768.0);
+      break;
+    default: fail("int8 runtime: {}: {} is not a log kind", p.node, quant_kind_name(p.spec.kind));
+  }
+  return t;
+}
+
 // One pass over a log kind's input x (contiguous float): each element's code c as the simulation's log2_codes
 // makes it — y = (x + δ) / s, c = clamp(round(−τ · log2 y), 0, top + 1), y <= 0 or NaN giving top + 1 — and its two
 // grid values t0[c], t1[c]. Up to 5 bits c is counted against the rounding boundaries, c = #{k <= top : y < 2^(−(k +
 // ½)/τ)} (a few vector compares an element instead of a log); above, with the C library's log2. Either way a code
 // can differ from the simulation's where −τ · log2 y is within a float rounding of a boundary (libtorch's log2 is
 // another implementation), as float noise can flip it there.
-void log_grid_pair(const at::Tensor& x, const QuantPoint& p, int top, const std::vector<uint8_t>& t0, const std::vector<uint8_t>& t1,
-                   uint8_t* g0, uint8_t* g1) {
-  if (x.scalar_type() != at::kFloat || !x.is_contiguous()) fail("int8 runtime: {}: a log input must be contiguous float", p.node);
+void log_grid_pair(const at::Tensor& x, const LogTables& t, const std::string& node, uint8_t* g0, uint8_t* g1) {
+  if (x.scalar_type() != at::kFloat || !x.is_contiguous()) fail("int8 runtime: {}: a log input must be contiguous float", node);
   const float* in = x.data_ptr<float>();
-  const float scale = p.params.scale.item<float>();
-  const float shift = static_cast<float>(log_shift(p.spec, p.params));
-  const double tau = log_codes_per_octave(p.spec, p.params);
-  const float ntau = static_cast<float>(-tau);
+  const float scale = t.scale;
+  const float shift = static_cast<float>(t.shift);
+  const float ntau = static_cast<float>(-t.tau);
+  const int top = t.top;
   const float below = static_cast<float>(top + 1);
   const bool shifted = shift != 0.0f;
-  std::vector<float> bound;  // bound[k]: y below it has a code above k
-  if (top < 32)
-    for (int k = 0; k <= top; ++k) bound.push_back(static_cast<float>(std::exp2(-(k + 0.5) / tau)));
+  const std::vector<float>& bound = t.bound;
+  const std::vector<uint8_t>&t0 = t.t0, &t1 = t.t1;
   at::parallel_for(0, x.numel(), 16384, [&](int64_t b, int64_t e) {
     constexpr int64_t kChunk = 1024;
     float y[kChunk];
@@ -241,53 +296,9 @@ void log_grid_pair(const at::Tensor& x, const QuantPoint& p, int top, const std:
   });
 }
 
-// A log kind's two grids: code c (0..top; top + 1, below the grid, is all zeros) is t0[c]·step0 + t1[c]·step1 − shift.
-struct LogTables {
-  int top = 0;
-  std::vector<uint8_t> t0, t1;
-  float step0 = 0, step1 = 0;
-  double shift = 0;
-};
-
-LogTables log_tables(const QuantPoint& p) {
-  LogTables t;
-  const double s = p.params.scale.item<double>(), tau = log_codes_per_octave(p.spec, p.params);
-  t.top = static_cast<int>(log2_max_code(p.spec));
-  t.t0.assign(static_cast<size_t>(t.top) + 2, 0);
-  t.t1.assign(static_cast<size_t>(t.top) + 2, 0);
-  switch (p.spec.kind) {
-    case QuantKind::LogSqrt2:
-      // c = 2k: s·2^-k; c = 2k + 1: (s/√2)·2^-k — a power-of-two grid each (k <= 7 at 4 bits)
-      for (int c = 0; c <= t.top; ++c) (c % 2 == 0 ? t.t0 : t.t1)[static_cast<size_t>(c)] = static_cast<uint8_t>(std::exp2(7 - c / 2));
-      t.step0 = static_cast<float>(s / 128.0);
-      t.step1 = static_cast<float>(s / std::sqrt(2.0) / 128.0);
-      break;
-    case QuantKind::AdaLog:
-      // x̂ = s·2^(−c/τ) − δ. 2^(−c/τ) in (0, 1] is written as two 8-bit fixed-point digits, hi/255 + lo/255², so
-      // each value is within s/(2·255²) ≈ 7.7e-6·s of the simulation's (far inside the grid's spacing, whose finest
-      // step at 8 codes per octave is 8% of the value); δ is the grids' shift.
-      for (int c = 0; c <= t.top; ++c) {
-        const double v = std::exp2(-c / tau) * 255.0, hi = std::floor(v);
-        t.t0[static_cast<size_t>(c)] = static_cast<uint8_t>(hi);
-        t.t1[static_cast<size_t>(c)] = static_cast<uint8_t>(std::nearbyint((v - hi) * 255.0));
-      }
-      t.step0 = static_cast<float>(s / 255.0);
-      t.step1 = static_cast<float>(s / (255.0 * 255.0));
-      t.shift = log_shift(p.spec, p.params);
-      break;
-    case QuantKind::Log2:  // split at c = 7
-      for (int c = 0; c <= t.top; ++c)
-        (c <= 7 ? t.t0 : t.t1)[static_cast<size_t>(c)] = static_cast<uint8_t>(std::exp2(c <= 7 ? 7 - c : 15 - c));
-      t.step0 = static_cast<float>(s / 128.0);
-      t.step1 = static_cast<float>(s / 32768.0);
-      break;
-    default: fail("int8 runtime: {}: {} is not a log kind", p.node, quant_kind_name(p.spec.kind));
-  }
-  return t;
-}
-
-// The grids of a twin-uniform, log2, log√2 or AdaLog input (x̂ = Σ step · codes − shift, no zero points).
-std::vector<IntGrid> split_grids(const at::Tensor& x_in, const QuantPoint& p) {
+// The grids of a twin-uniform, log2, log√2 or AdaLog input (x̂ = Σ step · codes − shift, no zero points); a log
+// kind's from `tables`, its layer's log_tables(p).
+std::vector<IntGrid> split_grids(const at::Tensor& x_in, const QuantPoint& p, const LogTables* tables) {
   auto x = x_in.contiguous();
   std::vector<IntGrid> out;
   if (p.spec.kind == QuantKind::TwinUniform) {
@@ -304,17 +315,19 @@ std::vector<IntGrid> split_grids(const at::Tensor& x_in, const QuantPoint& p) {
   } else {
     // The log kinds: each code c (0..top, top + 1 for "below the grid") is one pair of grid values, from a table;
     // the codes are made in one pass (log_grid_pair), not a chain of whole-tensor ops.
-    const LogTables t = log_tables(p);
+    if (!tables) fail("int8 runtime: {}: a log input without its tables", p.node);
+    const LogTables& t = *tables;
     auto g0 = at::empty(x.sizes(), at::kByte), g1 = at::empty(x.sizes(), at::kByte);
-    log_grid_pair(x, p, t.top, t.t0, t.t1, g0.data_ptr<uint8_t>(), g1.data_ptr<uint8_t>());
+    log_grid_pair(x, t, p.node, g0.data_ptr<uint8_t>(), g1.data_ptr<uint8_t>());
     out.push_back({g0, t.step0, 0, t.shift});
-    if (p.spec.kind != QuantKind::Log2 || t.top > 7) out.push_back({g1, t.step1, 0, 0.0});
+    if (t.two_grids) out.push_back({g1, t.step1, 0, 0.0});
   }
   return out;
 }
 
-std::vector<IntGrid> input_grids(const at::Tensor& x, const QuantPoint& p) {
-  if (p.spec.kind == QuantKind::TwinUniform || is_any_log_kind(p.spec.kind)) return split_grids(x, p);
+// `tables`: log_tables(p) for a log kind (made once per layer), else unused.
+std::vector<IntGrid> input_grids(const at::Tensor& x, const QuantPoint& p, const LogTables* tables) {
+  if (p.spec.kind == QuantKind::TwinUniform || is_any_log_kind(p.spec.kind)) return split_grids(x, p, tables);
   if (is_per_token_input(p)) return {token_grid(x, p)};
   return {uniform_grid(x, p)};
 }
@@ -586,7 +599,9 @@ class NativeConv {
 class NativeMatMul {
  public:
   // post_scale: a constant the output is multiplied by (a Mul after the GEMM, folded into its scale)
-  NativeMatMul(const QuantPoint& a, const QuantPoint& b, float post_scale = 1.0f) : a_(a), b_(b), post_scale_(post_scale) {}
+  NativeMatMul(const QuantPoint& a, const QuantPoint& b, float post_scale = 1.0f) : a_(a), b_(b), post_scale_(post_scale) {
+    if (is_any_log_kind(a.spec.kind)) a_tables_ = log_tables(a);
+  }
 
   // x0 may already be uint8 codes of a_ (a softmax that quantized its own output).
   at::Tensor run(const at::Tensor& x0, const at::Tensor& x1) {
@@ -598,7 +613,7 @@ class NativeMatMul {
     if (x0.scalar_type() == at::kByte)
       ga.push_back({x0, a_.params.scale.item<float>(), static_cast<int32_t>(a_.params.zero_point.item<float>())});
     else
-      ga = input_grids(x0, a_);
+      ga = input_grids(x0, a_, a_tables_ ? &*a_tables_ : nullptr);
     // A transposed right operand (kᵀ) is quantized in its untransposed layout, and oneDNN reads it with strides.
     const bool b_transposed = x1.stride(-2) == 1 && x1.stride(-1) != 1;
     IntGrid gb = uniform_grid(b_transposed ? x1.transpose(-2, -1) : x1, b_, /*as_signed=*/true);
@@ -656,6 +671,7 @@ class NativeMatMul {
 
   const QuantPoint& a_;
   const QuantPoint& b_;
+  std::optional<LogTables> a_tables_;  // a_'s, when it is a log kind
   float post_scale_ = 1.0f;
   std::mutex mu_;
   std::map<std::tuple<std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>, int, bool, float>, Prim> prims_;
@@ -675,6 +691,7 @@ struct Int8Model::Impl {
   std::vector<std::unique_ptr<NativeMatMul>> matmul;
   std::vector<std::unique_ptr<NativeConv>> conv;
   std::vector<const QuantPoint*> input_point;          // per node: the slot-0 quantizer of a native node
+  std::vector<std::optional<LogTables>> input_tables;  // per node: its log_tables, when that quantizer is a log kind
   std::vector<char> gelu_fused, gelu_done;              // Linear i applies the GELU of node i + 1, which then passes through
   std::vector<char> mul_done;                           // a Mul by a constant folded into the MatMul before it
   std::vector<const QuantPoint*> softmax_codes;         // a Softmax whose only reader quantizes it per tensor: emits codes
@@ -685,6 +702,7 @@ struct Int8Model::Impl {
     matmul.resize(g.nodes.size());
     conv.resize(g.nodes.size());
     input_point.assign(g.nodes.size(), nullptr);
+    input_tables.assign(g.nodes.size(), std::nullopt);
     for (size_t i = 0; i < g.nodes.size(); ++i) {
       const Node& n = g.nodes[i];
       if (n.op != OpKind::Linear && n.op != OpKind::Conv2d && !(n.op == OpKind::MatMul && is_quantizable(g, n))) continue;
@@ -701,6 +719,7 @@ struct Int8Model::Impl {
         continue;
       }
       input_point[i] = p0;
+      if (is_any_log_kind(p0->spec.kind)) input_tables[i] = log_tables(*p0);
       if (p0->spec.kind == QuantKind::TwinUniform) ++stats.twin_inputs;
       if (is_log_kind(p0->spec.kind)) ++stats.log2_inputs;
       if (p0->spec.kind == QuantKind::AdaLog) ++stats.adalog_inputs;
@@ -755,7 +774,10 @@ struct Int8Model::Impl {
     };
     hooks.replace = [this, &sh](const Node& n, const std::vector<at::Tensor>& args) -> std::vector<at::Tensor> {
       const size_t i = static_cast<size_t>(&n - graph.nodes.data());
-      if (linear[i]) return {linear[i]->run(args[0].to(at::kFloat), input_grids(args[0].to(at::kFloat), *input_point[i]), gelu_fused[i] != 0)};
+      if (linear[i]) {
+        const LogTables* t = input_tables[i] ? &*input_tables[i] : nullptr;
+        return {linear[i]->run(args[0].to(at::kFloat), input_grids(args[0].to(at::kFloat), *input_point[i], t), gelu_fused[i] != 0)};
+      }
       if (gelu_done[i] || mul_done[i]) return {args[0]};  // applied by the node before it
       if (softmax_codes[i]) {
         const QuantPoint& q = *softmax_codes[i];
