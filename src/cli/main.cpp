@@ -337,8 +337,8 @@ int main(int argc, char** argv) {
                 "reconstruction: one learned step per token for the per-tensor uniform inputs of Linear layers on [B, N, C] tensors (FIMA-Q); "
                 "the integer runtime runs them in int8, the ONNX export in integer ops");
     c->add_option("--recon-lr-log", q.recon_lr_log, "reconstruction: learning rate of the log AdaLog scales and bases (--recon-learn-log; default 0.0002)");
-    c->add_option("--recon-loss", q.recon_loss, "reconstruction loss: fisher (Fisher-weighted output error, default), fisher-dplr (that plus, per image, the "
-                                              "squared error along the Fisher gradient: a diagonal-plus-low-rank Fisher) or mse");
+    c->add_option("--recon-loss", q.recon_loss, "reconstruction loss: fisher (Fisher-weighted output error, default), fisher-dplr (experimental, do not use: that plus, per "
+                                              "image, the squared error along the Fisher gradient; it collapsed DeiT-Tiny at W3A3, see docs/decisions.md) or mse");
     c->add_option("--qdrop", q.qdrop, "reconstruction: probability of leaving an activation unquantized per element (QDrop; default 0.5, 0 = off)");
     c->add_flag("--no-joint-bridges", q.no_joint_bridges, "qhyvit: reconstruct bridge-block layers like the others, not jointly");
     c->add_option("--device", q.device, "reconstruction device: cpu or cuda[:N]");
