@@ -164,6 +164,8 @@ TEST(ReconCli, BadInputFailsEarly) {
       {"--start-plan " + (tmp / "none.json").string() + " --reconstruct block", "none.json"},
       {"--method minmax+rekon", "rekon"},
       {"--method minmax+recon --recon-images 1001", "1001 asked"},
+      {"--method minmax+recon --recon-augment 65", "--recon-augment"},
+      {"--method minmax+recon --recon-augment -1", "--recon-augment"},
   };
   if (!at::hasCUDA()) cases.push_back({"--method minmax+recon --device cuda", "CUDA"});
   for (const auto& c : cases) {

@@ -65,6 +65,14 @@ MethodOptions quiet_options(int bits) {
 
 QuantPlan minmax_plan(const Graph& g, const at::Tensor& images, int bits) { return run_method(g, images, "minmax", quiet_options(bits)); }
 
+// The tiny model, its images, a 4-bit min/max plan and the plan's blocks: where the block-mode tests below start.
+struct BlockStart {
+  Graph g = tiny_vit();
+  at::Tensor images = tiny_images();
+  QuantPlan plan = minmax_plan(g, images, 4);
+  std::vector<recon::Block> blocks = recon::plan_blocks(g, plan, "block");
+};
+
 recon::ReconOptions quick_recon(const std::string& mode = "layer") {
   recon::ReconOptions o;
   o.mode = mode;
@@ -326,10 +334,11 @@ TEST(Recon, BlockLossRankOneTermMatchesNaiveSum) {
 // same image, it starts above the diagonal Fisher loss by its non-negative rank-one term.
 TEST(Recon, FisherDplrLossAddsToTheDiagonal) {
   at::set_num_threads(2);
-  const Graph g = tiny_vit();
-  const auto images = tiny_images();
-  const QuantPlan start = minmax_plan(g, images, 4);
-  auto blocks = recon::plan_blocks(g, start, "block");
+  const BlockStart s;
+  const Graph& g = s.g;
+  const auto& images = s.images;
+  const QuantPlan& start = s.plan;
+  const auto& blocks = s.blocks;
   auto o = quick_recon("block");
   o.loss = "fisher";
   QuantPlan diag_plan = start;
@@ -556,10 +565,11 @@ TEST(Recon, LearnLogWithoutAdaLogWarns) {
 // The plan reloads and runs them; reconstructing it again finds nothing more to expand and says so.
 TEST(Recon, TokenScalesLearnOneStepPerToken) {
   at::set_num_threads(2);
-  const Graph g = tiny_vit();
-  const auto images = tiny_images();
-  const QuantPlan start = minmax_plan(g, images, 4);
-  auto blocks = recon::plan_blocks(g, start, "block");
+  const BlockStart s;
+  const Graph& g = s.g;
+  const auto& images = s.images;
+  const QuantPlan& start = s.plan;
+  const auto& blocks = s.blocks;
   auto o = quick_recon("block");
   o.token_scales = true;
   QuantPlan plan = start;
@@ -603,6 +613,54 @@ TEST(Recon, TokenScalesLearnOneStepPerToken) {
   // with the steps fixed the tokens would keep one step: refused
   o.learn_steps = false;
   expect_throw_mentioning([&] { o.validate(); }, "--recon-token-scales", "token_scales without learn_steps");
+}
+
+// augment_views: views·N images shaped as the input, each a bilinear resize of a crop of its own image (so within
+// that image's range of values), the same for a seed and not for another; the pipeline reconstructs on the images
+// and their views (each block's loss lowered), records both counts, and learns other steps than without them.
+TEST(Recon, AugmentedViewsJoinTheImages) {
+  at::set_num_threads(2);
+  const auto images = randn({3, 3, 8, 8}, 41);
+  const auto views = recon::augment_views(images, 4, 7);
+  ASSERT_EQ(views.sizes().vec(), (std::vector<int64_t>{12, 3, 8, 8}));
+  EXPECT_TRUE(at::equal(views, recon::augment_views(images, 4, 7)));
+  EXPECT_FALSE(at::equal(views, recon::augment_views(images, 4, 8)));
+  for (int64_t i = 0; i < 3; ++i) {
+    const auto img = images[i];
+    int differ = 0;
+    for (int64_t k = 0; k < 4; ++k) {
+      const auto v = views[i * 4 + k];
+      EXPECT_LE(v.max().item<float>(), img.max().item<float>() + 1e-5f) << i << " " << k;
+      EXPECT_GE(v.min().item<float>(), img.min().item<float>() - 1e-5f) << i << " " << k;
+      differ += !at::allclose(v, img);
+    }
+    EXPECT_GE(differ, 3) << "image " << i;
+  }
+  expect_throw_mentioning([&] { recon::augment_views(images, 0, 7); }, "at least one view", "no views");
+  expect_throw_mentioning([&] { recon::augment_views(at::zeros({3, 8, 8}), 1, 7); }, "[N, C, H, W]", "a 3-d batch");
+
+  const BlockStart s;
+  auto o = quick_recon("block");
+  o.augment = 2;
+  QuantPlan plan = s.plan;
+  auto results = recon::reconstruct(s.g, s.images, plan, s.blocks, o);
+  ASSERT_FALSE(results.empty());
+  for (const auto& r : results) EXPECT_LT(r.loss_end, r.loss_start) << r.name;
+  EXPECT_EQ(plan.settings["reconstruction"]["images"].get<int64_t>(), 16);
+  EXPECT_EQ(plan.settings["reconstruction"]["images_with_views"].get<int64_t>(), 48);
+  EXPECT_EQ(plan.settings["reconstruction"]["augment"].get<int>(), 2);
+  check_plan(plan, s.g, "augmented");
+  QuantPlan plain = s.plan;
+  recon::reconstruct(s.g, s.images, plain, s.blocks, quick_recon("block"));
+  EXPECT_FALSE(plain.settings["reconstruction"].contains("images_with_views"));
+  const auto* a = plan.find("blocks.0.mlp.fc2", 0);
+  const auto* b = plain.find("blocks.0.mlp.fc2", 0);
+  ASSERT_TRUE(a && b);
+  EXPECT_FALSE(at::equal(a->params.scale, b->params.scale));
+  for (int bad : {-1, 65}) {
+    o.augment = bad;
+    expect_throw_mentioning([&] { o.validate(); }, "--recon-augment", "a nonsense view count");
+  }
 }
 
 // Codes need plan format 3: a version-2 plan that carries them is refused.

@@ -37,6 +37,7 @@ struct QuantArgs {
   double recon_lr_round = 2e-2, recon_lr_scale = 2e-3, qdrop = 0.5;
   bool recon_learn_log = false;
   bool recon_token_scales = false;
+  int recon_augment = 0;
   double recon_lr_log = 2e-4;
   bool no_joint_bridges = false;
 };

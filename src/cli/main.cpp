@@ -333,6 +333,9 @@ int main(int argc, char** argv) {
     c->add_option("--recon-lr-round", q.recon_lr_round, "reconstruction: learning rate of AdaRound's rounding variables (default 0.02)");
     c->add_option("--recon-lr-scale", q.recon_lr_scale, "reconstruction: learning rate of the log activation steps (default 0.002)");
     c->add_flag("--recon-learn-log", q.recon_learn_log, "reconstruction: also learn the AdaLog activation quantizers' scale and base");
+    c->add_option("--recon-augment", q.recon_augment,
+                  "reconstruction: this many augmented views of each of its images join them (a random resized crop of 30-100% of the area, "
+                  "aspect 3/4-4/3, flipped left-right half the time; seeded), the targets the FP model's outputs on them (default 0)");
     c->add_flag("--recon-token-scales", q.recon_token_scales,
                 "reconstruction: one learned step per token for the per-tensor uniform inputs of Linear layers on [B, N, C] tensors (FIMA-Q); "
                 "the integer runtime runs them in int8, the ONNX export in integer ops");

@@ -149,6 +149,7 @@ MethodOptions method_options(const QuantArgs& a) {
   o.recon.lr_scale = a.recon_lr_scale;
   o.recon.learn_log = a.recon_learn_log;
   o.recon.token_scales = a.recon_token_scales;
+  o.recon.augment = a.recon_augment;
   o.recon.lr_log = a.recon_lr_log;
   o.recon.loss = a.recon_loss;
   o.recon.qdrop = a.qdrop;
@@ -179,6 +180,7 @@ bool more_recon_images(const QuantArgs& a, bool reconstructs) {
   // (every command that calibrates asks this once, so the flags only a reconstruction reads are checked here too)
   if (a.recon_token_scales && !reconstructs)
     fmt::print(stderr, "vitq: warning: --recon-token-scales: nothing here reconstructs; ignored\n");
+  if (a.recon_augment > 0 && !reconstructs) fmt::print(stderr, "vitq: warning: --recon-augment: nothing here reconstructs; ignored\n");
   int64_t n = 0;
   const bool synthetic = parse_synthetic_calib(a.calib, &n);
   const int64_t calib_n = synthetic && n ? n : static_cast<int64_t>(a.calib_size);

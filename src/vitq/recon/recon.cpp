@@ -31,6 +31,7 @@ void ReconOptions::validate() const {
   if (!(beta_start >= beta_end && beta_end > 0) || !std::isfinite(beta_start)) fail("AdaRound's β must go from a larger to a smaller positive value");
   if (loss != "fisher" && loss != "fisher-dplr" && loss != "mse")
     fail("--recon-loss must be fisher, fisher-dplr or mse, got '{}'", loss);
+  if (augment < 0 || augment > 64) fail("--recon-augment must be between 0 and 64 views an image, got {}", augment);
   if (!(qdrop >= 0 && qdrop < 1)) fail("--qdrop must be a probability in [0, 1), got {}", qdrop);
   if (!learn_rounding && !learn_steps) fail("reconstruction with nothing to learn (rounding and steps both off)");
   if (learn_log && !learn_steps)
@@ -53,7 +54,7 @@ void ReconOptions::validate() const {
 nlohmann::json ReconOptions::to_json() const {
   return {{"mode", mode}, {"iters", iters}, {"batch", batch}, {"images", images}, {"lr_round", lr_round}, {"lr_scale", lr_scale},
           {"lr_zero_point", lr_zero_point}, {"lr_log", lr_log}, {"round_weight", round_weight}, {"warmup", warmup}, {"beta", {beta_start, beta_end}},
-          {"loss", loss}, {"qdrop", qdrop}, {"learn_rounding", learn_rounding}, {"learn_steps", learn_steps}, {"learn_log", learn_log}, {"seed", seed},
+          {"loss", loss}, {"augment", augment}, {"qdrop", qdrop}, {"learn_rounding", learn_rounding}, {"learn_steps", learn_steps}, {"learn_log", learn_log}, {"seed", seed},
           {"device", device}};
 }
 
@@ -647,6 +648,36 @@ BlockResult reconstruct_block(const Executor& ex, QuantPlan& plan, const Block& 
   return r;
 }
 
+// ---------------------------------------------------------------------------------------------- augmentation
+at::Tensor augment_views(const at::Tensor& images, int views, uint64_t seed) {
+  if (images.dim() != 4 || images.size(0) < 1) fail("augmented views: images must be [N, C, H, W] with N >= 1");
+  if (views < 1) fail("augmented views: need at least one view an image, got {}", views);
+  const int64_t h = images.size(2), w = images.size(3);
+  std::mt19937_64 rng(seed ^ 0x61756776ULL);
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+  std::vector<at::Tensor> out;
+  out.reserve(static_cast<size_t>(images.size(0) * views));
+  for (int64_t i = 0; i < images.size(0); ++i) {
+    const at::Tensor img = images.narrow(0, i, 1).to(at::kFloat);
+    for (int v = 0; v < views; ++v) {
+      // area fraction and aspect ratio (log-uniform), the crop shrunk until it fits
+      const double area = 0.3 + 0.7 * unit(rng);
+      const double aspect = std::exp(std::log(3.0 / 4.0) + (std::log(4.0 / 3.0) - std::log(3.0 / 4.0)) * unit(rng));
+      auto ch = static_cast<int64_t>(std::lround(std::sqrt(area * static_cast<double>(h * w) / aspect)));
+      auto cw = static_cast<int64_t>(std::lround(std::sqrt(area * static_cast<double>(h * w) * aspect)));
+      ch = std::clamp<int64_t>(ch, 1, h);
+      cw = std::clamp<int64_t>(cw, 1, w);
+      const auto top = static_cast<int64_t>(unit(rng) * static_cast<double>(h - ch + 1));
+      const auto left = static_cast<int64_t>(unit(rng) * static_cast<double>(w - cw + 1));
+      at::Tensor crop = img.narrow(2, std::min(top, h - ch), ch).narrow(3, std::min(left, w - cw), cw);
+      crop = at::upsample_bilinear2d(crop.contiguous(), {h, w}, /*align_corners=*/false);
+      if (unit(rng) < 0.5) crop = crop.flip({3});
+      out.push_back(crop);
+    }
+  }
+  return at::cat(out);
+}
+
 // ---------------------------------------------------------------------------------------------- pipeline
 namespace {
 
@@ -748,8 +779,15 @@ std::vector<BlockResult> reconstruct(const Graph& model, const at::Tensor& calib
   const Graph g = with_reparams(model, plan);
   if (blocks.empty()) fail("reconstruction: the plan quantizes no layer, there is nothing to reconstruct");
   const c10::Device dev(o.device);
-  const int64_t n = o.images > 0 ? std::min<int64_t>(o.images, calib.size(0)) : calib.size(0);
-  const at::Tensor images = calib.narrow(0, 0, n);
+  const int64_t base = o.images > 0 ? std::min<int64_t>(o.images, calib.size(0)) : calib.size(0);
+  at::Tensor images = calib.narrow(0, 0, base);
+  if (o.augment > 0) {
+    at::InferenceMode guard;
+    images = at::cat({images, augment_views(images, o.augment, o.seed)});
+    if (o.progress)
+      fmt::print(stderr, "recon: {} images and {} augmented views of each (--recon-augment): {} in all\n", base, o.augment, images.size(0));
+  }
+  const int64_t n = images.size(0);
   for (const auto& p : plan.points)
     if (!p.params.scale.defined()) fail("reconstruction: {} slot {} has no parameters (plan not calibrated)", p.node, p.slot);
   const auto adalog_input = [](const QuantPoint& p) { return !p.weight && p.spec.kind == QuantKind::AdaLog; };
@@ -812,7 +850,8 @@ std::vector<BlockResult> reconstruct(const Graph& model, const at::Tensor& calib
     results.push_back(r);
   }
   nlohmann::json rec = o.to_json();
-  rec["images"] = n;
+  rec["images"] = base;
+  if (o.augment > 0) rec["images_with_views"] = n;
   rec["blocks"] = rows;
   rec["zero_points_clamped"] = clamped;
   if (o.token_scales) rec["token_scales"] = token_points;  // how many inputs got them (the key only when asked)

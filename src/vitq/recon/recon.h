@@ -58,6 +58,10 @@ struct ReconOptions {
   // Linear whose input is [B, N, C] gets one step and zero point per token (the same start for every token, then
   // learned with the other steps; needs learn_steps)
   bool token_scales = false;
+  // augmented views: each of the images gets this many more, each a random resized crop of it (30–100% of the
+  // area, aspect 3/4–4/3, resized back bilinearly) flipped left-right half the time, seeded; the targets are the
+  // FP model's outputs on them (0: the images alone)
+  int augment = 0;
   uint64_t seed = 0;
   std::string device = "cpu";   // "cpu" | "cuda" (| "cuda:N")
   bool progress = true;
@@ -105,6 +109,10 @@ struct BlockResult {
 //     is not empty: u, same shapes as the targets, e.g. the scaled Fisher gradients of fisher-dplr).
 at::Tensor block_loss(const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& targets, const std::vector<at::Tensor>& weights,
                       const std::vector<at::Tensor>& directions, int64_t images);
+
+// `views` augmented views of each image of `images` [N, C, H, W] (ReconOptions::augment), in the order image 0's
+// views, image 1's, ...: [N·views, C, H, W]. Deterministic for a seed.
+at::Tensor augment_views(const at::Tensor& images, int views, uint64_t seed);
 
 // Reconstructs one block: `inputs` are the values of block.inputs and `targets` the FP values of
 // block.outputs, on `images` images (rows grouped per image); `weights` (same shapes as targets, or empty for
