@@ -279,8 +279,8 @@ void log_grid_pair(const at::Tensor& x, const LogTables& t, const std::string& n
       if (!bound.empty()) {
         // NaN starts at top + 1 and passes no compare
         for (int64_t i = 0; i < n; ++i) c[i] = std::isnan(y[i]) ? static_cast<uint16_t>(top + 1) : 0;
-        for (float t : bound)
-          for (int64_t i = 0; i < n; ++i) c[i] = static_cast<uint16_t>(c[i] + (y[i] < t ? 1 : 0));
+        for (float edge : bound)
+          for (int64_t i = 0; i < n; ++i) c[i] = static_cast<uint16_t>(c[i] + (y[i] < edge ? 1 : 0));
       } else {
         for (int64_t i = 0; i < n; ++i) {
           float v = std::nearbyint(ntau * std::log2(y[i]));

@@ -753,9 +753,8 @@ double fisher_mean_square(const std::map<int, at::Tensor>& grads, const Block& b
 }
 
 // Fisher weights of a block: squared gradients normalised to mean 1 over the block's outputs (all ones when the
-// gradients carry nothing).
-std::vector<at::Tensor> fisher_weights(const std::map<int, at::Tensor>& grads, const Block& b) {
-  const double mean = fisher_mean_square(grads, b);
+// gradients carry nothing); `mean` is fisher_mean_square's.
+std::vector<at::Tensor> fisher_weights(const std::map<int, at::Tensor>& grads, const Block& b, double mean) {
   std::vector<at::Tensor> w;
   for (int v : b.outputs) w.push_back(mean > 0 ? grads.at(v).pow(2) / mean : at::ones_like(grads.at(v)));
   return w;
@@ -763,8 +762,7 @@ std::vector<at::Tensor> fisher_weights(const std::map<int, at::Tensor>& grads, c
 
 // fisher-dplr's directions (recon.h): the gradients on the same scale, so that their squares are the weights above
 // (zeros, no rank-one term, when the gradients carry nothing).
-std::vector<at::Tensor> fisher_directions(const std::map<int, at::Tensor>& grads, const Block& b) {
-  const double mean = fisher_mean_square(grads, b);
+std::vector<at::Tensor> fisher_directions(const std::map<int, at::Tensor>& grads, const Block& b, double mean) {
   std::vector<at::Tensor> u;
   for (int v : b.outputs) u.push_back(mean > 0 ? grads.at(v) / std::sqrt(mean) : at::zeros_like(grads.at(v)));
   return u;
@@ -831,8 +829,11 @@ std::vector<BlockResult> reconstruct(const Graph& model, const at::Tensor& calib
     std::vector<at::Tensor> x, y, w, dirs;
     for (int v : b.inputs) x.push_back(q.value(v));
     for (int v : b.outputs) y.push_back(fp.value(v));
-    if (fisher) w = fisher_weights(grads, b);
-    if (o.loss == "fisher-dplr") dirs = fisher_directions(grads, b);
+    if (fisher) {
+      const double mean = fisher_mean_square(grads, b);
+      w = fisher_weights(grads, b, mean);
+      if (o.loss == "fisher-dplr") dirs = fisher_directions(grads, b, mean);
+    }
     ReconOptions bo = o;
     bo.seed = o.seed + k;
     bool any = false;  // a block whose layers all stay FP is skipped
