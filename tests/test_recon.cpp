@@ -663,6 +663,34 @@ TEST(Recon, AugmentedViewsJoinTheImages) {
   }
 }
 
+// fisher_gradients on 6 images (a chunk of 4, then one of 2): at the logits each image's row is its softmax minus
+// the one-hot of a label (the gradient of −log p(y)), in the images' order; a block's output ([B, 16, 8]) gets
+// every image's gradients; the same seed gives the same gradients.
+TEST(Recon, FisherGradientsRowsFollowTheImages) {
+  const Graph g = tiny_vit();
+  const auto images = tiny_images(6);
+  const Node* add = g.find_node("blocks.0.add");
+  ASSERT_NE(add, nullptr);
+  const int logits = g.output, mid = add->outputs[0];
+  auto grads = recon::fisher_gradients(g, images, 5, {logits, mid});
+  ASSERT_EQ(grads.at(logits).sizes().vec(), (std::vector<int64_t>{6, 5}));
+  ASSERT_EQ(grads.at(mid).sizes().vec(), (std::vector<int64_t>{6, 16, 8}));
+  at::Tensor p;
+  {
+    at::InferenceMode guard;
+    p = at::softmax(Executor(g).run(images), -1);
+  }
+  for (int64_t i = 0; i < 6; ++i) {
+    const auto row = grads.at(logits)[i];
+    const int64_t y = row.argmin().item<int64_t>();
+    auto expected = p[i].clone();
+    expected[y] -= 1.0;
+    EXPECT_TRUE(at::allclose(row, expected, 1e-5, 1e-6)) << "image " << i;
+    EXPECT_GT(grads.at(mid)[i].abs().sum().item<float>(), 0.0f) << "image " << i;
+  }
+  EXPECT_TRUE(at::equal(grads.at(mid), recon::fisher_gradients(g, images, 5, {mid}).at(mid)));
+}
+
 // Codes need plan format 3: a version-2 plan that carries them is refused.
 TEST(Recon, CodesNeedFormatThree) {
   const Graph g = tiny_vit();
