@@ -691,6 +691,59 @@ TEST(Recon, FisherGradientsRowsFollowTheImages) {
   EXPECT_TRUE(at::equal(grads.at(mid), recon::fisher_gradients(g, images, 5, {mid}).at(mid)));
 }
 
+// The streams run 32 images at a time: on 40 images (a chunk of 32, then 8) a block's output error is the images'
+// weighted mean of the two parts' errors, each run alone (one chunk each), for every block of the plan.
+TEST(Recon, StreamsInChunksGiveEveryImageItsOwnValues) {
+  const Graph g = tiny_vit();
+  const auto images = tiny_images(40);
+  const QuantPlan plan = minmax_plan(g, images, 4);
+  const auto blocks = recon::plan_blocks(g, plan, "block");
+  ASSERT_GE(blocks.size(), 2u);
+  for (const auto& b : blocks) {
+    const double all = recon::block_output_mse(g, images, plan, b);
+    const double head = recon::block_output_mse(g, images.narrow(0, 0, 32), plan, b);
+    const double tail = recon::block_output_mse(g, images.narrow(0, 32, 8), plan, b);
+    EXPECT_GT(all, 0.0) << b.name;
+    EXPECT_NEAR(all, (32 * head + 8 * tail) / 40, 1e-5 * all) << b.name;
+  }
+}
+
+// reconstruction_bytes grows by the same amount for every image (views count as images), is more than the images
+// themselves, and more with Fisher weights (their gradients and weights) than with the plain MSE; reconstruct()
+// refuses, before it makes any view, a run that needs more than the memory available, naming what to lower.
+TEST(Recon, MemoryEstimateRefusesOversizeRuns) {
+  const BlockStart s;
+  const auto image = s.images.narrow(0, 0, 1);
+  auto o = quick_recon("block");
+  const double b0 = recon::reconstruction_bytes(s.g, image, 0, s.blocks, o);
+  const double b10 = recon::reconstruction_bytes(s.g, image, 10, s.blocks, o);
+  const double b20 = recon::reconstruction_bytes(s.g, image, 20, s.blocks, o);
+  EXPECT_GT(b0, 0.0);  // a chunk's values inside the streams
+  EXPECT_NEAR(b20 - b10, b10 - b0, 1e-6 * b20);
+  EXPECT_GT(b10 - b0, 10.0 * static_cast<double>(image.nbytes()));
+  o.loss = "fisher";
+  EXPECT_GT(recon::reconstruction_bytes(s.g, image, 10, s.blocks, o), b10);
+  expect_throw_mentioning([&] { recon::reconstruction_bytes(s.g, s.images, 10, s.blocks, o); }, "[1, C, H, W]", "a batch of 16");
+
+  o = quick_recon("block");
+  o.memory_available = b20;  // 16 images fit, 48 (two views each) do not
+  QuantPlan plan = s.plan;
+  EXPECT_NO_THROW(recon::reconstruct(s.g, s.images, plan, s.blocks, o));
+  o.augment = 2;
+  plan = s.plan;
+  expect_throw_mentioning([&] { recon::reconstruct(s.g, s.images, plan, s.blocks, o); }, "48 images (16 and 2 views of each) needs about",
+                          "48 images");
+  expect_throw_mentioning([&] { recon::reconstruct(s.g, s.images, plan, s.blocks, o); }, "or --recon-augment", "48 images");
+  EXPECT_FALSE(plan.settings.contains("reconstruction"));
+  o.augment = 0;
+  o.memory_available = 1;
+  expect_throw_mentioning([&] { recon::reconstruct(s.g, s.images, plan, s.blocks, o); }, "lower --recon-images", "16 images in 1 byte");
+  o.memory_available = -1;
+  expect_throw_mentioning([&] { o.validate(); }, "memory_available", "negative memory");
+  expect_throw_mentioning([&] { recon::reconstruct(s.g, at::zeros({0, 3, 4, 4}), plan, s.blocks, quick_recon("block")); },
+                          "N >= 1", "no calibration images");
+}
+
 // Codes need plan format 3: a version-2 plan that carries them is refused.
 TEST(Recon, CodesNeedFormatThree) {
   const Graph g = tiny_vit();

@@ -525,21 +525,27 @@ std::vector<at::Tensor> Executor::execute(const at::Tensor& input, const ExecHoo
       c10::optional<at::Tensor> bias = b.defined() ? c10::optional<at::Tensor>(b) : c10::nullopt;
       if (x.defined() && w.defined() && DnnlLinear::usable(x, w, bias)) {
         vals[static_cast<size_t>(graph_.nodes[i + 1].outputs[0])] = linear_[i]->run(x, w, bias, /*gelu=*/true);
-        for (int v : n.inputs)
-          if (v >= 0 && v != graph_.output && last_use_[static_cast<size_t>(v)] == static_cast<int>(i) && !graph_.is_const(v))
-            vals[static_cast<size_t>(v)].reset();
+        release_dead(vals, i);
         ++i;
         continue;
       }
     }
     naming_layer(n, [&] { run_one(i, vals, args, batch, hooks); });
-    if (!keep_all)  // free activations nobody reads any more
-      for (int v : n.inputs)
-        if (v >= 0 && v != graph_.output && last_use_[static_cast<size_t>(v)] == static_cast<int>(i) &&
-            !graph_.is_const(v))
-          vals[static_cast<size_t>(v)].reset();
+    if (!keep_all) release_dead(vals, i);
   }
   return vals;
+}
+
+void Executor::release_dead(std::vector<at::Tensor>& vals, size_t i) const {
+  // a node's inputs are read by it or later (dead when it was the last reader); its outputs only later (dead when
+  // nobody reads them, last use -1)
+  auto release = [&](int v) {
+    if (v >= 0 && v != graph_.output && !graph_.is_const(v) && last_use_[static_cast<size_t>(v)] <= static_cast<int>(i))
+      vals[static_cast<size_t>(v)].reset();
+  };
+  const Node& n = graph_.nodes[i];
+  for (int v : n.inputs) release(v);
+  for (int v : n.outputs) release(v);
 }
 
 void Executor::run_one(size_t i, std::vector<at::Tensor>& vals, std::vector<at::Tensor>& args, int64_t batch,
@@ -566,7 +572,8 @@ void Executor::run_one(size_t i, std::vector<at::Tensor>& vals, std::vector<at::
   for (size_t k = 0; k < outs.size(); ++k) vals[static_cast<size_t>(n.outputs[k])] = std::move(outs[k]);
 }
 
-void Executor::run_range(std::vector<at::Tensor>& vals, size_t begin, size_t end, int64_t batch, const ExecHooks* hooks) const {
+void Executor::run_range(std::vector<at::Tensor>& vals, size_t begin, size_t end, int64_t batch, const ExecHooks* hooks,
+                         bool free_dead) const {
   if (vals.size() != graph_.values.size()) fail("run_range: {} values given, the graph has {}", vals.size(), graph_.values.size());
   if (begin > end || end > graph_.nodes.size()) fail("run_range: nodes [{}, {}) outside the graph's {}", begin, end, graph_.nodes.size());
   std::vector<at::Tensor> args;
@@ -575,6 +582,7 @@ void Executor::run_range(std::vector<at::Tensor>& vals, size_t begin, size_t end
       if (v >= 0 && !vals[static_cast<size_t>(v)].defined())
         fail("run_range: node {} reads {}, which was not given", graph_.nodes[i].name, graph_.values[static_cast<size_t>(v)].name);
     naming_layer(graph_.nodes[i], [&] { run_one(i, vals, args, batch, hooks); });
+    if (free_dead) release_dead(vals, i);
   }
 }
 

@@ -37,8 +37,13 @@ class Executor {
 
   // Runs nodes [begin, end) on `vals` (indexed by value id, holding at least the values those nodes read; start
   // from constants()), writing their outputs into it. `batch`: images in the batch (batch-relative reshapes).
-  // Frees nothing. For running a model piece by piece (reconstruction of one block at a time).
-  void run_range(std::vector<at::Tensor>& vals, size_t begin, size_t end, int64_t batch, const ExecHooks* hooks = nullptr) const;
+  // For running a model piece by piece (reconstruction of one block at a time). free_dead: after each node, free
+  // the activations no later node reads (release_dead), as run() does; otherwise nothing is freed.
+  void run_range(std::vector<at::Tensor>& vals, size_t begin, size_t end, int64_t batch, const ExecHooks* hooks = nullptr,
+                 bool free_dead = false) const;
+  // Frees, after node i has run, the activations in `vals` that no later node reads: node i's inputs read last by it
+  // and its outputs read by nobody. Never a constant or the graph's output.
+  void release_dead(std::vector<at::Tensor>& vals, size_t i) const;
   // Graph constants on the device, indexed by value id (undefined for activations).
   const std::vector<at::Tensor>& constants() const { return consts_; }
   // value id -> index of the last node reading it (-1: nobody)

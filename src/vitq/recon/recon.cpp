@@ -14,6 +14,7 @@
 
 #include "vitq/quant/fake_quant.h"
 #include "vitq/recon/learnable.h"
+#include "vitq/util/allocator.h"
 #include "vitq/util/error.h"
 
 namespace vitq::recon {
@@ -31,6 +32,7 @@ void ReconOptions::validate() const {
   if (!(beta_start >= beta_end && beta_end > 0) || !std::isfinite(beta_start)) fail("AdaRound's β must go from a larger to a smaller positive value");
   if (loss != "fisher" && loss != "fisher-dplr" && loss != "mse")
     fail("--recon-loss must be fisher, fisher-dplr or mse, got '{}'", loss);
+  if (!(memory_available >= 0) || !std::isfinite(memory_available)) fail("reconstruction: memory_available must be >= 0 bytes");
   if (augment < 0 || augment > 64) fail("--recon-augment must be between 0 and 64 views an image, got {}", augment);
   if (!(qdrop >= 0 && qdrop < 1)) fail("--qdrop must be a probability in [0, 1), got {}", qdrop);
   if (!learn_rounding && !learn_steps) fail("reconstruction with nothing to learn (rounding and steps both off)");
@@ -664,14 +666,19 @@ BlockResult reconstruct_block(const Executor& ex, QuantPlan& plan, const Block& 
 }
 
 // ---------------------------------------------------------------------------------------------- augmentation
-at::Tensor augment_views(const at::Tensor& images, int views, uint64_t seed) {
+namespace {
+// augment_views written into `dst` ([N·views, C, H, W] float): the caller's storage, so that the views need not be
+// made and then copied next to the images (1000 images' views are 0.6 GB).
+void check_views(const at::Tensor& images, int views) {
   if (images.dim() != 4 || images.size(0) < 1) fail("augmented views: images must be [N, C, H, W] with N >= 1");
   if (views < 1) fail("augmented views: need at least one view an image, got {}", views);
+}
+
+void write_views(const at::Tensor& images, int views, uint64_t seed, at::Tensor dst) {
+  check_views(images, views);
   const int64_t h = images.size(2), w = images.size(3);
   std::mt19937_64 rng(seed ^ 0x61756776ULL);
   std::uniform_real_distribution<double> unit(0.0, 1.0);
-  std::vector<at::Tensor> out;
-  out.reserve(static_cast<size_t>(images.size(0) * views));
   for (int64_t i = 0; i < images.size(0); ++i) {
     const at::Tensor img = images.narrow(0, i, 1).to(at::kFloat);
     for (int v = 0; v < views; ++v) {
@@ -687,38 +694,73 @@ at::Tensor augment_views(const at::Tensor& images, int views, uint64_t seed) {
       at::Tensor crop = img.narrow(2, std::min(top, h - ch), ch).narrow(3, std::min(left, w - cw), cw);
       crop = at::upsample_bilinear2d(crop.contiguous(), {h, w}, /*align_corners=*/false);
       if (unit(rng) < 0.5) crop = crop.flip({3});
-      out.push_back(crop);
+      dst.narrow(0, i * views + v, 1).copy_(crop);
     }
   }
-  return at::cat(out);
+}
+}  // namespace
+
+at::Tensor augment_views(const at::Tensor& images, int views, uint64_t seed) {
+  check_views(images, views);
+  at::Tensor out = at::empty({images.size(0) * views, images.size(1), images.size(2), images.size(3)}, at::kFloat);
+  write_views(images, views, seed, out);
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------------- pipeline
 namespace {
 
-// The values of a model over a batch of images, advanced node by node (frees what no later node reads).
+// The values of a model over a set of images, advanced range by range, `chunk` images at a time: only the values
+// alive at the end of a range (read by a later node, or the graph's output) are kept for every image; what lives
+// inside a range lives for one chunk, each activation freed after its last reader (Executor::release_dead). Run on
+// all 2000 images at once (1000 and one view each), the quantized stream's fake-quantized transformer block
+// got DeiT-Tiny's reconstruction OOM-killed at 23.4 GB.
+// images a stream runs at once
+int64_t stream_chunk(const c10::Device& d) { return d.is_cuda() ? 256 : 32; }
+
 class Stream {
  public:
-  Stream(const Executor& ex, const at::Tensor& images) : ex_(ex), vals_(ex.constants()), images_(images.size(0)) {
+  Stream(const Executor& ex, const at::Tensor& images, int64_t chunk)
+      : ex_(ex), stat_(static_values(ex.graph())), vals_(ex.constants()), images_(images.size(0)), chunk_(std::max<int64_t>(chunk, 1)) {
     vals_[static_cast<size_t>(ex.graph().input)] = images.to(ex.device(), at::kFloat);
   }
-  // Node by node, each value freed after the last node that reads it: the stream carries every image at once, and
-  // a transformer block's values all kept to its end were about 5 GB per 1000 DeiT-Tiny images.
   void advance(size_t to, const ExecHooks* hooks) {
     if (to <= cursor_) return;
-    const auto& last = ex_.last_use();
     const Graph& g = ex_.graph();
-    auto release = [&](int v, size_t after) {
-      if (v >= 0 && vals_[static_cast<size_t>(v)].defined() && !g.is_const(v) && v != g.output && last[static_cast<size_t>(v)] <= static_cast<int>(after))
-        vals_[static_cast<size_t>(v)].reset();
-    };
-    for (size_t i = cursor_; i < to; ++i) {
-      ex_.run_range(vals_, i, i + 1, images_, hooks);
-      for (int v : g.nodes[i].inputs) release(v, i);
-      for (int v : g.nodes[i].outputs) release(v, i);  // made and never read
+    const auto& last = ex_.last_use();
+    std::vector<at::Tensor> out = ex_.constants();
+    std::vector<char> through(vals_.size(), 0);  // alive now and still alive at `to`: kept as they are, not copied
+    for (size_t u = 0; u < vals_.size(); ++u)
+      if (vals_[u].defined() && !g.is_const(static_cast<int>(u)) &&
+          (stat_[u] || static_cast<int>(u) == g.output || last[u] >= static_cast<int>(to))) {
+        through[u] = 1;
+        out[u] = vals_[u];
+      }
+    for (int64_t s = 0; s < images_; s += chunk_) {
+      const int64_t n = std::min(chunk_, images_ - s);
+      std::vector<at::Tensor> v = ex_.constants();
+      for (size_t u = 0; u < vals_.size(); ++u)
+        if (vals_[u].defined() && !g.is_const(static_cast<int>(u))) v[u] = stat_[u] ? vals_[u] : rows(vals_[u], s, n, images_);
+      ex_.run_range(v, cursor_, to, n, hooks, /*free_dead=*/true);
+      for (size_t u = 0; u < v.size(); ++u) {
+        if (!v[u].defined() || g.is_const(static_cast<int>(u)) || through[u]) continue;
+        if (stat_[u]) {  // the same for every image: one copy
+          if (!out[u].defined()) out[u] = v[u];
+          continue;
+        }
+        const int64_t k = v[u].dim() ? v[u].size(0) / n : 0;
+        if (k == 0 || v[u].size(0) != k * n)
+          fail("reconstruction: value {} has {} rows for {} images", g.values[u].name, v[u].dim() ? v[u].size(0) : 0, n);
+        if (!out[u].defined()) {
+          std::vector<int64_t> shape = v[u].sizes().vec();
+          shape[0] = k * images_;
+          out[u] = at::empty(shape, v[u].options());
+        }
+        out[u].narrow(0, s * k, n * k).copy_(v[u]);
+      }
     }
+    vals_ = std::move(out);
     cursor_ = to;
-    for (size_t v = 0; v < vals_.size(); ++v) release(static_cast<int>(v), to - 1);
   }
   const at::Tensor& value(int v) const {
     const auto& t = vals_[static_cast<size_t>(v)];
@@ -727,9 +769,18 @@ class Stream {
   }
 
  private:
+  // images [s, s + n) of a value whose rows are grouped per image
+  static at::Tensor rows(const at::Tensor& t, int64_t s, int64_t n, int64_t images) {
+    if (t.dim() == 0 || t.size(0) % images != 0)
+      fail("reconstruction: a value of {} rows is not a whole number of rows per image ({} images)", t.dim() ? t.size(0) : 0, images);
+    const int64_t k = t.size(0) / images;
+    return t.narrow(0, s * k, n * k);
+  }
+
   const Executor& ex_;
+  std::vector<bool> stat_;  // values computed from constants alone
   std::vector<at::Tensor> vals_;
-  int64_t images_;
+  int64_t images_, chunk_;
   size_t cursor_ = 0;
 };
 
@@ -793,18 +844,72 @@ std::vector<at::Tensor> fisher_directions(const std::map<int, at::Tensor>& grads
 
 }  // namespace
 
+double reconstruction_bytes(const Graph& g, const at::Tensor& image, int64_t images, const std::vector<Block>& blocks,
+                            const ReconOptions& o) {
+  if (image.dim() != 4 || image.size(0) != 1) fail("reconstruction_bytes: the image must be [1, C, H, W]");
+  at::InferenceMode guard;
+  Executor ex(g);
+  std::vector<at::Tensor> vals = ex.constants();
+  vals[static_cast<size_t>(g.input)] = image.to(at::kFloat);
+  std::vector<double> bytes(g.values.size(), 0.0);
+  auto live = [&] {
+    double sum = 0;
+    for (size_t v = 0; v < vals.size(); ++v)
+      if (vals[v].defined() && !g.is_const(static_cast<int>(v))) sum += static_cast<double>(vals[v].nbytes());
+    return sum;
+  };
+  double peak = 0;                               // inside a node: its inputs and outputs alive
+  std::vector<double> between(g.nodes.size() + 1, 0.0);  // after node i - 1, what is dead freed
+  between[0] = live();
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    ex.run_range(vals, i, i + 1, 1);
+    peak = std::max(peak, live());
+    for (int v : g.nodes[i].outputs) bytes[static_cast<size_t>(v)] = static_cast<double>(vals[static_cast<size_t>(v)].nbytes());
+    ex.release_dead(vals, i);
+    between[i + 1] = live();
+  }
+  const bool fisher = o.loss == "fisher" || o.loss == "fisher-dplr";
+  const double copies = 1.0 + (fisher ? 1.0 : 0.0) + (o.loss == "fisher-dplr" ? 1.0 : 0.0);  // targets, weights, directions
+  double grads = 0, block = 0, boundary = 0;
+  for (const auto& b : blocks) {
+    double in = 0, out = 0;
+    for (int v : b.inputs) in += bytes[static_cast<size_t>(v)];
+    for (int v : b.outputs) out += bytes[static_cast<size_t>(v)];
+    grads += out;
+    block = std::max(block, in + copies * out);
+    boundary = std::max({boundary, between[b.begin], between[b.end]});
+  }
+  // two streams, each holding its values at a block boundary twice while it advances to the next (old and new)
+  const double per_image = static_cast<double>(image.nbytes()) + (fisher ? grads : 0.0) + 4 * boundary + block;
+  const double fixed = 2.0 * static_cast<double>(stream_chunk(c10::Device(o.device))) * peak;  // a chunk inside each stream
+  return per_image * static_cast<double>(images) + fixed;
+}
+
 std::vector<BlockResult> reconstruct(const Graph& model, const at::Tensor& calib, QuantPlan& plan, const std::vector<Block>& blocks,
                                      const ReconOptions& o) {
   o.validate();
   // a reparameterised plan (RepQ-ViT) trains the reparameterised model's weights and LayerNorms (the same FP function)
   const Graph g = with_reparams(model, plan);
   if (blocks.empty()) fail("reconstruction: the plan quantizes no layer, there is nothing to reconstruct");
+  if (calib.dim() != 4 || calib.size(0) < 1) fail("reconstruction: the calibration images must be [N, C, H, W] with N >= 1");
   const c10::Device dev(o.device);
   const int64_t base = o.images > 0 ? std::min<int64_t>(o.images, calib.size(0)) : calib.size(0);
   at::Tensor images = calib.narrow(0, 0, base);
+  if (dev.is_cpu()) {  // an oversize run is refused here, not killed by the system an hour in
+    const double need = reconstruction_bytes(g, calib.narrow(0, 0, 1), base * (1 + o.augment), blocks, o);
+    const double have = o.memory_available > 0 ? o.memory_available : available_memory_bytes();
+    if (have > 0 && need > have)
+      fail("reconstruction on {} images{} needs about {:.1f} GB of memory and {:.1f} GB is available: lower --recon-images{}",
+           base * (1 + o.augment), o.augment > 0 ? fmt::format(" ({} and {} views of each)", base, o.augment) : "", need / 1e9, have / 1e9,
+           o.augment > 0 ? " or --recon-augment" : "");
+    if (o.progress) fmt::print(stderr, "recon: about {:.1f} GB of memory for {} images ({:.1f} GB available)\n", need / 1e9, base * (1 + o.augment), have / 1e9);
+  }
   if (o.augment > 0) {
     at::InferenceMode guard;
-    images = at::cat({images, augment_views(images, o.augment, o.seed)});
+    at::Tensor all = at::empty({base * (1 + o.augment), images.size(1), images.size(2), images.size(3)}, at::kFloat);
+    all.narrow(0, 0, base).copy_(images);
+    write_views(images, o.augment, o.seed, all.narrow(0, base, base * o.augment));
+    images = all;
     if (o.progress)
       fmt::print(stderr, "recon: {} images and {} augmented views of each (--recon-augment): {} in all\n", base, o.augment, images.size(0));
   }
@@ -838,7 +943,7 @@ std::vector<BlockResult> reconstruct(const Graph& model, const at::Tensor& calib
   }
   Executor ex(g, dev);  // its constants are normal tensors (reconstruction trains through them)
   at::InferenceMode guard;
-  Stream fp(ex, images), q(ex, images);
+  Stream fp(ex, images, stream_chunk(dev)), q(ex, images, stream_chunk(dev));
   std::vector<BlockResult> results;
   nlohmann::json rows = nlohmann::json::array();
   int64_t clamped = 0;
@@ -888,7 +993,7 @@ double block_output_mse(const Graph& model, const at::Tensor& images, const Quan
   at::InferenceMode guard;
   const Graph g = with_reparams(model, plan);
   Executor ex(g);
-  Stream fp(ex, images), q(ex, images);
+  Stream fp(ex, images, stream_chunk(ex.device())), q(ex, images, stream_chunk(ex.device()));
   QuantizedModel qm(g, plan);
   q.advance(b.end, &qm.hooks());
   fp.advance(b.end, nullptr);

@@ -65,6 +65,9 @@ struct ReconOptions {
   uint64_t seed = 0;
   std::string device = "cpu";   // "cpu" | "cuda" (| "cuda:N")
   bool progress = true;
+  // bytes reconstruct() may use on the CPU; it refuses to start when reconstruction_bytes says more (0: what the
+  // system has available, available_memory_bytes; not recorded in the plan)
+  double memory_available = 0;
   // Called after every step with the block's name, the step and the trainable tensors (tests poison them).
   std::function<void(const std::string& block, int step, std::vector<at::Tensor>& params)> on_step;
 
@@ -122,7 +125,17 @@ BlockResult reconstruct_block(const Executor& ex, QuantPlan& plan, const Block& 
                               const std::vector<at::Tensor>& targets, const std::vector<at::Tensor>& weights,
                               int64_t images, const ReconOptions& options, const std::vector<at::Tensor>& directions = {});
 
-// The whole pipeline over `blocks` (plan_blocks), on the calibration images. Records what it did in
+// About how many bytes reconstruct() holds at its peak on the CPU for `images` reconstruction images (views
+// included), `image` one of them [1, C, H, W], from one image passed through the graph: per image, the image, the
+// Fisher gradients of every block's output (fisher losses), the values alive at a block boundary four times (the FP
+// and quantized streams, each holding them twice while it advances), and the largest block's inputs and targets
+// (with weights and directions) copied for training; plus, once, the values alive inside a node for the images the
+// two streams run at once (32 on the CPU).
+double reconstruction_bytes(const Graph& g, const at::Tensor& image, int64_t images, const std::vector<Block>& blocks,
+                            const ReconOptions& options);
+
+// The whole pipeline over `blocks` (plan_blocks), on the calibration images. On the CPU it first refuses (one-line
+// Error) to start a run whose reconstruction_bytes exceed the memory available (ReconOptions::memory_available). Records what it did in
 // plan.settings["reconstruction"].
 std::vector<BlockResult> reconstruct(const Graph& g, const at::Tensor& calib, QuantPlan& plan, const std::vector<Block>& blocks,
                                      const ReconOptions& options);

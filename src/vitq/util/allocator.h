@@ -10,4 +10,8 @@ namespace vitq {
 // library never calls it by itself: programs do, first thing in main().
 void keep_freed_memory();
 
+// Bytes this process can still get: the system's MemAvailable (/proc/meminfo) plus what glibc's heap holds free
+// for reuse (kept by keep_freed_memory). 0 when /proc/meminfo cannot be read (not Linux).
+double available_memory_bytes();
+
 }  // namespace vitq
