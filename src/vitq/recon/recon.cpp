@@ -710,14 +710,14 @@ at::Tensor augment_views(const at::Tensor& images, int views, uint64_t seed) {
 // ---------------------------------------------------------------------------------------------- pipeline
 namespace {
 
+// images a stream runs at once
+int64_t stream_chunk(const c10::Device& d) { return d.is_cuda() ? 256 : 32; }
+
 // The values of a model over a set of images, advanced range by range, `chunk` images at a time: only the values
 // alive at the end of a range (read by a later node, or the graph's output) are kept for every image; what lives
 // inside a range lives for one chunk, each activation freed after its last reader (Executor::release_dead). Run on
 // all 2000 images at once (1000 and one view each), the quantized stream's fake-quantized transformer block
 // got DeiT-Tiny's reconstruction OOM-killed at 23.4 GB.
-// images a stream runs at once
-int64_t stream_chunk(const c10::Device& d) { return d.is_cuda() ? 256 : 32; }
-
 class Stream {
  public:
   Stream(const Executor& ex, const at::Tensor& images, int64_t chunk)
