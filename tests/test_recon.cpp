@@ -710,7 +710,7 @@ TEST(Recon, StreamsInChunksGiveEveryImageItsOwnValues) {
 
 // reconstruction_bytes grows by the same amount for every image (views count as images), is more than the images
 // themselves, and more with Fisher weights (their gradients and weights) than with the plain MSE; reconstruct()
-// refuses, before it makes any view, a run that needs more than the memory available, naming what to lower.
+// refuses, leaving the plan as it was, a run that needs more than the memory available, naming what to lower.
 TEST(Recon, MemoryEstimateRefusesOversizeRuns) {
   const BlockStart s;
   const auto image = s.images.narrow(0, 0, 1);

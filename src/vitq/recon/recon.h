@@ -135,8 +135,8 @@ double reconstruction_bytes(const Graph& g, const at::Tensor& image, int64_t ima
                             const ReconOptions& options);
 
 // The whole pipeline over `blocks` (plan_blocks), on the calibration images. On the CPU it first refuses (one-line
-// Error) to start a run whose reconstruction_bytes exceed the memory available (ReconOptions::memory_available). Records what it did in
-// plan.settings["reconstruction"].
+// Error) to start a run whose reconstruction_bytes exceed the memory available (ReconOptions::memory_available).
+// Records what it did in plan.settings["reconstruction"].
 std::vector<BlockResult> reconstruct(const Graph& g, const at::Tensor& calib, QuantPlan& plan, const std::vector<Block>& blocks,
                                      const ReconOptions& options);
 
