@@ -667,13 +667,13 @@ BlockResult reconstruct_block(const Executor& ex, QuantPlan& plan, const Block& 
 
 // ---------------------------------------------------------------------------------------------- augmentation
 namespace {
-// augment_views written into `dst` ([N·views, C, H, W] float): the caller's storage, so that the views need not be
-// made and then copied next to the images (1000 images' views are 0.6 GB).
 void check_views(const at::Tensor& images, int views) {
   if (images.dim() != 4 || images.size(0) < 1) fail("augmented views: images must be [N, C, H, W] with N >= 1");
   if (views < 1) fail("augmented views: need at least one view an image, got {}", views);
 }
 
+// augment_views written into `dst` ([N·views, C, H, W] float): the caller's storage, so that the views need not be
+// made and then copied next to the images (1000 images' views are 0.6 GB).
 void write_views(const at::Tensor& images, int views, uint64_t seed, at::Tensor dst) {
   check_views(images, views);
   const int64_t h = images.size(2), w = images.size(3);
