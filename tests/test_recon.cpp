@@ -360,6 +360,52 @@ TEST(Recon, FisherDplrLossAddsToTheDiagonal) {
   EXPECT_THROW(bad.validate(), Error);
 }
 
+// --recon-damping: the Fisher weights (mean 1) become (w + D) / (1 + D). Recorded per block: how evenly the weights
+// spread over the outputs, lower for the Fisher weights than for the damped ones, 1 for the mse loss; on the first
+// block (the same image in every run) a large D gives mse's starting loss, and no damping a different one.
+TEST(Recon, FisherDampingMixesInPlainSquaredError) {
+  at::set_num_threads(2);
+  const BlockStart s;
+  auto run = [&](const std::string& loss, double damping) {
+    auto o = quick_recon("block");
+    o.loss = loss;
+    o.fisher_damping = damping;
+    QuantPlan p = s.plan;
+    auto r = recon::reconstruct(s.g, s.images, p, s.blocks, o);
+    EXPECT_FALSE(r.empty());
+    for (const auto& b : r) EXPECT_LE(b.loss_end, b.loss_start) << loss << " " << damping << " " << b.name;
+    check_plan(p, s.g, "damped");
+    return std::pair{r, p.settings["reconstruction"]};
+  };
+  auto [fisher, fj] = run("fisher", 0);
+  auto [damped, dj] = run("fisher", 1);
+  auto [flat, flj] = run("fisher", 1e6);
+  auto [mse, mj] = run("mse", 0);
+  EXPECT_EQ(dj["fisher_damping"].get<double>(), 1.0);
+  EXPECT_EQ(fj["fisher_damping"].get<double>(), 0.0);
+  const double s0 = fj["blocks"][0]["weight_spread"].get<double>(), s1 = dj["blocks"][0]["weight_spread"].get<double>();
+  EXPECT_GT(s0, 0.0);
+  EXPECT_LT(s0, 0.9);  // the one-label Fisher weights are uneven
+  EXPECT_GT(s1, s0);
+  EXPECT_NEAR(flj["blocks"][0]["weight_spread"].get<double>(), 1.0, 1e-3);
+  EXPECT_EQ(mj["blocks"][0]["weight_spread"].get<double>(), 1.0);
+  EXPECT_NEAR(flat[0].loss_start, mse[0].loss_start, 1e-3 * mse[0].loss_start);
+  EXPECT_GT(std::abs(fisher[0].loss_start - mse[0].loss_start), 0.01 * mse[0].loss_start);
+  auto bad = quick_recon("block");
+  for (double d : {-1.0, std::nan(""), 1e300}) {
+    bad.fisher_damping = d;
+    EXPECT_THROW(bad.validate(), Error) << d;
+  }
+  bad.fisher_damping = 1;
+  bad.loss = "mse";
+  try {
+    bad.validate();
+    ADD_FAILURE() << "damping with the mse loss accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--recon-damping"), std::string::npos) << e.what();
+  }
+}
+
 // DeiT-Tiny cut into blocks: patch embedding, the 12 transformer blocks (from norm1 to the second residual add),
 // the head; layer mode: one per quantized layer.
 TEST(Recon, DeitBlocksAreTransformerBlocks) {

@@ -38,6 +38,7 @@ struct QuantArgs {
   bool recon_learn_log = false;
   bool recon_token_scales = false;
   int recon_augment = 0;
+  double recon_damping = 0;
   double recon_lr_log = 2e-4;
   bool no_joint_bridges = false;
 };

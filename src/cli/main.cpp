@@ -342,6 +342,9 @@ int main(int argc, char** argv) {
     c->add_option("--recon-lr-log", q.recon_lr_log, "reconstruction: learning rate of the log AdaLog scales and bases (--recon-learn-log; default 0.0002)");
     c->add_option("--recon-loss", q.recon_loss, "reconstruction loss: fisher (Fisher-weighted output error, default), fisher-dplr (experimental, do not use: that plus, per "
                                               "image, the squared error along the Fisher gradient; it collapsed DeiT-Tiny at W3A3, see docs/decisions.md) or mse");
+    c->add_option("--recon-damping", q.recon_damping,
+                  "reconstruction, Fisher loss: each block's Fisher weights (mean 1) become (w + D) / (1 + D), a share of plain squared "
+                  "error in every output element (default 0: the Fisher weights alone)");
     c->add_option("--qdrop", q.qdrop, "reconstruction: probability of leaving an activation unquantized per element (QDrop; default 0.5, 0 = off)");
     c->add_flag("--no-joint-bridges", q.no_joint_bridges, "qhyvit: reconstruct bridge-block layers like the others, not jointly");
     c->add_option("--device", q.device, "reconstruction device: cpu or cuda[:N]");

@@ -152,6 +152,7 @@ MethodOptions method_options(const QuantArgs& a) {
   o.recon.augment = a.recon_augment;
   o.recon.lr_log = a.recon_lr_log;
   o.recon.loss = a.recon_loss;
+  o.recon.fisher_damping = a.recon_damping;
   o.recon.qdrop = a.qdrop;
   o.recon.device = a.device;
   o.recon.seed = a.seed;
@@ -181,6 +182,7 @@ bool more_recon_images(const QuantArgs& a, bool reconstructs) {
   if (a.recon_token_scales && !reconstructs)
     fmt::print(stderr, "vitq: warning: --recon-token-scales: nothing here reconstructs; ignored\n");
   if (a.recon_augment > 0 && !reconstructs) fmt::print(stderr, "vitq: warning: --recon-augment: nothing here reconstructs; ignored\n");
+  if (a.recon_damping > 0 && !reconstructs) fmt::print(stderr, "vitq: warning: --recon-damping: nothing here reconstructs; ignored\n");
   int64_t n = 0;
   const bool synthetic = parse_synthetic_calib(a.calib, &n);
   const int64_t calib_n = synthetic && n ? n : static_cast<int64_t>(a.calib_size);
@@ -322,7 +324,9 @@ int run_quantize(const QuantArgs& a) {
     fmt::print("recon     {} blocks ({} mode) in {:.1f} s: {} steps per block, batch {}, {} images, QDrop {}, {} loss, "
                "device {}; {} zero points clamped\n",
                r["blocks"].size(), r["mode"].get<std::string>(), recon_s, r["iters"].get<int>(), r["batch"].get<int>(),
-               r["images"].get<int64_t>(), r["qdrop"].get<double>(), r["loss"].get<std::string>(),
+               r["images"].get<int64_t>(), r["qdrop"].get<double>(),
+               r.value("fisher_damping", 0.0) > 0 ? fmt::format("{} (damping {:g})", r["loss"].get<std::string>(), r["fisher_damping"].get<double>())
+                                                  : r["loss"].get<std::string>(),
                r["device"].get<std::string>(), r["zero_points_clamped"].get<int64_t>());
   }
   fmt::print("wrote     {}\n", a.out);

@@ -32,6 +32,10 @@ void ReconOptions::validate() const {
   if (!(beta_start >= beta_end && beta_end > 0) || !std::isfinite(beta_start)) fail("AdaRound's β must go from a larger to a smaller positive value");
   if (loss != "fisher" && loss != "fisher-dplr" && loss != "mse")
     fail("--recon-loss must be fisher, fisher-dplr or mse, got '{}'", loss);
+  if (!(fisher_damping >= 0) || !std::isfinite(fisher_damping) || fisher_damping > 1e6)
+    fail("--recon-damping must be a finite number in [0, 1e6], got {}", fisher_damping);
+  if (fisher_damping > 0 && loss == "mse")
+    fail("--recon-damping {} mixes plain squared error into the Fisher weights; with --recon-loss mse there are none", fisher_damping);
   if (!(memory_available >= 0) || !std::isfinite(memory_available)) fail("reconstruction: memory_available must be >= 0 bytes");
   if (augment < 0 || augment > 64) fail("--recon-augment must be between 0 and 64 views an image, got {}", augment);
   if (!(qdrop >= 0 && qdrop < 1)) fail("--qdrop must be a probability in [0, 1), got {}", qdrop);
@@ -56,7 +60,7 @@ void ReconOptions::validate() const {
 nlohmann::json ReconOptions::to_json() const {
   return {{"mode", mode}, {"iters", iters}, {"batch", batch}, {"images", images}, {"lr_round", lr_round}, {"lr_scale", lr_scale},
           {"lr_zero_point", lr_zero_point}, {"lr_log", lr_log}, {"round_weight", round_weight}, {"warmup", warmup}, {"beta", {beta_start, beta_end}},
-          {"loss", loss}, {"augment", augment}, {"qdrop", qdrop}, {"learn_rounding", learn_rounding}, {"learn_steps", learn_steps}, {"learn_log", learn_log}, {"seed", seed},
+          {"loss", loss}, {"fisher_damping", fisher_damping}, {"augment", augment}, {"qdrop", qdrop}, {"learn_rounding", learn_rounding}, {"learn_steps", learn_steps}, {"learn_log", learn_log}, {"seed", seed},
           {"device", device}};
 }
 
@@ -827,11 +831,27 @@ double fisher_mean_square(const std::map<int, at::Tensor>& grads, const Block& b
 }
 
 // Fisher weights of a block: squared gradients normalised to mean 1 over the block's outputs (all ones when the
-// gradients carry nothing); `mean` is fisher_mean_square's.
-std::vector<at::Tensor> fisher_weights(const std::map<int, at::Tensor>& grads, const Block& b, double mean) {
+// gradients carry nothing), then (w + damping) / (1 + damping) (ReconOptions::fisher_damping); `mean` is
+// fisher_mean_square's.
+std::vector<at::Tensor> fisher_weights(const std::map<int, at::Tensor>& grads, const Block& b, double mean, double damping) {
   std::vector<at::Tensor> w;
-  for (int v : b.outputs) w.push_back(mean > 0 ? grads.at(v).pow(2) / mean : at::ones_like(grads.at(v)));
+  for (int v : b.outputs) {
+    at::Tensor x = mean > 0 ? grads.at(v).pow(2) / mean : at::ones_like(grads.at(v));
+    w.push_back(damping > 0 ? (x + damping) / (1 + damping) : x);
+  }
   return w;
+}
+
+// The share of a block's output elements that carries its loss weights: (Σw)² / (n · Σw²), 1 when every element
+// weighs the same, 1/n when one element carries all.
+double weight_spread(const std::vector<at::Tensor>& w) {
+  double sum = 0, sq = 0, n = 0;
+  for (const auto& t : w) {
+    sum += t.sum().item<double>();
+    sq += t.pow(2).sum().item<double>();
+    n += static_cast<double>(t.numel());
+  }
+  return sq > 0 && n > 0 ? sum * sum / (n * sq) : 1.0;
 }
 
 // fisher-dplr's directions (recon.h): the gradients on the same scale, so that their squares are the weights above
@@ -959,7 +979,7 @@ std::vector<BlockResult> reconstruct(const Graph& model, const at::Tensor& calib
     for (int v : b.outputs) y.push_back(fp.value(v));
     if (fisher) {
       const double mean = fisher_mean_square(grads, b);
-      w = fisher_weights(grads, b, mean);
+      w = fisher_weights(grads, b, mean, o.fisher_damping);
       if (o.loss == "fisher-dplr") dirs = fisher_directions(grads, b, mean);
       for (int v : b.outputs) grads.erase(v);  // a value is one block's output: its gradients are not read again
     }
@@ -969,14 +989,16 @@ std::vector<BlockResult> reconstruct(const Graph& model, const at::Tensor& calib
     for (const auto& p : plan.points)
       for (size_t i = b.begin; i < b.end && !any; ++i) any = p.node == g.nodes[i].name;
     if (!any) continue;
+    const double spread = fisher ? weight_spread(w) : 1.0;
     BlockResult r = reconstruct_block(ex, plan, b, x, y, w, n, bo, dirs);
     clamped += r.zero_points_clamped;
     if (o.progress)
-      fmt::print(stderr, "recon {:>3}/{} {:<30} {:>3} points  loss {:.5g} -> {:.5g}{}  {:.1f} s\n", k + 1, blocks.size(), b.name,
-                 r.points, r.loss_start, r.loss_end, r.kept_start ? " (start kept)" : "", r.seconds);
+      fmt::print(stderr, "recon {:>3}/{} {:<30} {:>3} points  loss {:.5g} -> {:.5g}{}  {:.1f} s{}\n", k + 1, blocks.size(), b.name,
+                 r.points, r.loss_start, r.loss_end, r.kept_start ? " (start kept)" : "", r.seconds,
+                 fisher ? fmt::format("  (weights spread over {:.3g}% of the outputs)", 100 * spread) : "");
     rows.push_back({{"block", b.name}, {"points", r.points}, {"learned", r.learned}, {"loss_start", r.loss_start},
                     {"loss_end", r.loss_end}, {"steps", r.steps}, {"kept_start", r.kept_start},
-                    {"stopped_nonfinite", r.stopped_nonfinite}, {"seconds", r.seconds}});
+                    {"stopped_nonfinite", r.stopped_nonfinite}, {"seconds", r.seconds}, {"weight_spread", spread}});
     results.push_back(r);
   }
   nlohmann::json rec = o.to_json();

@@ -51,6 +51,10 @@ struct ReconOptions {
   double warmup = 0.2;          // fraction of the steps before the regulariser starts
   double beta_start = 20, beta_end = 2;
   std::string loss = "fisher";  // "fisher" | "fisher-dplr" | "mse"
+  // Fisher loss only: each block's weights (squared gradients, mean 1) become (w + damping) / (1 + damping), a share
+  // of plain squared error in every element, still mean 1 (0: the Fisher weights alone). The one-label Fisher puts
+  // nearly all the weight on few elements (in DeiT, the class token's), leaving the rest unconstrained.
+  double fisher_damping = 0;
   double qdrop = 0.5;           // probability of keeping an activation unquantized during training (0: off)
   bool learn_rounding = true, learn_steps = true;
   bool learn_log = false;       // also AdaLog activation quantizers' scale and base (with learn_steps)
