@@ -67,6 +67,14 @@ nlohmann::json ReconOptions::to_json() const {
 // ---------------------------------------------------------------------------------------------- blocks
 namespace {
 
+// Rows per image of a tensor whose rows are grouped per image, `images` of them; otherwise a one-line error that
+// starts with `what`.
+int64_t rows_per_image(const at::Tensor& t, int64_t images, const char* what) {
+  if (images < 1 || t.dim() == 0 || t.size(0) % images != 0)
+    fail("{}: {} rows are not a whole number of rows per image ({} images)", what, t.dim() ? t.size(0) : 0, images);
+  return t.size(0) / images;
+}
+
 // Values computed from constants alone (a gathered position bias): the same for every image.
 std::vector<bool> static_values(const Graph& g) {
   std::vector<bool> s(g.values.size(), false);
@@ -265,9 +273,7 @@ std::map<int, at::Tensor> fisher_gradients(const Graph& g, const at::Tensor& ima
     const int64_t n = x.size(0);
     for (auto& [v, o] : outs) {
       const at::Tensor gr = o.grad().defined() ? o.grad().detach() : at::zeros_like(o).detach();
-      if (gr.dim() == 0 || gr.size(0) % n != 0)
-        fail("fisher gradients: value {} has {} rows for {} images", g.values[static_cast<size_t>(v)].name, gr.dim() ? gr.size(0) : 0, n);
-      const int64_t rows = gr.size(0) / n;
+      const int64_t rows = rows_per_image(gr, n, "fisher gradients");
       auto it = out.find(v);
       if (it == out.end()) {
         std::vector<int64_t> shape = gr.sizes().vec();
@@ -296,8 +302,7 @@ at::Tensor block_loss(const std::vector<at::Tensor>& outs, const std::vector<at:
     auto s = d.sum();
     loss = loss.defined() ? loss + s : s;
     if (!directions.empty()) {
-      if (diff.dim() == 0 || diff.size(0) % n_images != 0)
-        fail("block loss: an output of {} rows is not a whole number of rows per image ({} images)", diff.dim() ? diff.size(0) : 0, n_images);
+      rows_per_image(diff, n_images, "block loss: an output");
       auto a = (diff * directions[k]).reshape({n_images, -1}).sum(1);
       along = along.defined() ? along + a : a;
     }
@@ -311,9 +316,7 @@ namespace {
 
 // Rows of t that belong to images `idx` of `images` (t is [images·k, ...]).
 at::Tensor rows_of(const at::Tensor& t, const at::Tensor& idx, int64_t images) {
-  if (t.dim() == 0 || t.size(0) % images != 0)
-    fail("a block tensor of {} rows is not a whole number of rows per image ({} images)", t.dim() ? t.size(0) : 0, images);
-  const int64_t k = t.size(0) / images;
+  const int64_t k = rows_per_image(t, images, "a block tensor");
   std::vector<int64_t> shape = t.sizes().vec();
   std::vector<int64_t> grouped = {images, k};
   grouped.insert(grouped.end(), shape.begin() + 1, shape.end());
@@ -677,9 +680,8 @@ void check_views(const at::Tensor& images, int views) {
 }
 
 // augment_views written into `dst` ([N·views, C, H, W] float): the caller's storage, so that the views need not be
-// made and then copied next to the images (1000 images' views are 0.6 GB).
+// made and then copied next to the images (1000 images' views are 0.6 GB). The caller has run check_views.
 void write_views(const at::Tensor& images, int views, uint64_t seed, at::Tensor dst) {
-  check_views(images, views);
   const int64_t h = images.size(2), w = images.size(3);
   std::mt19937_64 rng(seed ^ 0x61756776ULL);
   std::uniform_real_distribution<double> unit(0.0, 1.0);
@@ -775,9 +777,7 @@ class Stream {
  private:
   // images [s, s + n) of a value whose rows are grouped per image
   static at::Tensor rows(const at::Tensor& t, int64_t s, int64_t n, int64_t images) {
-    if (t.dim() == 0 || t.size(0) % images != 0)
-      fail("reconstruction: a value of {} rows is not a whole number of rows per image ({} images)", t.dim() ? t.size(0) : 0, images);
-    const int64_t k = t.size(0) / images;
+    const int64_t k = rows_per_image(t, images, "reconstruction: a value");
     return t.narrow(0, s * k, n * k);
   }
 
@@ -920,12 +920,13 @@ std::vector<BlockResult> reconstruct(const Graph& model, const at::Tensor& calib
     const double have = o.memory_available > 0 ? o.memory_available : available_memory_bytes();
     if (have > 0 && need > have)
       fail("reconstruction on {} images{} needs about {:.1f} GB of memory and {:.1f} GB is available: lower --recon-images{}",
-           base * (1 + o.augment), o.augment > 0 ? fmt::format(" ({} and {} views of each)", base, o.augment) : "", need / 1e9, have / 1e9,
+           base * (1 + o.augment), o.augment > 0 ? fmt::format(" ({} and {} view{} of each)", base, o.augment, o.augment == 1 ? "" : "s") : "", need / 1e9, have / 1e9,
            o.augment > 0 ? " or --recon-augment" : "");
     if (o.progress) fmt::print(stderr, "recon: about {:.1f} GB of memory for {} images ({:.1f} GB available)\n", need / 1e9, base * (1 + o.augment), have / 1e9);
   }
   if (o.augment > 0) {
     at::InferenceMode guard;
+    check_views(images, o.augment);
     at::Tensor all = at::empty({base * (1 + o.augment), images.size(1), images.size(2), images.size(3)}, at::kFloat);
     all.narrow(0, 0, base).copy_(images);
     write_views(images, o.augment, o.seed, all.narrow(0, base, base * o.augment));
