@@ -53,7 +53,8 @@ struct ReconOptions {
   std::string loss = "fisher";  // "fisher" | "fisher-dplr" | "mse"
   // Fisher loss only: each block's weights (squared gradients, mean 1) become (w + damping) / (1 + damping), a share
   // of plain squared error in every element, still mean 1 (0: the Fisher weights alone). The one-label Fisher puts
-  // nearly all the weight on few elements (in DeiT, the class token's), leaving the rest unconstrained.
+  // nearly all the weight on few elements (in DeiT-Tiny's last block
+  // it can only sit on the class token, the one the head reads), leaving the rest unconstrained.
   double fisher_damping = 0;
   double qdrop = 0.5;           // probability of keeping an activation unquantized during training (0: off)
   bool learn_rounding = true, learn_steps = true;
