@@ -68,10 +68,10 @@ TEST(CliQuant, BitsOutsideRange) {
   EXPECT_EQ(seen, 6);
 }
 
-// liu2021+mpkind through the command line: the variant is parsed, the plan says which allocation chose its widths
-// and keeps both budgets.
+// liu2021's mixed precision through the command line: by default it is the kind-wise allocation (vitq's, issue 11),
+// the plan says so and keeps both budgets.
 TEST(CliQuant, MixedPrecisionByKind) {
-  const auto plan = quantized_plan("--method liu2021+mpkind --wbits 6 --abits 6 --search-steps 2 --search-images 2 --threads 2");
+  const auto plan = quantized_plan("--method liu2021 --mixed-precision --avg-bits 6 --search-steps 2 --search-images 2 --threads 2");
   ASSERT_TRUE(plan.contains("settings") && plan["settings"].contains("mixed_precision")) << plan.dump().substr(0, 200);
   const auto& mp = plan["settings"]["mixed_precision"];
   EXPECT_EQ(mp["sensitivity"], "kind");
@@ -83,10 +83,10 @@ TEST(CliQuant, MixedPrecisionByKind) {
   EXPECT_GT(widths.size(), 2u);
 }
 
-// liu2021+klcheck through the command line: the variant is parsed and the plan records, for each of the 16 kinds of
-// input, both KLs and which steps it kept, consistently with them.
+// liu2021's KL check through the command line (on by default since issue 11): the plan records, for each of the 16
+// kinds of input, both KLs and which steps it kept, consistently with them.
 TEST(CliQuant, Liu2021KlCheck) {
-  const auto plan = quantized_plan("--method liu2021+klcheck --wbits 8 --abits 8 --search-steps 2 --search-images 2 --threads 2");
+  const auto plan = quantized_plan("--method liu2021 --wbits 8 --abits 8 --search-steps 2 --search-images 2 --threads 2");
   ASSERT_TRUE(plan.contains("settings") && plan["settings"].contains("kl_check")) << plan.dump().substr(0, 200);
   const auto& check = plan.at("settings").at("kl_check");
   EXPECT_EQ(check.at("images"), 4);
@@ -98,6 +98,27 @@ TEST(CliQuant, Liu2021KlCheck) {
     EXPECT_EQ(k.at("kept") == "minmax", k.at("kl_minmax").get<double>() <= k.at("kl_searched").get<double>()) << name;
   }
   EXPECT_EQ(check.at("kinds_kept_at_minmax"), minmax);
+}
+
+// liu2021+paper is the published method: no KL check, the nuclear-norm allocation; +klcheck and +mpkind add vitq's
+// fixes back one at a time, wherever +paper is written; +paper belongs to liu2021 alone.
+TEST(CliQuant, Liu2021Paper) {
+  const std::string quick = " --wbits 6 --abits 6 --mixed-precision --avg-bits 6 --search-steps 2 --search-images 2 --threads 2";
+  const auto paper = quantized_plan("--method liu2021+paper" + quick);
+  ASSERT_TRUE(paper.contains("settings") && paper["settings"].contains("mixed_precision")) << paper.dump().substr(0, 200);
+  EXPECT_FALSE(paper["settings"].contains("kl_check"));
+  EXPECT_EQ(paper["settings"]["mixed_precision"]["sensitivity"], "nuclear");
+  const auto checked = quantized_plan("--method liu2021+klcheck+paper" + quick);
+  ASSERT_TRUE(checked.contains("settings") && checked["settings"].contains("mixed_precision")) << checked.dump().substr(0, 200);
+  EXPECT_TRUE(checked["settings"].contains("kl_check"));
+  EXPECT_EQ(checked["settings"]["mixed_precision"]["sensitivity"], "nuclear");
+  const auto kind = quantized_plan("--method liu2021+paper+mpkind" + quick);
+  ASSERT_TRUE(kind.contains("settings") && kind["settings"].contains("mixed_precision")) << kind.dump().substr(0, 200);
+  EXPECT_FALSE(kind["settings"].contains("kl_check"));
+  EXPECT_EQ(kind["settings"]["mixed_precision"]["sensitivity"], "kind");
+  TempDir dir;
+  expect_cli_error(run_vitq(quantize_args("--method repqvit+paper --out " + quoted(dir / "p.json"))), "'+paper' is liu2021's");
+  EXPECT_FALSE(fs::exists(dir / "p.json"));
 }
 
 TEST(CliQuant, UnknownMethod) {

@@ -320,6 +320,7 @@ TEST(Methods, Liu2021BeatsMinMaxLayerwiseAtW4A4) {
   MethodOptions o = quick_options(4, 15, 4);
   o.bias_correction = false;
   o.ranking = false;
+  o.kl_check = false;  // the search as published: the KL check may put whole kinds back at min/max
   QuantPlan liu = run_method(deit(), calib(4), "liu2021", o);
   QuantPlan mm = run_method(deit(), calib(4), "minmax", o);
   auto rl = layer_report(deit(), liu, calib(4)), rm = layer_report(deit(), mm, calib(4));
@@ -369,7 +370,9 @@ CheckedLiu2021 liu2021_checked(MethodOptions o, bool MethodOptions::*check) {
 TEST(Methods, Liu2021KeepsSearchedStepsOnlyWhereTheyWinOnHeldOutImages) {
   // 8 calibration images, the search scores on the first 4: the next 4 decide, per layer, between min/max and
   // the searched steps. Every step of the plan is then either the search's (as without the check) or min/max's.
-  const auto r = liu2021_checked(quick_options(4, 20, 4), &MethodOptions::holdout);
+  MethodOptions o = quick_options(4, 20, 4);
+  o.kl_check = false;  // the held-out check alone (the KL check, on by default, would move whole kinds on top of it)
+  const auto r = liu2021_checked(o, &MethodOptions::holdout);
   const QuantPlan& held = r.checked;
   EXPECT_EQ(held.settings.at("search").at("holdout_images"), 4);
   EXPECT_FALSE(r.free.settings.at("search").contains("holdout_images"));
@@ -438,8 +441,8 @@ TEST(Methods, Liu2021KlCheckKeepsMinMaxWhereTheModelSaysSo) {
 // The average weight bits stay within the budget under both allocations. The paper's (nuclear norm) uses more
 // than one width. vitq's (kl) records its check on the held-out half of the calibration images, and what it kept
 // agrees with it: mixed widths only where their KL was lower than the uniform model's, else uniform 6 bits (the
-// image's input at 8 either way). vitq's kind-wise one (kind) gives each kind of layer one width and records
-// each kind's measured KL at every width.
+// image's input at 8 either way). vitq's kind-wise one (kind, the default) gives each kind of layer one width and
+// records each kind's measured KL at every width.
 TEST(Methods, MixedPrecisionRespectsTheBudget) {
   const auto fp = capture_layers(deit(), calib(1));  // the activations' element counts
   for (const std::string sensitivity : {"nuclear", "kl", "kind"}) {
@@ -493,11 +496,23 @@ TEST(Methods, MixedPrecisionRespectsTheBudget) {
       for (const auto& [kind, w] : widths) EXPECT_EQ(w.size(), 1u) << kind;
       EXPECT_GT(all.size(), 2u);  // more than 8 (the image) and one other width
       EXPECT_EQ(mp["kinds"].size(), 13u);  // qkv/proj/fc1/fc2 W and A, the two matmuls, the head's W and A, the patch embedding's W
+      // with the KL check (on by default) a kind's error at a width is the lower of its clipped ranges' KL and
+      // min/max's, as the check will leave it after the search; somewhere min/max's is the lower
+      EXPECT_TRUE(mp["kl_check"].get<bool>());
+      int minmax_lower = 0;
       for (const auto& [name, k] : mp["kinds"].items()) {
         const auto& kl = k["kl"];
         ASSERT_EQ(kl.size(), 5u) << name;
         EXPECT_GT(kl[0].get<double>(), kl[4].get<double>()) << name;
+        ASSERT_EQ(k["kl_clipped"].size(), 5u) << name;
+        ASSERT_EQ(k["kl_minmax"].size(), 5u) << name;
+        for (size_t c = 0; c < 5; ++c) {
+          const double clipped = k["kl_clipped"][c], minmax = k["kl_minmax"][c];
+          EXPECT_EQ(kl[c].get<double>(), std::min(clipped, minmax)) << name << " width " << c;
+          minmax_lower += minmax < clipped;
+        }
       }
+      EXPECT_GT(minmax_lower, 0);
     } else {
       const auto& check = mp["check"];
       EXPECT_EQ(check["images"], 4);

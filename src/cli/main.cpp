@@ -314,7 +314,7 @@ int main(int argc, char** argv) {
     c->add_option("--similarity", q.similarity, "liu2021: pearson or cosine");
     c->add_flag("--no-ranking", q.no_ranking, "liu2021: no ranking loss on attention");
     c->add_flag("--no-bias-correction", q.no_bias_correction, "liu2021: no bias correction");
-    c->add_flag("--mixed-precision", q.mixed_precision, "liu2021: nuclear-norm mixed precision (needs --avg-bits)");
+    c->add_flag("--mixed-precision", q.mixed_precision, "liu2021: mixed precision, one width per kind of layer chosen by the model's KL (liu2021+paper: the paper's nuclear norm per layer; needs --avg-bits)");
     c->add_option("--avg-bits", q.avg_bits, "mixed-precision budget: average weight and activation bits");
     c->add_option("--search-steps", q.search_steps, "liu2021/easyquant: grid points per step search (ptq4vit: + 1)")->check(CLI::Range(2, 10000));
     c->add_option("--search-images", q.search_images, "liu2021/easyquant/ptq4vit: calibration images the layer searches score on")->check(CLI::Range(1, 1024));
@@ -351,7 +351,7 @@ int main(int argc, char** argv) {
   };
   auto* quantize = app.add_subcommand("quantize", "calibrate and search a quantization plan with a PTQ method");
   add_quant_options(quantize, qa);
-  quantize->add_option("--method", qa.method, "minmax, percentile, omse, liu2021, easyquant, fqvit, ptq4vit, qhyvit, repqvit (variants: liu2021+norank, +nobc, +holdout, +klcheck, +cosine, +mp, +mpkl, +mpkind; fqvit+attn8; repqvit+noreparam, +nolog, +erq, +headwise, +wmse, +amse; any method +adalog, +osearch, +oslog, +osends, +recon)");
+  quantize->add_option("--method", qa.method, "minmax, percentile, omse, liu2021, easyquant, fqvit, ptq4vit, qhyvit, repqvit (variants: liu2021+paper, +norank, +nobc, +holdout, +cosine, +mp, +mpkl; fqvit+attn8; repqvit+noreparam, +nolog, +erq, +headwise, +wmse, +amse; any method +adalog, +osearch, +oslog, +osends, +recon)");
   quantize->add_option("--start-plan", qa.start_plan, "instead of a method: reconstruct this plan (needs --reconstruct layer or block)");
   quantize->add_option("--wbits", qa.wbits, "weight bits (2-8)");
   quantize->add_option("--abits", qa.abits, "activation bits (2-8)");

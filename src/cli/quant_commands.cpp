@@ -44,8 +44,17 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 std::string apply_method_variant(const std::string& spec, MethodOptions& o) {
   auto parts = split(spec, '+');
   if (parts.empty()) fail("empty method name");
+  // +paper: liu2021 as published, without vitq's fixes (the KL check of the searched steps, the kind-wise mixed
+  // precision). Applied first, wherever it is written, so that a later +klcheck or +mpkl still adds to it.
+  for (size_t i = 1; i < parts.size(); ++i)
+    if (parts[i] == "paper") {
+      if (parts[0] != "liu2021") fail("method variant '+paper' is liu2021's (the published method without vitq's fixes), not {}'s", parts[0]);
+      o.kl_check = false;
+      o.mp_sensitivity = "nuclear";
+    }
   for (size_t i = 1; i < parts.size(); ++i) {
     const auto& v = parts[i];
+    if (v == "paper") continue;
     if (v == "norank") o.ranking = false;
     else if (v == "nobc") o.bias_correction = false;
     else if ((v == "holdout" || v == "klcheck") && parts[0] != "liu2021")
@@ -71,7 +80,7 @@ std::string apply_method_variant(const std::string& spec, MethodOptions& o) {
     else if (v == "osends") o.output_search = o.output_search_ends = true;
     else if (v == "recon") {
       if (o.reconstruct.empty() || o.reconstruct == "none") o.reconstruct = "block";
-    } else fail("unknown method variant '+{}' in '{}' (norank, nobc, holdout, klcheck, cosine, mp, mpkl, mpkind, attn8, noreparam, nolog, erq, headwise, wmse, amse, adalog, osearch, oslog, osends, recon)", v, spec);
+    } else fail("unknown method variant '+{}' in '{}' (paper, norank, nobc, holdout, klcheck, cosine, mp, mpkl, mpkind, attn8, noreparam, nolog, erq, headwise, wmse, amse, adalog, osearch, oslog, osends, recon)", v, spec);
   }
   find_method(parts[0]);
   return parts[0];

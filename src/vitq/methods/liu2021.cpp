@@ -8,11 +8,11 @@
 //     L_rank = mean over sampled pairs (i, j) of  relu(−(Ô_i − Ô_j) · sign(O_i − O_j)) / std(O).
 // The search alternates: Δ_W (or the second matmul input) over the grid [0.5, 1.2] · Δ0, then Δ_X, one round,
 // Δ0 from min/max. Then bias correction: b ← b − E[Ŵ x̂ − W x], per output channel.
-// Mixed precision: a layer's sensitivity is the nuclear norm of its output feature (for the attention
-// matmuls: of the attention scores / output); bits 4..8 in one-bit steps (+mpkl: {4, 6, 8}) are assigned
-// greedily, most sensitivity-weighted error removed per bit first, under a budget on the average weight bits
-// and the average activation bits (weighted by element count; the image's input, 8 bits at any budget, outside
-// it), so the model is no larger than a uniform model at that many bits.
+// Mixed precision as published (liu2021+paper): a layer's sensitivity is the nuclear norm of its output feature
+// (for the attention matmuls: of the attention scores / output); bits 4..8 in one-bit steps (+mpkl: {4, 6, 8})
+// are assigned greedily, most sensitivity-weighted error removed per bit first, under a budget on the average
+// weight bits and the average activation bits (weighted by element count; the image's input, 8 bits at any
+// budget, outside it), so the model is no larger than a uniform model at that many bits.
 // Variant +mpkl (vitq's, experimental): widths are given to each layer's weight and activation input(s)
 // separately, and chosen by the model's predictions rather than a proxy. On the first half of the calibration
 // images (at most 16), the KL divergence of the predictions from FP32 is measured for every weight (input) at
@@ -21,15 +21,18 @@
 // by the error they are measured to remove, and a swap is kept only if the whole model's KL on those images
 // falls. The result is kept only if its KL is also lower than the uniform model's on the other half (at most 16
 // images, which chose nothing); otherwise the model stays uniform.
-// Variant +klcheck (vitq's): after the search, each kind of input keeps min/max's steps where the model's KL says
-// they are better (check_against_minmax below).
-// Variant +mpkind (vitq's): the layers of one kind (the same name but for the block numbers, the same op, its
-// input made by the same op: all 12 qkv layers, ...) share a width, their weights and their inputs apart. A kind's
-// error at each width 4..8 is the model's KL from FP32 on all the calibration images with that kind alone
-// quantized (everything else FP), each layer's range clipped at the best of {1, 0.9, ..., 0.5} by its output's
-// similarity (the method's), since the method searches the steps after the allocation and min/max's error is not
-// what the search leaves (clipping removes most of the post-GELU and softmax inputs' error and adds to the
-// post-LayerNorm inputs', whose outlier channels it cuts). Then the same greedy as the nuclear norm's, from 4
+// vitq's two fixes, on by default since issue 11 (the variant liu2021+paper turns both off and is the paper's
+// method as published: its search alone, the nuclear-norm allocation):
+// The KL check (MethodOptions::kl_check; +klcheck names it): after the search, each kind of input keeps min/max's
+// steps where the model's KL says they are better (check_against_minmax below).
+// Kind-wise mixed precision (mp_sensitivity "kind"; +mpkind names it): the layers of one kind (the same name but
+// for the block numbers, the same op, its input made by the same op: all 12 qkv layers, ...) share a width, their
+// weights and their inputs apart. A kind's error at each width 4..8 is the model's KL from FP32 on all the
+// calibration images with that kind alone quantized (everything else FP), each layer's range clipped at the best
+// of {1, 0.9, ..., 0.5} by its output's similarity (the method's), since the method searches the steps after the
+// allocation and min/max's error is not what the search leaves (clipping removes most of the post-GELU and softmax
+// inputs' error and adds to the post-LayerNorm inputs', whose outlier channels it cuts); with the KL check on, the
+// lower of that and min/max's KL, as the check will leave it. Then the same greedy as the nuclear norm's, from 4
 // bits, most KL removed per bit of budget first, no width bought that does not lower the KL. Per kind and over
 // all the images, the measurement is a few dozen forward passes and steady; per layer on half the images
 // (+mpkl) it was noise.
@@ -152,6 +155,8 @@ Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOpti
   struct Slots {
     const QuantPoint* p[2] = {nullptr, nullptr};
     QuantParams q[2];
+    QuantParams minmax[2];       // kind: min/max's, which the KL check may put back after the search
+    bool clipped[2] = {false, false};
   };
   std::vector<std::vector<QuantPoint>> placements;
   for (int bits : choices) {
@@ -194,7 +199,7 @@ Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOpti
         if (p.node == name) sl.p[p.slot == 0 ? 0 : 1] = &p;
       for (int k = 0; k < 2; ++k) {
         const Range r = range_of(args[static_cast<size_t>(k)], sl.p[k]->spec);
-        sl.q[k] = scaled(r, sl.p[k]->spec, 1.0);
+        sl.q[k] = sl.minmax[k] = scaled(r, sl.p[k]->spec, 1.0);
         if (!kindwise || (k == 0 && n.inputs[0] == g.input)) continue;  // the image: 8 bits, never allocated
         // kind: the width's error as a clipping search leaves it (the method searches every width's steps after
         // the allocation, and min/max's error at a width is not what is left of it): the clipping of the min/max
@@ -207,6 +212,7 @@ Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOpti
           if (sim > best) {
             best = sim;
             sl.q[k] = q;
+            sl.clipped[k] = alpha != 1.0;
           }
         }
       }
@@ -255,14 +261,15 @@ Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOpti
   std::unique_ptr<Executor> ex;
   // The model's KL from FP32 (ref_logp) on imgs with each listed layer's slot 0 / slot 1 quantized by the given
   // choice's quantizer (null, or a layer not listed: FP).
+  // minmax: every listed slot at min/max's steps instead of the clipped ones
   using LayerSlots = std::unordered_map<std::string, std::pair<const Slots*, const Slots*>>;
-  auto kl_with = [&](const at::Tensor& imgs, const at::Tensor& ref_logp, const LayerSlots& slots) {
+  auto kl_with = [&](const at::Tensor& imgs, const at::Tensor& ref_logp, const LayerSlots& slots, bool minmax = false) {
     ExecHooks hooks;
     hooks.transform_input = [&](const Node& node, size_t slot, const at::Tensor& x) {
       auto it = slots.find(node.name);
       if (it == slots.end() || slot > 1) return x;
       const Slots* sl = slot == 0 ? it->second.first : it->second.second;
-      return sl ? fake_quant(x, sl->p[slot]->spec, sl->q[slot]) : x;
+      return sl ? fake_quant(x, sl->p[slot]->spec, minmax ? sl->minmax[slot] : sl->q[slot]) : x;
     };
     return mean_kl(ref_logp, log_probs(*ex, imgs, &hooks));
   };
@@ -310,8 +317,13 @@ Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOpti
 
   // kind: the layers of one kind (the same name but for the block numbers, the same op, its input made by the same
   // op) share a width, their weights and their inputs apart; a kind's error at a width is the model's KL from FP32
-  // on the calibration images with that kind alone quantized (ranges clipped as above) and everything else in FP
+  // on the calibration images with that kind alone quantized (ranges clipped as above) and everything else in FP.
+  // With the KL check (the default), which after the search keeps a kind at min/max's steps where the model's KL is
+  // lower there, the error is what the check will leave: the lower of the clipped ranges' KL and min/max's. Without
+  // it the allocation would pay for widths that undo a clipping the check then removes anyway (the post-LayerNorm
+  // inputs: at 6 bits their KL clipped is several times min/max's), and spend the budget where it is not needed.
   std::vector<std::vector<size_t>> kind_items;
+  std::vector<std::vector<double>> kind_kl_clipped, kind_kl_minmax;  // kind + KL check: both measures, recorded
   std::vector<Item> kinds;
   std::vector<std::string> names;
   if (kindwise) {
@@ -335,11 +347,24 @@ Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOpti
     ex = std::make_unique<Executor>(g);
     const at::Tensor ref = log_probs(*ex, calib);
     Progress bar("liu2021 bit allocation (model KL per kind of layer and width)", kinds.size(), o.progress);
+    kind_kl_clipped.resize(kinds.size());
+    kind_kl_minmax.resize(kinds.size());
     for (size_t k = 0; k < kinds.size(); ++k) {
       for (size_t c = 0; c < choices.size(); ++c) {
         LayerSlots slots;  // this kind at choice c, everything else FP
         assign_items(slots, kind_items[k], [c](size_t) { return c; });
-        kinds[k].err.push_back(kl_with(calib, ref, slots));
+        const double clipped = kl_with(calib, ref, slots);
+        double err = clipped;
+        if (o.kl_check) {
+          bool any_clipped = false;
+          for (size_t i : kind_items[k])
+            for (int s = 0; s < 2; ++s) any_clipped |= items[i].slot[s] && at[items[i].layer][c].clipped[s];
+          const double minmax = any_clipped ? kl_with(calib, ref, slots, true) : clipped;
+          kind_kl_clipped[k].push_back(clipped);
+          kind_kl_minmax[k].push_back(minmax);
+          err = std::min(clipped, minmax);
+        }
+        kinds[k].err.push_back(err);
       }
       bar.update(k + 1, names[k]);
     }
@@ -386,7 +411,12 @@ Allocation allocate_bits(const Graph& g, const LayerTensors& t, const MethodOpti
     for (size_t k = 0; k < kinds.size(); ++k) {
       for (size_t i : kind_items[k]) items[i].pick = kinds[k].pick;
       widths[names[k]] = {{"bits", choices[kinds[k].pick]}, {"kl", kinds[k].err}};
+      if (o.kl_check) {
+        widths[names[k]]["kl_clipped"] = kind_kl_clipped[k];
+        widths[names[k]]["kl_minmax"] = kind_kl_minmax[k];
+      }
     }
+    a.info["kl_check"] = o.kl_check;  // kind: whether each width's error is the lower of the clipped and min/max KLs
     a.info["kinds"] = widths;
   }
 
@@ -494,7 +524,7 @@ at::Tensor corrected_bias(const Node& n, const std::vector<at::Tensor>& args, co
   return (args[2] - mean).contiguous();
 }
 
-// Variant +klcheck (vitq's): the search's steps, checked by the model. The layer's similarity can prefer a clipped
+// The KL check (vitq's, on by default; off in liu2021+paper): the search's steps, checked by the model. The layer's similarity can prefer a clipped
 // range that the model does not: at W8A8 on DeiT-Tiny, the post-LayerNorm inputs of qkv, whose outlier channels the
 // Pearson correlation of the layer's output is content to clip, carry most of liu2021's excess KL over min/max
 // (this check's own record, settings.kl_check of bench/results/compare_deit_tiny_liu2021_klcheck.json: qkv inputs
@@ -741,7 +771,8 @@ QuantPlan run_liu2021(const Graph& g, const at::Tensor& calib, const MethodOptio
 
 MethodInfo method_liu2021() {
   return {"liu2021", "Liu et al., NeurIPS 2021",
-          "similarity-aware step search (Pearson), ranking loss on attention, bias correction, nuclear-norm mixed precision",
+          "similarity-aware step search (Pearson), ranking loss on attention, bias correction, mixed precision; vitq's KL check "
+          "of the searched steps and kind-wise allocation (liu2021+paper: as published, nuclear-norm allocation)",
           run_liu2021};
 }
 

@@ -40,15 +40,17 @@ struct MethodOptions {
   // images, which the search did not score on (liu2021.cpp; the variant liu2021+holdout)
   bool holdout = false;
   // keep a kind of input's searched steps only where the model's KL on the calibration images, with that kind alone
-  // quantized, is lower than with min/max's steps (liu2021.cpp; the variant liu2021+klcheck)
-  bool kl_check = false;
+  // quantized, is lower than with min/max's steps (liu2021.cpp). On by default (vitq's fix of the paper's search,
+  // issue 11); off in the variant liu2021+paper
+  bool kl_check = true;
   bool mixed_precision = false;
   double avg_bits = 0;              // mixed-precision budget (average bits over weights, and over activations)
-  // how widths are chosen: "nuclear" (the paper: one width a layer, its output's nuclear norm x (1 − Pearson of its
-  // output)) or "kl" (vitq's, the variant liu2021+mpkl: weights and inputs separately, by the model's KL from
-  // FP32, swaps from the uniform model each checked on calibration images) or "kind" (vitq's, liu2021+mpkind: one width
-  // a kind of layer, weights and inputs apart, by the model's KL with that kind alone quantized; liu2021.cpp)
-  std::string mp_sensitivity = "nuclear";
+  // how widths are chosen: "kind" (vitq's, the default: one width a kind of layer, weights and inputs apart, by the
+  // model's KL with that kind alone quantized; liu2021.cpp), "nuclear" (the paper's, the variant liu2021+paper: one
+  // width a layer, its output's nuclear norm x (1 − Pearson of its output)) or "kl" (vitq's, experimental, the
+  // variant liu2021+mpkl: weights and inputs separately, by the model's KL from FP32, swaps from the uniform model
+  // each checked on calibration images)
+  std::string mp_sensitivity = "kind";
   // repqvit: the scale reparameterisation of post-LayerNorm inputs (off: they get the per-tensor search, the
   // variant repqvit+noreparam) and the log√2 post-softmax quantizer (off: uniform with the search, repqvit+nolog)
   bool reparam = true;
