@@ -524,15 +524,16 @@ at::Tensor corrected_bias(const Node& n, const std::vector<at::Tensor>& args, co
   return (args[2] - mean).contiguous();
 }
 
-// The KL check (vitq's, on by default; off in liu2021+paper): the search's steps, checked by the model. The layer's similarity can prefer a clipped
-// range that the model does not: at W8A8 on DeiT-Tiny, the post-LayerNorm inputs of qkv, whose outlier channels the
-// Pearson correlation of the layer's output is content to clip, carry most of liu2021's excess KL over min/max
-// (this check's own record, settings.kl_check of bench/results/compare_deit_tiny_liu2021_klcheck.json: qkv inputs
-// alone 0.0027 as searched, 0.00017 at min/max). For each kind of input (kind_name: the same input of the same layer in
-// every block), the model's KL from FP32 on all the calibration images is measured with that kind alone quantized
-// (everything else FP, each layer's bias corrected for it), once with the searched steps and once with min/max's;
-// the kind keeps min/max's where their KL is no larger. A kind of a few dozen layers measured on all the images is
-// steady where one layer on a few images was noise (the +mpkl experience).
+// The KL check (vitq's, on by default; off in liu2021+paper): the search's steps, checked by the model. The
+// layer's similarity can prefer a clipped range that the model does not: at W8A8 on DeiT-Tiny, the post-LayerNorm
+// inputs of qkv, whose outlier channels the Pearson correlation of the layer's output is content to clip, carry
+// most of the published method's excess KL over min/max (this check's own record, settings.kl_check of
+// bench/results/compare_deit_tiny_liu2021_klcheck.json: qkv inputs alone 0.0027 as searched, 0.00017 at min/max).
+// For each kind of input (kind_name: the same input of the same layer in every block), the model's KL from FP32
+// on all the calibration images is measured with that kind alone quantized (everything else FP, each layer's bias
+// corrected for it), once with the searched steps and once with min/max's; the kind keeps min/max's where their
+// KL is no larger. A kind of a few dozen layers measured on all the images is steady where one layer on a few
+// images was noise (the +mpkl experience).
 void check_against_minmax(const Graph& g, const LayerTensors& t, const at::Tensor& calib, const MethodOptions& o, QuantPlan& plan,
                           std::vector<Searched>& searched) {
   struct Slot {
